@@ -1,0 +1,377 @@
+"""The context: the public entry point, a port of the npm package's context."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any, Literal, Union
+
+import anyio
+
+from ._exceptions import InvalidArgument, StreamAlreadyExists, StreamNotFound
+from ._keys import validate_stream_id
+from ._options import StreamOptions
+from ._producer import Producer
+from ._reader import ResumableStream
+from ._subscription import Subscription
+from ._types import Chunk, Ended, StreamStatus
+from .backends._protocol import Backend
+
+__all__ = ["ResumableStreamContext", "create_resumable_stream_context"]
+
+logger = logging.getLogger("resumable_stream")
+
+MakeStream = Callable[[], Union[AsyncIterable[Chunk], Iterable[Chunk], Any]]
+"""A zero-argument callable returning an async iterable (or a sync iterable, or an
+awaitable of either) of ``str``/``bytes`` chunks."""
+
+_PAGE = 2000
+
+
+def _check_skip(skip_characters: int | None) -> int:
+    if skip_characters is None:
+        return 0
+    if isinstance(skip_characters, bool) or not isinstance(skip_characters, int):
+        raise InvalidArgument(
+            f"skip_characters must be an int, not {type(skip_characters).__name__}"
+        )
+    if skip_characters < 0:
+        raise InvalidArgument(f"skip_characters must be >= 0, got {skip_characters}")
+    return skip_characters
+
+
+async def _iterate_sync(iterable: Iterable[Chunk]) -> AsyncIterator[Chunk]:
+    """Iterate a sync iterable in a worker thread: it may block (a sync SDK, file I/O)."""
+    iterator = iter(iterable)
+    done = object()
+    while True:
+        chunk = await anyio.to_thread.run_sync(next, iterator, done)
+        if chunk is done:
+            return
+        yield chunk
+
+
+async def _open_source(make_stream: MakeStream) -> AsyncIterator[Chunk]:
+    source = make_stream()
+    if inspect.isawaitable(source):
+        source = await source
+    if isinstance(source, (str, bytes, bytearray)):
+        raise TypeError("make_stream() returned a str/bytes; return an iterable of chunks")
+    if hasattr(source, "__aiter__"):
+        return source.__aiter__()  # type: ignore[no-any-return]
+    if hasattr(source, "__iter__"):
+        return _iterate_sync(source)
+    raise TypeError(
+        f"make_stream() must return an async iterable or an iterable of str/bytes, "
+        f"not {type(source).__name__}"
+    )
+
+
+class ResumableStreamContext:
+    """Creates and resumes streams on one backend. Make one per process and share it.
+
+    Producers run in tasks owned by the context, not by the request that started
+    them: they run to the end even when the original reader goes away. Use the
+    context as ``async with`` or call `aclose` at shutdown.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        ttl: float = 24 * 3600,
+        wait_until: Callable[[asyncio.Task[None]], object] | None = None,
+        options: StreamOptions | None = None,
+        owns_backend: bool = False,
+    ) -> None:
+        if not ttl > 0:
+            raise InvalidArgument("ttl must be > 0 seconds")
+        self.backend = backend
+        self.ttl = float(ttl)
+        self.options = options or StreamOptions()
+        self._wait_until = wait_until
+        self._owns_backend = owns_backend
+        self._producers: set[asyncio.Task[None]] = set()
+
+    async def resumable_stream(
+        self,
+        stream_id: str,
+        make_stream: MakeStream,
+        skip_characters: int | None = None,
+    ) -> ResumableStream | None:
+        """Create the stream, or join it if it is running.
+
+        Args:
+            stream_id: unique per stream; any string of 1 to 256 characters.
+            make_stream: called once, only if this call creates the stream.
+            skip_characters: skip this many characters from the start of the stream
+                (Python code points for ``str`` chunks, bytes for ``bytes`` chunks;
+                the npm package counts UTF-16 units).
+
+        Returns:
+            A reader from the start of the stream (after the skipped characters), or
+            None if a stream with this id already finished.
+
+        Raises:
+            InvalidStreamId: bad ``stream_id``.
+            InvalidArgument: bad ``skip_characters``.
+            TypeError: ``make_stream`` is not callable or returned no iterable (the
+                stream is then marked failed).
+            BackendUnavailable: storage could not be reached.
+        """
+        stream_id = validate_stream_id(stream_id)
+        skip = _check_skip(skip_characters)
+        self._check_callable(make_stream)
+        token = uuid.uuid4().hex
+        existing = await self.backend.claim(
+            stream_id, token, ttl=self.ttl, lease=self.options.lease
+        )
+        if existing is None:
+            return await self._start(stream_id, token, make_stream, skip)
+        if existing is not StreamStatus.RUNNING:
+            return None
+        return await self._follow(stream_id, 0, skip, none_if_finished=False)
+
+    async def create_new_resumable_stream(
+        self,
+        stream_id: str,
+        make_stream: MakeStream,
+        skip_characters: int | None = None,
+    ) -> ResumableStream | None:
+        """Create a stream and return its original reader.
+
+        Returns:
+            The original reader, or None if a stream with this id already finished.
+
+        Raises:
+            StreamAlreadyExists: a stream with this id is running.
+            InvalidStreamId, InvalidArgument, TypeError, BackendUnavailable: as
+                `resumable_stream`.
+        """
+        stream_id = validate_stream_id(stream_id)
+        skip = _check_skip(skip_characters)
+        self._check_callable(make_stream)
+        token = uuid.uuid4().hex
+        existing = await self.backend.claim(
+            stream_id, token, ttl=self.ttl, lease=self.options.lease
+        )
+        if existing is None:
+            return await self._start(stream_id, token, make_stream, skip)
+        if existing is StreamStatus.RUNNING:
+            raise StreamAlreadyExists(stream_id)
+        return None
+
+    async def resume_existing_stream(
+        self,
+        stream_id: str,
+        skip_characters: int | None = None,
+        *,
+        after: int | None = None,
+    ) -> ResumableStream | None:
+        """Join an existing stream, from its start or from a position.
+
+        Args:
+            stream_id: the stream's id.
+            skip_characters: skip this many characters from the start.
+            after: resume after the chunk with this index (the last one the client
+                got, e.g. SSE ``Last-Event-ID``); ``-1`` means from the start. Not
+                combinable with ``skip_characters``.
+
+        Returns:
+            A reader; None if the stream finished and ``after`` is not given (as the
+            npm package does), or if ``after`` is given and nothing is left after it.
+            A failed stream still returns a reader: it replays what was stored, then
+            raises `StreamFailed`.
+
+        Raises:
+            StreamNotFound: no stream with this id (never created, or expired).
+            InvalidStreamId, InvalidArgument, BackendUnavailable.
+        """
+        stream_id = validate_stream_id(stream_id)
+        skip = _check_skip(skip_characters)
+        if after is None:
+            return await self._follow(stream_id, 0, skip, none_if_finished=True)
+        if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+            raise InvalidArgument(f"after must be an int >= -1, got {after!r}")
+        if skip:
+            raise InvalidArgument("give either skip_characters or after, not both")
+        return await self._follow(stream_id, after + 1, 0, none_if_finished=False)
+
+    async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
+        """None if there is no such stream, True while it runs, "DONE" once it ended.
+
+        A failed stream counts as "DONE"; `get_status` tells them apart.
+        """
+        status = await self.get_status(stream_id)
+        if status is None:
+            return None
+        return True if status is StreamStatus.RUNNING else "DONE"
+
+    async def get_status(self, stream_id: str) -> StreamStatus | None:
+        """The stream's `StreamStatus`, or None if there is no such stream."""
+        return await self.backend.status(validate_stream_id(stream_id))
+
+    async def aclose(self) -> None:
+        """Let running producers finish for up to ``shutdown_grace`` seconds, then
+        cancel the rest (their streams are marked failed) and release the backend
+        if the context created it."""
+        tasks = set(self._producers)
+        if tasks:
+            with anyio.CancelScope(shield=True):
+                _, pending = await asyncio.wait(tasks, timeout=self.options.shutdown_grace)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending)
+        if self._owns_backend:
+            await self.backend.aclose()
+
+    async def __aenter__(self) -> ResumableStreamContext:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @staticmethod
+    def _check_callable(make_stream: object) -> None:
+        if not callable(make_stream):
+            raise TypeError(
+                f"make_stream must be a zero-argument callable, not {type(make_stream).__name__}"
+            )
+
+    async def _start(
+        self, stream_id: str, token: str, make_stream: MakeStream, skip: int
+    ) -> ResumableStream:
+        try:
+            source = await _open_source(make_stream)
+        except BaseException as exc:
+            # We own the claim: end it so nobody waits on a stream that never starts.
+            with anyio.move_on_after(self.options.lease, shield=True):
+                await self.backend.write(
+                    stream_id, token, 0, [],
+                    end=Ended(StreamStatus.FAILED, 0, f"{type(exc).__name__}: {exc}"),
+                    ttl=self.ttl, finished_ttl=self.options.finished_ttl or self.ttl,
+                    lease=self.options.lease,
+                )
+            raise
+        feed = Subscription(
+            stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
+        )
+        producer = Producer(
+            self.backend, stream_id, token, source, feed, self.options, self.ttl
+        )
+        task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
+        self._producers.add(task)
+        task.add_done_callback(self._producers.discard)
+        if self._wait_until is not None:
+            self._wait_until(task)
+        return ResumableStream(
+            stream_id, self.backend, self.options, feed=feed, start=0,
+            skip_characters=skip, local=True, origin_error=lambda: producer.exception,
+        )
+
+    async def _follow(
+        self, stream_id: str, start: int, skip: int, *, none_if_finished: bool
+    ) -> ResumableStream | None:
+        # Subscribe before reading (backend invariant 3), so nothing falls in between.
+        feed = await self.backend.subscribe(
+            stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
+        )
+        try:
+            snap = await self.backend.snapshot(stream_id, start, _PAGE)
+            if snap is None:
+                raise StreamNotFound(stream_id)
+            if snap.status is StreamStatus.DONE and (
+                none_if_finished or start >= snap.length
+            ):
+                await feed.aclose()
+                return None
+        except BaseException:
+            with anyio.move_on_after(5.0, shield=True):
+                await feed.aclose()
+            raise
+        return ResumableStream(
+            stream_id, self.backend, self.options, feed=feed, start=start,
+            first=snap, skip_characters=skip,
+        )
+
+
+def create_resumable_stream_context(
+    redis: Any = None,
+    *,
+    key_prefix: str = "resumable-stream",
+    ttl: float = 24 * 3600,
+    wait_until: Callable[[asyncio.Task[None]], object] | None = None,
+    options: StreamOptions | None = None,
+) -> ResumableStreamContext:
+    """Make a context on Redis, on a backend object, or in memory.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` client (not closed by the context), an
+            object implementing the `Backend` protocol, or None: then ``REDIS_URL``
+            (or ``KV_URL``) picks a Redis server if set, else streams live in memory.
+        key_prefix: first part of every Redis key (not for backend objects, which
+            carry their own).
+        ttl: seconds a stream is kept; every write renews it.
+        wait_until: called with each producer task, for hosts that must be told to
+            keep running until it finishes (the npm ``waitUntil``).
+        options: tuning knobs, see `StreamOptions`.
+
+    Raises:
+        TypeError: ``redis`` is none of the above (for example a sync client).
+        InvalidArgument: a bad ``key_prefix``, ``ttl`` or option.
+    """
+    owns = False
+    backend: Any
+    if redis is None:
+        url = os.environ.get("REDIS_URL") or os.environ.get("KV_URL")
+        if url:
+            from .backends.redis import RedisBackend
+
+            backend = RedisBackend.from_url(url, key_prefix=key_prefix)
+            owns = True
+            source = "REDIS_URL" if os.environ.get("REDIS_URL") else "KV_URL"
+            logger.info("resumable-stream: using Redis from $%s", source)
+        else:
+            from .backends.memory import MemoryBackend
+
+            backend = MemoryBackend()
+            owns = True
+            logger.info(
+                "resumable-stream: no REDIS_URL or KV_URL; streams live in this process's memory"
+            )
+    elif _is_async_redis(redis):
+        from .backends.redis import RedisBackend
+
+        backend = RedisBackend(redis, key_prefix=key_prefix)
+        owns = True  # closes only what the backend made itself, never the user's client
+    elif isinstance(redis, Backend):
+        if key_prefix != "resumable-stream":
+            raise InvalidArgument("key_prefix applies to Redis clients; set it on the backend")
+        backend = redis
+    else:
+        raise TypeError(
+            "create_resumable_stream_context() takes a redis.asyncio.Redis client, a Backend "
+            f"or None, not {type(redis).__module__}.{type(redis).__name__}"
+        )
+    return ResumableStreamContext(
+        backend, ttl=ttl, wait_until=wait_until, options=options, owns_backend=owns
+    )
+
+
+def _is_async_redis(obj: object) -> bool:
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        return False
+    return isinstance(obj, aioredis.Redis)

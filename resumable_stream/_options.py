@@ -1,0 +1,54 @@
+"""Tuning knobs of a context. Durations are float seconds, sizes are bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._exceptions import InvalidArgument
+
+__all__ = ["StreamOptions"]
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Options that rarely need changing; the defaults suit LLM answers.
+
+    Attributes:
+        finished_ttl: expiry of a stream's keys once it has ended; ``None`` keeps ``ttl``.
+        lease: how long a producer's claim lives without renewal. Followers end with
+            `ProducerLost` within about ``lease + poll_interval`` after its process dies.
+        poll_interval: how long a follower waits for a live message before it
+            re-reads the stored state (this is also how it notices a lost producer).
+        max_batch_chunks: chunks per write; Redis' Lua ``unpack`` fails near 8,000.
+        max_batch_bytes: bytes per write (a batch always holds at least one chunk).
+        max_buffered_bytes: chunks waiting for the backend before the producer stops
+            pulling from its source (only reached when the backend is far slower
+            than the source).
+        reader_buffer_bytes: live data queued for one reader before it is dropped and
+            the reader re-reads from storage instead; bounds memory per slow reader.
+        shutdown_grace: how long `aclose()` lets running producers finish before it
+            cancels them and marks their streams failed.
+    """
+
+    finished_ttl: float | None = None
+    lease: float = 5.0
+    poll_interval: float = 2.0
+    max_batch_chunks: int = 1000
+    max_batch_bytes: int = 1 << 20
+    max_buffered_bytes: int = 8 << 20
+    reader_buffer_bytes: int = 4 << 20
+    shutdown_grace: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("lease", "poll_interval"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgument(f"{name} must be > 0")
+        for name in ("max_batch_chunks", "max_batch_bytes", "max_buffered_bytes", "reader_buffer_bytes"):
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"{name} must be >= 1")
+        if self.max_batch_chunks > 4000:
+            raise InvalidArgument("max_batch_chunks must be <= 4000 (Lua unpack limit)")
+        if self.finished_ttl is not None and not self.finished_ttl > 0:
+            raise InvalidArgument("finished_ttl must be > 0")
+        if self.shutdown_grace < 0:
+            raise InvalidArgument("shutdown_grace must be >= 0")

@@ -1,0 +1,212 @@
+"""The producer: runs the user's source once, feeds the original reader directly,
+and writes every chunk behind to the backend.
+
+Ordering invariants:
+
+* Chunk ``i`` goes to the local feed before it is handed to the writer, so the
+  original reader never waits on the backend.
+* The writer has at most one write in flight. Chunks that arrive meanwhile are
+  batched into the next write (up to ``max_batch_chunks``/``max_batch_bytes``), so a
+  fast source costs far fewer writes than chunks and a slow one costs one per chunk.
+* Writes are numbered by their start index and the backend refuses one that does
+  not start at the stored length: a retried or stale write can neither leave a gap
+  nor store a chunk twice.
+* The end (done or failed) rides on the last write, after every chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+
+import anyio
+
+from ._exceptions import BackendUnavailable
+from ._options import StreamOptions
+from ._subscription import Subscription
+from ._types import Appended, Chunk, Ended, StreamStatus
+from .backends._protocol import Backend, StaleProducer
+
+__all__ = ["Producer"]
+
+logger = logging.getLogger("resumable_stream")
+
+
+class _Writer:
+    """Write-behind of one stream's chunks, one write in flight at a time."""
+
+    def __init__(
+        self, backend: Backend, stream_id: str, token: str, options: StreamOptions, ttl: float
+    ) -> None:
+        self._backend = backend
+        self._stream_id = stream_id
+        self._token = token
+        self._options = options
+        self._ttl = ttl
+        self._finished_ttl = options.finished_ttl or ttl
+        self._pending: deque[Chunk] = deque()
+        self._pending_bytes = 0
+        self._stored = 0  # index of the first pending chunk
+        self._end: Ended | None = None
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.broken = False
+        self.writes = 0
+
+    async def add(self, chunk: Chunk) -> None:
+        if self.broken:
+            return
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        self._wake.set()
+        if self._pending_bytes > self._options.max_buffered_bytes:
+            # Backpressure on the source, only when the backend is far behind.
+            self._room.clear()
+            await self._room.wait()
+
+    def close(self, end: Ended) -> None:
+        self._end = end
+        self._wake.set()
+
+    def _take(self) -> list[Chunk]:
+        batch: list[Chunk] = []
+        size = 0
+        options = self._options
+        while self._pending and len(batch) < options.max_batch_chunks:
+            chunk = self._pending[0]
+            if batch and size + len(chunk) > options.max_batch_bytes:
+                break
+            self._pending.popleft()
+            batch.append(chunk)
+            size += len(chunk)
+        self._pending_bytes -= size
+        return batch
+
+    async def run(self) -> None:
+        renew_every = self._options.lease / 3
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending and self._end is None:
+                self._wake.clear()
+                timer = loop.call_later(renew_every, self._wake.set)
+                try:
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
+            batch = self._take()
+            end = self._end if not self._pending else None
+            # An empty batch without an end only renews the lease.
+            if not await self._write(batch, end):
+                return
+            self._stored += len(batch)
+            if self._pending_bytes <= self._options.max_buffered_bytes:
+                self._room.set()
+            if end is not None:
+                return
+
+    async def _write(self, batch: list[Chunk], end: Ended | None) -> bool:
+        """One write, retried while the backend is unreachable for up to lease / 2."""
+        deadline = asyncio.get_running_loop().time() + self._options.lease / 2
+        delay = 0.05
+        while True:
+            try:
+                await self._backend.write(
+                    self._stream_id, self._token, self._stored, batch, end=end,
+                    ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+                )
+                self.writes += 1
+                return True
+            except StaleProducer as exc:
+                self._give_up(exc)
+                return False
+            except (BackendUnavailable, OSError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    self._give_up(exc)
+                    await self._mark_failed(f"persistence failed: {exc}")
+                    return False
+                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
+                delay = min(delay * 2, 1.0)
+
+    def _give_up(self, exc: BaseException) -> None:
+        logger.error(
+            "stream %r: cannot store chunks from index %d (%r); the original reader goes on, "
+            "other readers will get an error",
+            self._stream_id, self._stored, exc,
+        )
+        self.broken = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._room.set()
+
+    async def _mark_failed(self, error: str) -> None:
+        try:
+            await self._backend.write(
+                self._stream_id, self._token, self._stored, [],
+                end=Ended(StreamStatus.FAILED, self._stored, error),
+                ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+            )
+        except Exception as exc:  # the lease will lapse instead: readers get ProducerLost
+            logger.error("stream %r: cannot mark it failed either (%r)", self._stream_id, exc)
+
+
+class Producer:
+    """Runs one stream's source to the end in a task owned by the context."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        stream_id: str,
+        token: str,
+        source: AsyncIterator[Chunk],
+        feed: Subscription,
+        options: StreamOptions,
+        ttl: float,
+    ) -> None:
+        self.stream_id = stream_id
+        self._source = source
+        self._feed = feed
+        self._options = options
+        self.writer = _Writer(backend, stream_id, token, options, ttl)
+        self.exception: BaseException | None = None
+
+    async def run(self) -> None:
+        writer_task = asyncio.create_task(self.writer.run())
+        index = 0
+        cancelled: BaseException | None = None
+        try:
+            async for chunk in self._source:
+                if not isinstance(chunk, (str, bytes)):
+                    if isinstance(chunk, (bytearray, memoryview)):
+                        chunk = bytes(chunk)
+                    else:
+                        raise TypeError(
+                            f"stream chunks must be str or bytes, not {type(chunk).__name__}"
+                        )
+                self._feed.push(Appended(index, (chunk,)))
+                index += 1
+                await self.writer.add(chunk)
+            end = Ended(StreamStatus.DONE, index)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            end = Ended(StreamStatus.FAILED, index, "CancelledError: the producer was shut down")
+        except Exception as exc:
+            self.exception = exc
+            logger.warning("stream %r: its source raised %r", self.stream_id, exc)
+            end = Ended(StreamStatus.FAILED, index, f"{type(exc).__name__}: {exc}", exc)
+        finally:
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(1.0, shield=True):
+                    await aclose()
+        self._feed.push(end)
+        self.writer.close(end)
+        # Finish the writes even when shutting down, but never hang on them.
+        with anyio.move_on_after(self._options.lease + 1.0, shield=True):
+            await asyncio.wait([writer_task])
+        if not writer_task.done():
+            writer_task.cancel()
+        if cancelled is not None:
+            raise cancelled

@@ -1,0 +1,202 @@
+"""A reader of one stream: replay what is stored, then follow live events.
+
+The merge, written once for every backend:
+
+1. Subscribe and wait until the subscription is active (backend invariant 3).
+2. Take a snapshot from position ``pos``: status, length and stored chunks, read
+   atomically. Anything written after the subscription became active is also
+   announced to us, so between the snapshot and the live events nothing is missed.
+3. Follow live events by sequence number: an `Appended` whose chunks we already have
+   is dropped (or trimmed); one that starts beyond ``pos`` means a message was lost,
+   so re-read from storage. `Resync` (reconnect, overflow) and a quiet period of
+   ``poll_interval`` also re-read. `Ended` with a length beyond ``pos`` re-reads first.
+
+So each reader yields every index exactly once, in order, whatever the timing.
+The original reader (in the producer's process) starts on a local feed fed by the
+producer itself and switches to the backend only if it falls too far behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+
+import anyio
+
+from ._exceptions import BackendUnavailable, ProducerLost, StreamFailed
+from ._options import StreamOptions
+from ._subscription import Subscription
+from ._types import Appended, Chunk, Ended, IndexedChunk, Resync, Snapshot, StreamStatus
+from .backends._protocol import Backend
+
+__all__ = ["ResumableStream"]
+
+_PAGE = 2000  # chunks per snapshot read
+
+
+class ResumableStream:
+    """An async iterator over a stream's chunks (``str`` or ``bytes``), with `aclose`.
+
+    ``async for chunk in stream`` yields the chunks; ``async for index, chunk in
+    stream.indexed()`` also gives each chunk's 0-based index, the value to resume
+    after (``resume_existing_stream(id, after=index)``). Iterate from one task and
+    call `aclose` from that task or once iteration has stopped, as with any async
+    generator. A stream is also an async context manager that closes it.
+
+    Raises (while iterating):
+        StreamFailed: the producer's source raised (the original reader gets the
+            source's own exception instead).
+        ProducerLost: the producer's process stopped renewing its lease.
+        BackendUnavailable: storage could not be reached.
+    """
+
+    def __init__(
+        self,
+        stream_id: str,
+        backend: Backend,
+        options: StreamOptions,
+        *,
+        feed: Subscription,
+        start: int,
+        first: Snapshot | None = None,
+        skip_characters: int = 0,
+        local: bool = False,
+        origin_error: Callable[[], BaseException | None] | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self._backend = backend
+        self._options = options
+        self._feed = feed
+        self._pos = start
+        self._skip = skip_characters
+        self._local = local
+        self._origin_error = origin_error
+        self._last_index: int | None = None
+        self._gen = self._run(first)
+
+    @property
+    def last_index(self) -> int | None:
+        """Index of the last chunk yielded so far, None before the first."""
+        return self._last_index
+
+    def __aiter__(self) -> ResumableStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        item = await self._gen.__anext__()
+        return item.data
+
+    def indexed(self) -> AsyncIterator[IndexedChunk]:
+        """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
+        return self._gen
+
+    async def aclose(self) -> None:
+        """Stop reading and release the subscription; the producer is not affected."""
+        await self._gen.aclose()
+
+    async def __aenter__(self) -> ResumableStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _cut(self, chunk: Chunk) -> Chunk | None:
+        """Apply what is left of ``skip_characters`` to ``chunk``."""
+        if self._skip >= len(chunk):
+            self._skip -= len(chunk)
+            return None
+        chunk = chunk[self._skip :]
+        self._skip = 0
+        return chunk
+
+    def _failure(self, error: str | None) -> BaseException:
+        if self._origin_error is not None:
+            origin = self._origin_error()
+            if origin is not None:
+                return origin
+        return StreamFailed(self.stream_id, error or "unknown error")
+
+    async def _read(self) -> Snapshot:
+        snap = await self._backend.snapshot(self.stream_id, self._pos, _PAGE)
+        if snap is None:
+            # Expired (or deleted) while we were reading it: nothing more will come.
+            raise BackendUnavailable(f"stream {self.stream_id!r} vanished from storage")
+        return snap
+
+    async def _resubscribe(self) -> None:
+        await self._feed.aclose()  # closed feeds ignore a second aclose in `finally`
+        self._local = False
+        self._feed = await self._backend.subscribe(
+            self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
+        )
+
+    async def _run(self, snap: Snapshot | None) -> AsyncIterator[IndexedChunk]:
+        poll = self._options.poll_interval
+        try:
+            while True:
+                if snap is not None:
+                    for chunk in snap.chunks:
+                        index = self._pos
+                        self._pos += 1
+                        if self._skip:
+                            cut = self._cut(chunk)
+                            if cut is None:
+                                continue
+                            chunk = cut
+                        self._last_index = index
+                        yield IndexedChunk(index, chunk)
+                    if self._pos < snap.length:
+                        snap = await self._read()
+                        continue
+                    if snap.status is StreamStatus.DONE:
+                        return
+                    if snap.status is StreamStatus.FAILED:
+                        raise self._failure(snap.error)
+                    if not snap.lease_alive:
+                        raise ProducerLost(self.stream_id)
+                    snap = None
+                try:
+                    event = await self._feed.get(None if self._local else poll)
+                except BackendUnavailable:
+                    # The live feed broke: one fresh try; if storage is down too, this raises.
+                    await self._resubscribe()
+                    snap = await self._read()
+                    continue
+                if event is None or isinstance(event, Resync):
+                    if self._local:
+                        # The original reader fell behind its budget: read from storage.
+                        await self._resubscribe()
+                    snap = await self._read()
+                    continue
+                if isinstance(event, Appended):
+                    if event.start > self._pos:
+                        snap = await self._read()  # a message was lost: fill the gap
+                        continue
+                    for chunk in event.chunks[self._pos - event.start :]:
+                        index = self._pos
+                        self._pos += 1
+                        if self._skip:
+                            cut = self._cut(chunk)
+                            if cut is None:
+                                continue
+                            chunk = cut
+                        self._last_index = index
+                        yield IndexedChunk(index, chunk)
+                    continue
+                assert isinstance(event, Ended)
+                if event.length > self._pos:
+                    snap = await self._read()
+                    continue
+                if event.status is StreamStatus.DONE:
+                    return
+                if event.exception is not None:
+                    raise event.exception
+                raise self._failure(event.error)
+        finally:
+            with anyio.move_on_after(5.0, shield=True):
+                await self._feed.aclose()

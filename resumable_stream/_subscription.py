@@ -1,0 +1,109 @@
+"""A bounded queue of live events for one reader.
+
+Backends push events into it from their dispatcher; the reader pulls. When the
+reader falls behind by more than its budget, the queued events are dropped and the
+reader is told to `Resync` (re-read from storage): a slow reader costs bounded memory
+and never slows the producer or the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from ._types import Appended, Event, Resync
+
+__all__ = ["RESYNC", "Subscription"]
+
+RESYNC = Resync()
+
+
+def _event_size(event: Event) -> int:
+    if isinstance(event, Appended):
+        return sum(len(c) for c in event.chunks) + 16 * len(event.chunks)
+    return 16
+
+
+class Subscription:
+    """Live events of one stream for one reader.
+
+    Created by a backend's ``subscribe()`` inside a running event loop. Backends call
+    `push` and `fail`; the reader calls `get` and `aclose`.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        max_buffered_bytes: int,
+        on_close: Callable[[Subscription], Awaitable[None]] | None = None,
+    ) -> None:
+        self.key = key  # what the backend subscribed to (stream id or channel)
+        self._events: deque[Event] = deque()
+        self._size = 0
+        self._limit = max_buffered_bytes
+        self._overflowed = False
+        self._error: BaseException | None = None
+        self._wakeup = asyncio.Event()
+        self._on_close = on_close
+        self.closed = False
+
+    def push(self, event: Event) -> None:
+        """Queue ``event`` without blocking; on overflow drop all and ask for a resync."""
+        if self.closed:
+            return
+        size = _event_size(event)
+        if self._size + size > self._limit and self._events:
+            self._events.clear()
+            self._size = 0
+            self._overflowed = True
+        else:
+            self._events.append(event)
+            self._size += size
+        self._wakeup.set()
+
+    def fail(self, error: BaseException) -> None:
+        """The live feed is gone (connection lost); `get` raises ``error`` once drained."""
+        self._error = error
+        self._wakeup.set()
+
+    async def get(self, timeout: float | None) -> Event | None:
+        """Next event, `RESYNC` after an overflow, or None if ``timeout`` passed first.
+
+        Raises:
+            BaseException: whatever `fail` was given, once no event is left.
+        """
+        while True:
+            if self._overflowed:
+                self._overflowed = False
+                return RESYNC
+            if self._events:
+                event = self._events.popleft()
+                self._size -= _event_size(event)
+                return event
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            self._wakeup.clear()
+            if timeout is None:
+                await self._wakeup.wait()
+                continue
+            # A timer that sets the same event is cheaper than wait_for's extra task.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            timer = loop.call_at(deadline, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
+            if not (self._events or self._overflowed or self._error) and loop.time() >= deadline:
+                return None
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._events.clear()
+        if self._on_close is not None:
+            await self._on_close(self)

@@ -1,0 +1,91 @@
+"""The contract between the core and a storage backend.
+
+A backend stores, per stream id: a status (running / done / failed), the producer's
+token and lease, and the list of chunks; and it announces every write to subscribers.
+The replay-then-follow merge lives in the core (``_reader.py``); a backend only has
+to keep these invariants:
+
+1. ``claim`` is atomic: of any number of concurrent calls for one id, across
+   processes, exactly one returns None (it became the producer).
+2. ``write`` is atomic and ordered: it appends ``chunks`` at index ``start`` (it
+   refuses with `StaleProducer` unless ``start`` equals the stored length, the token
+   is the producer's and the stream is running), optionally ends the stream, and only
+   then announces `Appended` (then `Ended`) to subscribers. A reader that saw a
+   message therefore finds its chunks in storage.
+3. ``subscribe`` returns only once the subscription is active: any write that
+   completes after it returns is announced to it. (Redis: after the server's
+   ``subscribe`` confirmation.) If the feed may have missed messages (reconnect),
+   the backend pushes `Resync`; if it is lost for good, it calls ``fail``.
+4. ``snapshot`` reads status, length, lease and a range in one atomic step, so a
+   "done" status always comes with every chunk of the stream.
+5. Every stored record expires: ``ttl`` while running (renewed by each write),
+   ``finished_ttl`` once ended; the lease expires ``lease`` seconds after the last write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from .._exceptions import ResumableStreamError
+from .._subscription import Subscription
+from .._types import Chunk, Ended, Snapshot, StreamStatus
+
+__all__ = ["Backend", "StaleProducer"]
+
+
+class StaleProducer(ResumableStreamError):
+    """A write was refused: the caller is no longer this stream's producer."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage and announcements for streams. Durations are float seconds."""
+
+    async def claim(
+        self, stream_id: str, token: str, *, ttl: float, lease: float
+    ) -> StreamStatus | None:
+        """Create the stream as running under ``token``.
+
+        Returns:
+            None if this call created it; otherwise the existing stream's status.
+        """
+        ...
+
+    async def write(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> None:
+        """Append ``chunks`` at ``start``, renew the lease, and end the stream if ``end``.
+
+        An empty ``chunks`` with no ``end`` only renews the lease.
+
+        Raises:
+            StaleProducer: ``token`` does not own the stream, it has ended, or
+                ``start`` is not the stored length.
+        """
+        ...
+
+    async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
+        """Status plus at most ``limit`` chunks from ``start``; None if no such stream."""
+        ...
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        """The stream's status, or None if no such stream."""
+        ...
+
+    async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
+        """Start receiving live events for ``stream_id`` (see invariant 3)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and tasks the backend owns (not the user's client)."""
+        ...

@@ -1,0 +1,15 @@
+-- Claim a stream id for a producer, atomically.
+-- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
+-- ARGV[1] producer token, ARGV[2] ttl in ms, ARGV[3] lease in ms
+-- Returns the existing status, or nil if this call created the stream.
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+  return status
+end
+-- A list left behind (its meta evicted under memory pressure) must not leak into
+-- the new stream.
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'status', 'running', 'producer', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('SET', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[3]))
+return false

@@ -1,0 +1,44 @@
+-- Append chunks, renew the lease, optionally end the stream; then announce.
+-- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
+-- ARGV[1] producer token     ARGV[2] start index      ARGV[3] ttl ms
+-- ARGV[4] finished ttl ms    ARGV[5] lease ms         ARGV[6] channel
+-- ARGV[7] end status, '' for none                      ARGV[8] error text
+-- ARGV[9] end message        ARGV[10] appended-message header (msgpack 0, start)
+-- ARGV[11..] the chunks, each msgpack-encoded
+-- Returns the new length, or an error starting with STALE.
+local meta, list, lease = KEYS[1], KEYS[2], KEYS[3]
+local fields = redis.call('HMGET', meta, 'status', 'producer')
+if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then
+  return redis.error_reply('STALE not the producer of a running stream')
+end
+local length = redis.call('LLEN', list)
+if length ~= tonumber(ARGV[2]) then
+  return redis.error_reply('STALE write at ' .. ARGV[2] .. ' but ' .. length .. ' chunks are stored')
+end
+local n = #ARGV - 10
+local ended = ARGV[7] ~= ''
+local ttl = tonumber(ARGV[3])
+if ended then
+  ttl = tonumber(ARGV[4])
+end
+if n > 0 then
+  redis.call('RPUSH', list, unpack(ARGV, 11))
+  length = length + n
+  redis.call('PEXPIRE', list, ttl)
+end
+if ended then
+  redis.call('HSET', meta, 'status', ARGV[7], 'error', ARGV[8])
+  redis.call('DEL', lease)
+else
+  redis.call('SET', lease, ARGV[1], 'PX', tonumber(ARGV[5]))
+end
+redis.call('PEXPIRE', meta, ttl)
+-- Announce only after storing: a reader that sees a message finds its chunks.
+if n > 0 then
+  -- The header, then the chunks' msgpack values back to back: one msgpack stream.
+  redis.call('PUBLISH', ARGV[6], ARGV[10] .. table.concat(ARGV, '', 11))
+end
+if ended then
+  redis.call('PUBLISH', ARGV[6], ARGV[9])
+end
+return length

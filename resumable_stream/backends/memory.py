@@ -1,0 +1,133 @@
+"""In-process backend: the same contract as Redis, for one process.
+
+Good for the demo, single-process apps and tests. Writes are applied and announced
+synchronously (no await between storing and announcing), so the backend invariants
+hold trivially. Expired streams are dropped lazily on access and by a sweep that runs
+at most once per second on `claim`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._subscription import Subscription
+from .._types import Appended, Chunk, Ended, Snapshot, StreamStatus
+from ._protocol import StaleProducer
+
+__all__ = ["MemoryBackend"]
+
+
+@dataclass
+class _Entry:
+    token: str
+    expires_at: float
+    lease_until: float
+    status: StreamStatus = StreamStatus.RUNNING
+    error: str | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+
+
+class MemoryBackend:
+    """Streams kept in this process's memory; lost when it exits."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._next_sweep = 0.0
+
+    def _get(self, stream_id: str, now: float) -> _Entry | None:
+        entry = self._entries.get(stream_id)
+        if entry is not None and entry.expires_at <= now:
+            del self._entries[stream_id]
+            return None
+        return entry
+
+    def _sweep(self, now: float) -> None:
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        for stream_id in [k for k, e in self._entries.items() if e.expires_at <= now]:
+            del self._entries[stream_id]
+
+    async def claim(
+        self, stream_id: str, token: str, *, ttl: float, lease: float
+    ) -> StreamStatus | None:
+        now = time.monotonic()
+        self._sweep(now)
+        entry = self._get(stream_id, now)
+        if entry is not None:
+            return entry.status
+        self._entries[stream_id] = _Entry(token=token, expires_at=now + ttl, lease_until=now + lease)
+        return None
+
+    async def write(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> None:
+        now = time.monotonic()
+        entry = self._get(stream_id, now)
+        if entry is None or entry.token != token or entry.status is not StreamStatus.RUNNING:
+            raise StaleProducer(f"not the producer of running stream {stream_id!r}")
+        if start != len(entry.chunks):
+            raise StaleProducer(f"write at {start} but {len(entry.chunks)} chunks are stored")
+        entry.chunks.extend(chunks)
+        entry.expires_at = now + ttl
+        entry.lease_until = now + lease
+        if end is not None:
+            entry.status = end.status
+            entry.error = end.error
+            entry.expires_at = now + finished_ttl
+        subscribers = self._subscribers.get(stream_id, ())
+        if chunks:
+            appended = Appended(start, tuple(chunks))
+            for sub in subscribers:
+                sub.push(appended)
+        if end is not None:
+            ended = Ended(end.status, len(entry.chunks), end.error)
+            for sub in subscribers:
+                sub.push(ended)
+
+    async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
+        now = time.monotonic()
+        entry = self._get(stream_id, now)
+        if entry is None:
+            return None
+        return Snapshot(
+            status=entry.status,
+            length=len(entry.chunks),
+            chunks=entry.chunks[start : start + limit],
+            lease_alive=entry.lease_until > now,
+            error=entry.error,
+        )
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        entry = self._get(stream_id, time.monotonic())
+        return None if entry is None else entry.status
+
+    async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
+        sub = Subscription(stream_id, max_buffered_bytes=max_buffered_bytes, on_close=self._unsubscribe)
+        self._subscribers.setdefault(stream_id, set()).add(sub)
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.key]
+
+    async def aclose(self) -> None:
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                await sub.aclose()
+        self._subscribers.clear()
