@@ -11,7 +11,9 @@ Ordering invariants:
 * Writes are numbered by their start index and the backend refuses one that does
   not start at the stored length: a retried or stale write can neither leave a gap
   nor store a chunk twice.
-* The end (done or failed) rides on the last write, after every chunk.
+* The end (done or failed) rides on the last write, after every chunk, and the
+  original reader sees the end only after that write: read-your-writes for
+  whoever acts on the original reader finishing.
 """
 
 from __future__ import annotations
@@ -201,12 +203,14 @@ class Producer:
             if aclose is not None:
                 with anyio.move_on_after(1.0, shield=True):
                     await aclose()
-        self._feed.push(end)
         self.writer.close(end)
         # Finish the writes even when shutting down, but never hang on them.
         with anyio.move_on_after(self._options.lease + 1.0, shield=True):
             await asyncio.wait([writer_task])
         if not writer_task.done():
             writer_task.cancel()
+        # The original reader ends only once the end is stored (one round trip, once
+        # per stream): after it, every reader and `has_existing_stream` see "done".
+        self._feed.push(end)
         if cancelled is not None:
             raise cancelled

@@ -13,6 +13,9 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   be missed by a reader that reads the list too early.
 * Every later confirmation for a channel (redis-py re-subscribes after a reconnect)
   pushes `Resync` to that channel's readers: messages may have been lost meanwhile.
+* Commands are capped at half the client's pool size in flight: redis-py's asyncio
+  pool raises ``MaxConnectionsError`` instead of waiting, and a burst of 200
+  resumes would otherwise exhaust the default pool of 100.
 * Writes go through ``write.lua``, capped at ``max_batch_chunks`` values per call
   because ``unpack`` in Lua fails near 8,000 values.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +101,9 @@ class RedisBackend:
             )
             self._owned = client
         self._client = client
+        max_connections = getattr(pool, "max_connections", None) or 100
+        self._limit = max(1, min(64, max_connections // 2))
+        self._slots: asyncio.Semaphore | None = None
         self._claim = client.register_script(_lua("claim.lua"))
         self._write = client.register_script(_lua("write.lua"))
         self._snapshot = client.register_script(_lua("snapshot.lua"))
@@ -114,14 +120,23 @@ class RedisBackend:
     def _keys(self, stream_id: str) -> StreamKeys:
         return StreamKeys(self.key_prefix, stream_id)
 
+    async def _call(self, command: Callable[..., Awaitable[Any]], **kwargs: Any) -> Any:
+        """Run one command within the in-flight cap, mapping connection errors."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
+        try:
+            async with self._slots:
+                return await command(**kwargs)
+        except _CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+
     async def claim(
         self, stream_id: str, token: str, *, ttl: float, lease: float
     ) -> StreamStatus | None:
         k = self._keys(stream_id)
-        try:
-            status = await self._claim(keys=[k.meta, k.chunks, k.lease], args=[token, _ms(ttl), _ms(lease)])
-        except _CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+        status = await self._call(
+            self._claim, keys=[k.meta, k.chunks, k.lease], args=[token, _ms(ttl), _ms(lease)]
+        )
         return None if status is None else StreamStatus(status.decode())
 
     async def write(
@@ -152,20 +167,17 @@ class RedisBackend:
         ]
         args.extend(pack(chunk) for chunk in chunks)
         try:
-            await self._write(keys=[k.meta, k.chunks, k.lease], args=args)
+            await self._call(self._write, keys=[k.meta, k.chunks, k.lease], args=args)
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("STALE"):
                 raise StaleProducer(f"stream {stream_id!r}: {exc}") from exc
             raise
-        except _CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         k = self._keys(stream_id)
-        try:
-            reply = await self._snapshot(keys=[k.meta, k.chunks, k.lease], args=[start, limit])
-        except _CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+        reply = await self._call(
+            self._snapshot, keys=[k.meta, k.chunks, k.lease], args=[start, limit]
+        )
         if reply is None:
             return None
         status, error, length, lease, raw = reply
@@ -179,10 +191,7 @@ class RedisBackend:
         )
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        try:
-            status = await self._client.hget(self._keys(stream_id).meta, "status")
-        except _CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
+        status = await self._call(self._client.hget, name=self._keys(stream_id).meta, key="status")
         return None if status is None else StreamStatus(status.decode())
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:

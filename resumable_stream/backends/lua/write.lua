@@ -24,6 +24,8 @@ end
 if n > 0 then
   redis.call('RPUSH', list, unpack(ARGV, 11))
   length = length + n
+end
+if length > 0 then
   redis.call('PEXPIRE', list, ttl)
 end
 if ended then

@@ -1,0 +1,177 @@
+"""What only a real Redis server can show: keys, TTLs, one pub/sub connection, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from resumable_stream import StreamOptions, create_resumable_stream_context
+from resumable_stream._keys import StreamKeys
+from resumable_stream.backends import StaleProducer
+from resumable_stream.backends.redis import RedisBackend
+
+from .conftest import FAST
+from .helpers import ControlledSource, read_all, read_n
+from .servers import RedisServer
+
+
+async def keys_with_ttl(client: aioredis.Redis, prefix: str) -> dict[bytes, int]:
+    return {k: await client.pttl(k) async for k in client.scan_iter(f"{prefix}:*")}
+
+
+@pytest.mark.parametrize(
+    "stream_id", ["plain", "a}b", "{x}", "a{b}c", "100%", "sp ace", "new\nline", "\u00e9\U0001f600"]
+)
+async def test_ids_stay_inside_their_hash_tag(
+    redis_client: aioredis.Redis, key_prefix: str, stream_id: str
+) -> None:
+    keys = StreamKeys(key_prefix, stream_id)
+    names = [keys.meta, keys.chunks, keys.lease, keys.events]
+    assert len({key_slot(n.encode()) for n in names}) == 1
+    ctx = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=FAST)
+    stream = await ctx.resumable_stream(stream_id, lambda: iter([stream_id]))
+    assert await read_all(stream) == stream_id
+    replay = await ctx.resume_existing_stream(stream_id, after=-1)
+    assert await read_all(replay) == stream_id
+    await ctx.aclose()
+
+
+async def test_ids_do_not_collide(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    ids = ["a", "a%7D", "a}", "a%", "a%25", "{a}", "%7Ba%7D"]
+    assert len({StreamKeys(key_prefix, i).meta for i in ids}) == len(ids)
+    ctx = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=FAST)
+    for i in ids:
+        assert await read_all(await ctx.resumable_stream(i, lambda i=i: iter([i]))) == i
+    for i in ids:
+        assert await read_all(await ctx.resume_existing_stream(i, after=-1)) == i
+    await ctx.aclose()
+
+
+async def test_every_key_has_a_ttl(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    ctx = create_resumable_stream_context(
+        redis_client, key_prefix=key_prefix, ttl=600,
+        options=StreamOptions(lease=1.0, poll_interval=0.25, finished_ttl=60),
+    )
+    running = ControlledSource()
+    await ctx.resumable_stream("running", running)
+    running.write("x")
+    done = await ctx.resumable_stream("done", lambda: iter(["a", "b"]))
+    await read_all(done)
+
+    async def boom() -> AsyncIterator[str]:
+        yield "a"
+        raise ValueError("boom")
+
+    failed = await ctx.resumable_stream("failed", boom)
+    with pytest.raises(ValueError, match="boom"):
+        await read_all(failed)
+    follower = await ctx.resume_existing_stream("running")
+    assert await read_n(follower, 1) == "x"  # the chunk is stored by now
+    ttls = await keys_with_ttl(redis_client, key_prefix)
+    assert len(ttls) == 3 + 2 + 2  # running: meta, chunks, lease; ended: meta, chunks
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    finished = {k: v for k, v in ttls.items() if b"running" not in k}
+    assert all(ttl <= 60_000 for ttl in finished.values())
+    running.close()
+    assert await read_all(follower) == ""
+    await ctx.aclose()
+
+
+async def test_client_that_decodes_responses(redis_server: RedisServer, key_prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=FAST)
+    stream = await ctx.resumable_stream("s", lambda: iter([b"\xff\x00", "text"]))
+    assert [c async for c in stream] == [b"\xff\x00", "text"]
+    await ctx.aclose()
+    assert await client.ping()  # the user's client is not closed
+    await client.aclose()
+
+
+async def test_one_pubsub_connection_for_many_readers(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    # A pool of 20 connections serves 150 concurrent readers: they share one pub/sub
+    # connection instead of taking one each.
+    client = aioredis.Redis.from_url(redis_server.url, max_connections=20)
+    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=FAST)
+    sources = [ControlledSource() for _ in range(5)]
+    originals = [await ctx.resumable_stream(f"s{i}", src) for i, src in enumerate(sources)]
+    followers = await asyncio.gather(
+        *(ctx.resume_existing_stream(f"s{i % 5}") for i in range(150))
+    )
+    admin = aioredis.Redis.from_url(redis_server.url)
+    clients = await admin.client_list(_type="pubsub")
+    mine = [c for c in clients if int(c.get("sub", 0)) > 0]
+    assert len(mine) == 1, clients
+    for i, src in enumerate(sources):
+        src.write(f"chunk{i}")
+        src.close()
+    results = await asyncio.gather(*(read_all(f) for f in followers))
+    assert results == [f"chunk{i % 5}" for i in range(150)]
+    assert [await read_all(o) for o in originals] == [f"chunk{i}" for i in range(5)]
+    await ctx.aclose()
+    await admin.aclose()
+    await client.aclose()
+
+
+async def test_follower_recovers_when_its_pubsub_connection_is_killed(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    options = StreamOptions(lease=30.0, poll_interval=30.0)  # no polling: only Resync helps
+    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+    source = ControlledSource()
+    original = await ctx.resumable_stream("s", source)
+    follower = await ctx.resume_existing_stream("s")
+    source.write("a")
+    assert await read_n(follower, 1) == "a"
+    admin = aioredis.Redis.from_url(redis_server.url)
+    killed = await admin.client_kill_filter(_type="pubsub")
+    assert killed >= 1
+    # Written while the pub/sub connection is down or resubscribing.
+    source.write("b")
+    source.write("c")
+    source.close()
+    got = await asyncio.wait_for(read_all(follower), 10)
+    assert got == "bc"
+    assert await read_all(original) == "abc"
+    await ctx.aclose()
+    await admin.aclose()
+    await client.aclose()
+
+
+async def test_stale_producer_is_fenced(redis_client: aioredis.Redis, key_prefix: str) -> None:
+    backend = RedisBackend(redis_client, key_prefix=key_prefix)
+    assert await backend.claim("s", "tok1", ttl=60, lease=5) is None
+    await backend.write("s", "tok1", 0, ["a"], end=None, ttl=60, finished_ttl=60, lease=5)
+    with pytest.raises(StaleProducer):  # not the producer
+        await backend.write("s", "tok2", 1, ["b"], end=None, ttl=60, finished_ttl=60, lease=5)
+    with pytest.raises(StaleProducer):  # a gap
+        await backend.write("s", "tok1", 2, ["c"], end=None, ttl=60, finished_ttl=60, lease=5)
+    with pytest.raises(StaleProducer):  # a repeat
+        await backend.write("s", "tok1", 0, ["a"], end=None, ttl=60, finished_ttl=60, lease=5)
+    snap = await backend.snapshot("s", 0, 10)
+    assert snap is not None
+    assert list(snap.chunks) == ["a"]
+    await backend.aclose()
+
+
+async def test_fast_producer_batches_its_writes(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    ctx = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=FAST)
+
+    async def fast() -> AsyncIterator[str]:
+        for i in range(5000):
+            yield f"{i:08d}"
+
+    stream = await ctx.resumable_stream("fast", fast)
+    text = await read_all(stream)
+    assert text == "".join(f"{i:08d}" for i in range(5000))
+    await ctx.aclose()
+    replay = await ctx.resume_existing_stream("fast", after=-1)
+    assert await read_all(replay) == text
