@@ -9,7 +9,7 @@ import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import anyio
 
@@ -26,7 +26,7 @@ __all__ = ["ResumableStreamContext", "create_resumable_stream_context"]
 
 logger = logging.getLogger("resumable_stream")
 
-MakeStream = Callable[[], Union[AsyncIterable[Chunk], Iterable[Chunk], Any]]
+MakeStream = Callable[[], AsyncIterable[Chunk] | Iterable[Chunk] | Any]
 """A zero-argument callable returning an async iterable (or a sync iterable, or an
 awaitable of either) of ``str``/``bytes`` chunks."""
 
@@ -50,10 +50,10 @@ async def _iterate_sync(iterable: Iterable[Chunk]) -> AsyncIterator[Chunk]:
     iterator = iter(iterable)
     done = object()
     while True:
-        chunk = await anyio.to_thread.run_sync(next, iterator, done)
+        chunk: object = await anyio.to_thread.run_sync(next, iterator, done)
         if chunk is done:
             return
-        yield chunk
+        yield chunk  # type: ignore[misc]  # a wrong type fails the stream in the producer
 
 
 async def _open_source(make_stream: MakeStream) -> AsyncIterator[Chunk]:
@@ -63,7 +63,7 @@ async def _open_source(make_stream: MakeStream) -> AsyncIterator[Chunk]:
     if isinstance(source, (str, bytes, bytearray)):
         raise TypeError("make_stream() returned a str/bytes; return an iterable of chunks")
     if hasattr(source, "__aiter__"):
-        return source.__aiter__()  # type: ignore[no-any-return]
+        return source.__aiter__()
     if hasattr(source, "__iter__"):
         return _iterate_sync(source)
     raise TypeError(

@@ -43,7 +43,8 @@ class StreamOptions:
         for name in ("lease", "poll_interval"):
             if not getattr(self, name) > 0:
                 raise InvalidArgument(f"{name} must be > 0")
-        for name in ("max_batch_chunks", "max_batch_bytes", "max_buffered_bytes", "reader_buffer_bytes"):
+        sizes = ("max_batch_chunks", "max_batch_bytes", "max_buffered_bytes", "reader_buffer_bytes")
+        for name in sizes:
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"{name} must be >= 1")
         if self.max_batch_chunks > 4000:

@@ -18,7 +18,7 @@ producer itself and switches to the backend only if it falls too far behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 
 import anyio
@@ -135,7 +135,7 @@ class ResumableStream:
             self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
         )
 
-    async def _run(self, snap: Snapshot | None) -> AsyncIterator[IndexedChunk]:
+    async def _run(self, snap: Snapshot | None) -> AsyncGenerator[IndexedChunk, None]:
         poll = self._options.poll_interval
         try:
             while True:

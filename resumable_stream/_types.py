@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 __all__ = [
     "Appended",
@@ -18,7 +18,7 @@ __all__ = [
     "StreamStatus",
 ]
 
-Chunk = Union[str, bytes]
+Chunk = str | bytes
 """One piece of a stream, as the producer yielded it (its type is kept)."""
 
 
@@ -33,7 +33,7 @@ class StreamStatus(str, enum.Enum):
 class IndexedChunk(NamedTuple):
     """A chunk with its position in the stream (0-based; the SSE event id)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, on purpose: it reads best
     data: Chunk
 
 
@@ -65,7 +65,7 @@ class Resync:
     __slots__ = ()
 
 
-Event = Union[Appended, Ended, Resync]
+Event = Appended | Ended | Resync
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,17 @@ from .servers import RedisServer
 BACKENDS = ["memory", "fakeredis", "redis"]
 
 
-async def make_backend(kind: str, server: RedisServer) -> tuple[Backend, Callable[[], Awaitable[None]]]:
+Closer = Callable[[], Awaitable[None]]
+
+
+async def make_backend(kind: str, server: RedisServer) -> tuple[Backend, Closer]:
     if kind == "memory":
         backend: Backend = MemoryBackend()
         return backend, backend.aclose
-    client = fakeredis.FakeAsyncRedis() if kind == "fakeredis" else aioredis.Redis.from_url(server.url)
+    if kind == "fakeredis":
+        client = fakeredis.FakeAsyncRedis()
+    else:
+        client = aioredis.Redis.from_url(server.url)
     backend = RedisBackend(client, key_prefix=f"prop-{uuid.uuid4().hex[:10]}")
 
     async def close() -> None:

@@ -59,7 +59,7 @@ class MemoryBackend:
         entry = self._get(stream_id, now)
         if entry is not None:
             return entry.status
-        self._entries[stream_id] = _Entry(token=token, expires_at=now + ttl, lease_until=now + lease)
+        self._entries[stream_id] = _Entry(token, expires_at=now + ttl, lease_until=now + lease)
         return None
 
     async def write(
@@ -115,7 +115,9 @@ class MemoryBackend:
         return None if entry is None else entry.status
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
-        sub = Subscription(stream_id, max_buffered_bytes=max_buffered_bytes, on_close=self._unsubscribe)
+        sub = Subscription(
+            stream_id, max_buffered_bytes=max_buffered_bytes, on_close=self._unsubscribe
+        )
         self._subscribers.setdefault(stream_id, set()).add(sub)
         return sub
 

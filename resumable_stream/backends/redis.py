@@ -58,7 +58,7 @@ _END = msgpack.packb(1)
 
 
 def _lua(name: str) -> str:
-    return resources.files(__package__).joinpath("lua", name).read_text("utf-8")
+    return resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
 
 
 def _ms(seconds: float) -> int:
@@ -318,7 +318,7 @@ class _PubSubHub:
             self._pubsub = None
             self._task = None
             try:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception as close_exc:  # the connection is already broken
                 logger.debug("closing the broken pub/sub connection: %r", close_exc)
 
@@ -326,13 +326,10 @@ class _PubSubHub:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.wait([task])  # never re-raises the task's CancelledError
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         error = BackendUnavailable("the backend was closed")
         for record in self._channels.values():
             for sub in record.subscribers:
