@@ -13,7 +13,12 @@ from typing import Any, Literal
 
 import anyio
 
-from ._exceptions import InvalidArgument, StreamAlreadyExists, StreamNotFound
+from ._exceptions import (
+    InvalidArgument,
+    ResumableStreamError,
+    StreamAlreadyExists,
+    StreamNotFound,
+)
 from ._keys import validate_stream_id
 from ._options import StreamOptions
 from ._producer import Producer
@@ -97,6 +102,7 @@ class ResumableStreamContext:
         self._wait_until = wait_until
         self._owns_backend = owns_backend
         self._producers: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def resumable_stream(
         self,
@@ -127,6 +133,8 @@ class ResumableStreamContext:
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
+        if self._closed:
+            raise ResumableStreamError("the context is closed: it starts no new producers")
         token = uuid.uuid4().hex
         existing = await self.backend.claim(
             stream_id, token, ttl=self.ttl, lease=self.options.lease
@@ -156,6 +164,8 @@ class ResumableStreamContext:
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
+        if self._closed:
+            raise ResumableStreamError("the context is closed: it starts no new producers")
         token = uuid.uuid4().hex
         existing = await self.backend.claim(
             stream_id, token, ttl=self.ttl, lease=self.options.lease
@@ -220,6 +230,7 @@ class ResumableStreamContext:
         """Let running producers finish for up to ``shutdown_grace`` seconds, then
         cancel the rest (their streams are marked failed) and release the backend
         if the context created it."""
+        self._closed = True
         tasks = set(self._producers)
         if tasks:
             with anyio.CancelScope(shield=True):
@@ -273,6 +284,7 @@ class ResumableStreamContext:
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)
         task.add_done_callback(self._producers.discard)
+        task.add_done_callback(producer.on_task_done)
         if self._wait_until is not None:
             self._wait_until(task)
         return ResumableStream(

@@ -131,6 +131,10 @@ class _Writer:
                     return False
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
+            except Exception as exc:  # refused for good (e.g. Redis out of memory)
+                self._give_up(exc)
+                await self._mark_failed(f"persistence failed: {exc}")
+                return False
 
     def _give_up(self, exc: BaseException) -> None:
         logger.error(
@@ -173,6 +177,15 @@ class Producer:
         self._options = options
         self.writer = _Writer(backend, stream_id, token, options, ttl)
         self.exception: BaseException | None = None
+        self._index = 0
+        self._ended = False
+
+    def on_task_done(self, task: asyncio.Task[None]) -> None:
+        """Done-callback: a task cancelled before it ran must still end its reader."""
+        if not self._ended:
+            self._ended = True
+            error = "CancelledError: the producer was shut down"
+            self._feed.push(Ended(StreamStatus.FAILED, self._index, error))
 
     async def run(self) -> None:
         writer_task = asyncio.create_task(self.writer.run())
@@ -188,7 +201,7 @@ class Producer:
                             f"stream chunks must be str or bytes, not {type(chunk).__name__}"
                         )
                 self._feed.push(Appended(index, (chunk,)))
-                index += 1
+                index = self._index = index + 1
                 await self.writer.add(chunk)
             end = Ended(StreamStatus.DONE, index)
         except asyncio.CancelledError as exc:
@@ -211,6 +224,7 @@ class Producer:
             writer_task.cancel()
         # The original reader ends only once the end is stored (one round trip, once
         # per stream): after it, every reader and `has_existing_stream` see "done".
+        self._ended = True
         self._feed.push(end)
         if cancelled is not None:
             raise cancelled

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import anyio
 
-from ._exceptions import BackendUnavailable, ProducerLost, StreamFailed
+from ._exceptions import BackendUnavailable, ProducerLost, StreamFailed, StreamNotFound
 from ._options import StreamOptions
 from ._subscription import Subscription
 from ._types import Appended, Chunk, Ended, IndexedChunk, Resync, Snapshot, StreamStatus
@@ -48,6 +48,7 @@ class ResumableStream:
             source's own exception instead).
         ProducerLost: the producer's process stopped renewing its lease.
         BackendUnavailable: storage could not be reached.
+        StreamNotFound: the stream expired from storage while being read.
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class ResumableStream:
         snap = await self._backend.snapshot(self.stream_id, self._pos, _PAGE)
         if snap is None:
             # Expired (or deleted) while we were reading it: nothing more will come.
-            raise BackendUnavailable(f"stream {self.stream_id!r} vanished from storage")
+            raise StreamNotFound(self.stream_id)
         return snap
 
     async def _resubscribe(self) -> None:

@@ -14,6 +14,7 @@ from resumable_stream import (
     InvalidStreamId,
     MemoryBackend,
     ResumableStreamContext,
+    ResumableStreamError,
     StreamAlreadyExists,
     StreamFailed,
     StreamNotFound,
@@ -358,3 +359,15 @@ async def test_slow_original_reader_falls_back_to_storage(backend: Backend) -> N
     assert first + rest == "".join(payload)
     assert original._local is False  # it did switch to storage
     await ctx.aclose()
+
+
+async def test_aclose_before_the_producer_ran_ends_its_reader(backend: Backend) -> None:
+    ctx = create_resumable_stream_context(
+        backend, options=StreamOptions(lease=1.0, poll_interval=0.25, shutdown_grace=0)
+    )
+    stream = await ctx.resumable_stream("s", ControlledSource())
+    await ctx.aclose()  # grace 0: the producer task is cancelled before its first step
+    with pytest.raises(StreamFailed):
+        await asyncio.wait_for(read_all(stream), 5)
+    with pytest.raises(ResumableStreamError, match="closed"):
+        await ctx.resumable_stream("t", ControlledSource())
