@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 
+def describe(exc: BaseException) -> str:
+    """``"Type: message"``: redis-py 8's exceptions print no message in their repr."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 class ResumableStreamError(Exception):
     """Base class of every error this package raises on purpose."""
 

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 
-from ._exceptions import BackendUnavailable
+from ._exceptions import BackendUnavailable, describe
 from ._options import StreamOptions
 from ._subscription import Subscription
 from ._types import Appended, Chunk, Ended, StreamStatus
@@ -138,9 +138,9 @@ class _Writer:
 
     def _give_up(self, exc: BaseException) -> None:
         logger.error(
-            "stream %r: cannot store chunks from index %d (%r); the original reader goes on, "
+            "stream %r: cannot store chunks from index %d (%s); the original reader goes on, "
             "other readers will get an error",
-            self._stream_id, self._stored, exc,
+            self._stream_id, self._stored, describe(exc),
         )
         self.broken = True
         self._pending.clear()
@@ -155,7 +155,9 @@ class _Writer:
                 ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
             )
         except Exception as exc:  # the lease will lapse instead: readers get ProducerLost
-            logger.error("stream %r: cannot mark it failed either (%r)", self._stream_id, exc)
+            logger.error(
+                "stream %r: cannot mark it failed either (%s)", self._stream_id, describe(exc)
+            )
 
 
 class Producer:
@@ -209,8 +211,8 @@ class Producer:
             end = Ended(StreamStatus.FAILED, index, "CancelledError: the producer was shut down")
         except Exception as exc:
             self.exception = exc
-            logger.warning("stream %r: its source raised %r", self.stream_id, exc)
-            end = Ended(StreamStatus.FAILED, index, f"{type(exc).__name__}: {exc}", exc)
+            logger.warning("stream %r: its source raised %s", self.stream_id, describe(exc))
+            end = Ended(StreamStatus.FAILED, index, describe(exc), exc)
         finally:
             aclose = getattr(self._source, "aclose", None)
             if aclose is not None:

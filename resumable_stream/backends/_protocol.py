@@ -48,7 +48,9 @@ class Backend(Protocol):
         """Create the stream as running under ``token``.
 
         Returns:
-            None if this call created it; otherwise the existing stream's status.
+            None if this call created it; otherwise the existing stream's status,
+            with a running stream whose lease lapsed reported as FAILED (it is never
+            taken over: readers may hold part of what the dead producer wrote).
         """
         ...
 
@@ -79,7 +81,7 @@ class Backend(Protocol):
         ...
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        """The stream's status, or None if no such stream."""
+        """The stream's status (FAILED if its lease lapsed), or None if no such stream."""
         ...
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:

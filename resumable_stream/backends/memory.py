@@ -58,7 +58,7 @@ class MemoryBackend:
         self._sweep(now)
         entry = self._get(stream_id, now)
         if entry is not None:
-            return entry.status
+            return self._status(entry, now)
         self._entries[stream_id] = _Entry(token, expires_at=now + ttl, lease_until=now + lease)
         return None
 
@@ -111,8 +111,15 @@ class MemoryBackend:
         )
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        entry = self._get(stream_id, time.monotonic())
-        return None if entry is None else entry.status
+        now = time.monotonic()
+        entry = self._get(stream_id, now)
+        return None if entry is None else self._status(entry, now)
+
+    @staticmethod
+    def _status(entry: _Entry, now: float) -> StreamStatus:
+        if entry.status is StreamStatus.RUNNING and entry.lease_until <= now:
+            return StreamStatus.FAILED  # the producer stopped renewing its lease
+        return entry.status
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
         sub = Subscription(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .._exceptions import BackendUnavailable
+from .._exceptions import BackendUnavailable, describe
 from .._keys import StreamKeys, validate_prefix
 from .._subscription import RESYNC, Subscription
 from .._types import Appended, Chunk, Ended, Event, Snapshot, StreamStatus
@@ -96,8 +96,9 @@ class RedisBackend:
         pool = client.connection_pool
         if pool.connection_kwargs.get("decode_responses"):
             kwargs = {**pool.connection_kwargs, "decode_responses": False}
-            client = aioredis.Redis(
-                connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs)
+            # from_pool: the new client owns its pool and disconnects it in aclose().
+            client = aioredis.Redis.from_pool(
+                type(pool)(connection_class=pool.connection_class, **kwargs)
             )
             self._owned = client
         self._client = client
@@ -191,8 +192,12 @@ class RedisBackend:
         )
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        status = await self._call(self._client.hget, name=self._keys(stream_id).meta, key="status")
-        return None if status is None else StreamStatus(status.decode())
+        snap = await self.snapshot(stream_id, 0, 0)
+        if snap is None:
+            return None
+        if snap.status is StreamStatus.RUNNING and not snap.lease_alive:
+            return StreamStatus.FAILED  # the producer died
+        return snap.status
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
         return await self._hub.subscribe(self._keys(stream_id).events, max_buffered_bytes)
@@ -307,7 +312,7 @@ class _PubSubHub:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.warning("Redis pub/sub connection lost: %r", exc)
+            logger.warning("Redis pub/sub connection lost: %s", describe(exc))
             error = BackendUnavailable(f"Redis pub/sub connection lost: {exc}")
             channels, self._channels = self._channels, {}
             for record in channels.values():
@@ -320,7 +325,7 @@ class _PubSubHub:
             try:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             except Exception as close_exc:  # the connection is already broken
-                logger.debug("closing the broken pub/sub connection: %r", close_exc)
+                logger.debug("closing the broken pub/sub connection: %s", describe(close_exc))
 
     async def aclose(self) -> None:
         task, self._task = self._task, None

@@ -118,7 +118,7 @@ async def hang(url: str, prefix: str, stream_id: str, n: int) -> None:
     """Produces ``n`` chunks, then nothing. Prints READY once a follower in this process
     has received all ``n`` (so they are stored: a write is announced only after it is
     stored), then waits to be killed."""
-    ctx, client = make_context(url, prefix)
+    ctx, _client = make_context(url, prefix)  # both die with the process
 
     async def source() -> AsyncIterator[str]:
         for i in range(n):

@@ -1,9 +1,14 @@
 -- Claim a stream id for a producer, atomically.
 -- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
 -- ARGV[1] producer token, ARGV[2] ttl in ms, ARGV[3] lease in ms
--- Returns the existing status, or nil if this call created the stream.
+-- Returns the existing status, or nil if this call created the stream. A running
+-- stream whose lease lapsed (its producer died) counts as failed: it is never
+-- taken over, since readers may already hold part of what the dead producer wrote.
 local status = redis.call('HGET', KEYS[1], 'status')
 if status then
+  if status == 'running' and redis.call('EXISTS', KEYS[3]) == 0 then
+    return 'failed'
+  end
   return status
 end
 -- A list left behind (its meta evicted under memory pressure) must not leak into

@@ -9,7 +9,7 @@ end
 local length = redis.call('LLEN', KEYS[2])
 local start = tonumber(ARGV[1])
 local chunks = {}
-if start < length then
+if start < length and tonumber(ARGV[2]) > 0 then
   chunks = redis.call('LRANGE', KEYS[2], start, start + tonumber(ARGV[2]) - 1)
 end
 return {fields[1], fields[2] or '', length, redis.call('EXISTS', KEYS[3]), chunks}
