@@ -50,6 +50,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import redis.asyncio as aioredis
@@ -67,7 +68,7 @@ from resumable_stream._types import Ended, Snapshot
 from resumable_stream.backends.redis import RedisBackend
 
 # Commands a new connection sends before any work: not a per-chunk cost.
-HANDSHAKE = frozenset({"hello", "client|setinfo", "client|setname", "select", "auth", "ping"})
+HANDSHAKE = frozenset({"hello", "client|setinfo", "client|setname", "select", "auth"})
 PUBSUB = frozenset({"subscribe", "unsubscribe", "psubscribe", "punsubscribe"})
 TTL = 300.0  # seconds: keys left on a shared server go away soon
 OPTIONS = StreamOptions(finished_ttl=60.0)
@@ -94,7 +95,6 @@ QUICK = (
     Workload("fast", streams=4, chunks=200, chunk_bytes=32, delay=0.0),
     Workload("slow", streams=1, chunks=40, chunk_bytes=32, delay=0.005),
 )
-WARMUP = Workload("warmup", streams=2, chunks=5, chunk_bytes=32, delay=0.0)
 
 
 def log(message: str) -> None:
@@ -160,7 +160,13 @@ class CountingBackend:
         self.chunks_written += len(chunks)
         self.largest_write = max(self.largest_write, len(chunks))
         await self.inner.write(
-            stream_id, token, start, chunks, end=end, ttl=ttl, finished_ttl=finished_ttl,
+            stream_id,
+            token,
+            start,
+            chunks,
+            end=end,
+            ttl=ttl,
+            finished_ttl=finished_ttl,
             lease=lease,
         )
 
@@ -184,7 +190,7 @@ def command_calls(info: dict[str, Any]) -> Counter[str]:
     calls: Counter[str] = Counter()
     for key, value in info.items():
         if key.startswith("cmdstat_") and isinstance(value, dict):
-            calls[key[len("cmdstat_"):]] = int(value.get("calls", 0))
+            calls[key[len("cmdstat_") :]] = int(value.get("calls", 0))
     return calls
 
 
@@ -204,6 +210,29 @@ async def collect(stream: ResumableStream | None) -> list[tuple[int, Chunk]]:
 
 def exact(got: list[tuple[int, Chunk]], want: list[bytes]) -> bool:
     return [i for i, _ in got] == list(range(len(want))) and [d for _, d in got] == want
+
+
+def mismatch(
+    who: str, stream_id: str, got: list[tuple[int, Chunk]], want: list[bytes]
+) -> dict[str, Any]:
+    """What went wrong, for the report: enough to start debugging from."""
+    indices = [i for i, _ in got]
+    seen = Counter(indices)
+    first_bad = next(
+        (n for n, (i, d) in enumerate(got) if i != n or n >= len(want) or d != want[n]), None
+    )
+    return {
+        "reader": who,
+        "stream_id": stream_id,
+        "got_chunks": len(got),
+        "want_chunks": len(want),
+        "duplicate_indices": sorted(i for i, c in seen.items() if c > 1)[:10],
+        "missing_indices": sorted(set(range(len(want))) - set(seen))[:10],
+        "first_bad_position": first_bad,
+        "got_at_first_bad": (
+            None if first_bad is None or first_bad >= len(got) else repr(got[first_bad])[:120]
+        ),
+    }
 
 
 async def run_plain(workload: Workload, want: list[list[bytes]]) -> dict[str, Any]:
@@ -246,6 +275,7 @@ class Bench:
         ctx = create_resumable_stream_context(self.producer, ttl=TTL, options=OPTIONS)
         fctx = create_resumable_stream_context(self.follower, ttl=TTL, options=OPTIONS)
         origin_done: list[float] = []
+        problems: list[dict[str, Any]] = []
 
         async def one(stream: int) -> tuple[bool, bool]:
             stream_id = f"{workload.name}-{run}-{stream}"
@@ -260,7 +290,13 @@ class Bench:
                 return got
 
             got_origin, got_follower = await asyncio.gather(timed_origin(), collect(follower))
-            return exact(got_origin, want[stream]), exact(got_follower, want[stream])
+            ok_origin = exact(got_origin, want[stream])
+            ok_follower = exact(got_follower, want[stream])
+            if not ok_origin:
+                problems.append(mismatch("origin", stream_id, got_origin, want[stream]))
+            if not ok_follower:
+                problems.append(mismatch("follower", stream_id, got_follower, want[stream]))
+            return ok_origin, ok_follower
 
         before_info = await self.stats.info("commandstats")
         started = time.perf_counter()
@@ -309,6 +345,7 @@ class Bench:
             "origin_bytes_ok": all(o for o, _ in results),
             "follower_bytes_ok": all(f for _, f in results),
             "bytes_ok": all(o and f for o, f in results),
+            "mismatches": problems[:10],
         }
 
 
@@ -323,10 +360,9 @@ def summarize(
     by_name: Counter[str] = Counter()
     for run in library:
         by_name.update(run["commands_by_name"])
-    ratios = [lib["chunks_per_s"] / p["chunks_per_s"] for p, lib in zip(plain, library)]
-    origin_ratios = [
-        lib["origin_chunks_per_s"] / p["chunks_per_s"] for p, lib in zip(plain, library)
-    ]
+    pairs = list(zip(plain, library, strict=True))  # each library run beside its plain run
+    ratios = [lib["chunks_per_s"] / p["chunks_per_s"] for p, lib in pairs]
+    origin_ratios = [lib["origin_chunks_per_s"] / p["chunks_per_s"] for p, lib in pairs]
     return {
         "config": {
             **asdict(workload),
@@ -354,14 +390,23 @@ def summarize(
     }
 
 
-async def benchmark(url: str, workloads: Sequence[Workload], repeats: int, budget: float,
-                    ) -> dict[str, Any]:
+async def benchmark(
+    url: str, workloads: Sequence[Workload], repeats: int, budget: float
+) -> dict[str, Any]:
     bench = Bench(url)
     try:
         with anyio.fail_after(30):
             server = await bench.stats.info("server")
-        # Load the scripts and open the connections and the pub/sub connections once.
-        await bench.run_library(WARMUP, expected_chunks(WARMUP), 0, budget)
+        # Load the scripts, open the pub/sub connections and as many pooled connections
+        # as the widest workload uses, so that runs measure steady state.
+        warmup = Workload(
+            "warmup",
+            streams=max(w.streams for w in workloads),
+            chunks=20,
+            chunk_bytes=32,
+            delay=0.0,
+        )
+        await bench.run_library(warmup, expected_chunks(warmup), 0, budget)
         results: dict[str, Any] = {}
         for workload in workloads:
             want = expected_chunks(workload)
@@ -378,6 +423,8 @@ async def benchmark(url: str, workloads: Sequence[Workload], repeats: int, budge
                     f"plain {plain[-1]['chunks_per_s']:,.0f} chunks/s, "
                     f"bytes_ok={library[-1]['bytes_ok'] and plain[-1]['bytes_ok']}"
                 )
+                for problem in library[-1]["mismatches"]:
+                    log(f"  MISMATCH {json.dumps(problem)}")
             results[workload.name] = summarize(workload, plain, library)
         return {
             "redis": {"version": server.get("redis_version"), "key_prefix": bench.prefix},
@@ -406,7 +453,7 @@ def plot(report: dict[str, Any], path: Path) -> str:
         ("throughput_ratio", "Throughput, library / plain"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6))
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         values = [workloads[n][key] for n in names]
         bars = ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:green"][: len(names)])
         ax.bar_label(bars, labels=[f"{v:.3g}" for v in values])
@@ -424,14 +471,26 @@ def plot(report: dict[str, Any], path: Path) -> str:
     return str(path)
 
 
+def is_loopback(url: str) -> bool:
+    """Only a Redis on this machine: the benchmark never leaves loopback."""
+    parsed = urlsplit(url)
+    if parsed.scheme == "unix":
+        return True
+    if parsed.scheme not in ("redis", "rediss"):
+        return False
+    host = parsed.hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.roundtrips", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes (a few seconds)")
     parser.add_argument(
-        "--redis-url", help="use this Redis instead of a private redis-server (its commandstats "
-        "then include other clients' commands)"
+        "--redis-url",
+        help="use this Redis (loopback or unix socket only) instead of a private "
+        "redis-server; its commandstats then include other clients' commands",
     )
     parser.add_argument("--repeats", type=int, help="runs per workload (default 3, quick 1)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -445,12 +504,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = None
     url = args.redis_url
+    if url is not None and not is_loopback(url):
+        parser.error(f"--redis-url must point to this machine (loopback), not {url!r}")
     if url is None:
         try:
             from tests.servers import RedisServer
         except ImportError:
-            parser.error("run from the repository root (tests.servers not importable), "
-                         "or pass --redis-url")
+            parser.error(
+                "run from the repository root (tests.servers not importable), or pass --redis-url"
+            )
         server = RedisServer()
         server.start()
         url = server.url
