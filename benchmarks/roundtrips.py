@@ -139,10 +139,14 @@ class CountingBackend:
         self.largest_write = 0
 
     async def claim(
-        self, stream_id: str, token: str, *, ttl: float, lease: float
+        self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
         self.calls["claim"] += 1
-        return await self.inner.claim(stream_id, token, ttl=ttl, lease=lease)
+        return await self.inner.claim(stream_id, token, ttl=ttl, lease=lease, metadata=metadata)
+
+    async def request_stop(self, stream_id: str) -> bool:
+        self.calls["request_stop"] += 1
+        return await self.inner.request_stop(stream_id)
 
     async def write(
         self,
@@ -155,11 +159,11 @@ class CountingBackend:
         ttl: float,
         finished_ttl: float,
         lease: float,
-    ) -> None:
+    ) -> bool:
         self.calls["write"] += 1
         self.chunks_written += len(chunks)
         self.largest_write = max(self.largest_write, len(chunks))
-        await self.inner.write(
+        return await self.inner.write(
             stream_id,
             token,
             start,

@@ -7,11 +7,12 @@ import inspect
 import logging
 import os
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
 import anyio
+import msgpack
 
 from ._exceptions import (
     InvalidArgument,
@@ -102,6 +103,7 @@ class ResumableStreamContext:
         self._wait_until = wait_until
         self._owns_backend = owns_backend
         self._producers: set[asyncio.Task[None]] = set()
+        self._local: dict[str, Producer] = {}
         self._closed = False
 
     async def resumable_stream(
@@ -109,6 +111,8 @@ class ResumableStreamContext:
         stream_id: str,
         make_stream: MakeStream,
         skip_characters: int | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ResumableStream | None:
         """Create the stream, or join it if it is running.
 
@@ -118,6 +122,9 @@ class ResumableStreamContext:
             skip_characters: skip this many characters from the start of the stream
                 (Python code points for ``str`` chunks, bytes for ``bytes`` chunks;
                 the npm package counts UTF-16 units).
+            metadata: a small msgpack-serialisable mapping stored with the stream
+                (for example an HTTP status and content type); every reader gets it
+                as ``stream.metadata``.
 
         Returns:
             A reader from the start of the stream (after the skipped characters), or
@@ -125,7 +132,7 @@ class ResumableStreamContext:
 
         Raises:
             InvalidStreamId: bad ``stream_id``.
-            InvalidArgument: bad ``skip_characters``.
+            InvalidArgument: bad ``skip_characters`` or ``metadata``.
             TypeError: ``make_stream`` is not callable or returned no iterable (the
                 stream is then marked failed).
             BackendUnavailable: storage could not be reached.
@@ -133,14 +140,15 @@ class ResumableStreamContext:
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
+        packed = _pack_metadata(metadata)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
         token = uuid.uuid4().hex
         existing = await self.backend.claim(
-            stream_id, token, ttl=self.ttl, lease=self.options.lease
+            stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
         )
         if existing is None:
-            return await self._start(stream_id, token, make_stream, skip)
+            return await self._start(stream_id, token, make_stream, skip, metadata)
         if existing is not StreamStatus.RUNNING:
             return None
         return await self._follow(stream_id, 0, skip, none_if_finished=False)
@@ -150,6 +158,8 @@ class ResumableStreamContext:
         stream_id: str,
         make_stream: MakeStream,
         skip_characters: int | None = None,
+        *,
+        metadata: Mapping[str, Any] | None = None,
     ) -> ResumableStream | None:
         """Create a stream and return its original reader.
 
@@ -164,14 +174,15 @@ class ResumableStreamContext:
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
+        packed = _pack_metadata(metadata)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
         token = uuid.uuid4().hex
         existing = await self.backend.claim(
-            stream_id, token, ttl=self.ttl, lease=self.options.lease
+            stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
         )
         if existing is None:
-            return await self._start(stream_id, token, make_stream, skip)
+            return await self._start(stream_id, token, make_stream, skip, metadata)
         if existing is StreamStatus.RUNNING:
             raise StreamAlreadyExists(stream_id)
         return None
@@ -187,16 +198,18 @@ class ResumableStreamContext:
 
         Args:
             stream_id: the stream's id.
-            skip_characters: skip this many characters from the start.
+            skip_characters: skip this many characters from the start (or, with
+                ``after``, from the first chunk after it).
             after: resume after the chunk with this index (the last one the client
-                got, e.g. SSE ``Last-Event-ID``); ``-1`` means from the start. Not
-                combinable with ``skip_characters``.
+                got, e.g. SSE ``Last-Event-ID``); ``-1`` means from the start.
 
         Returns:
-            A reader; None if the stream finished and ``after`` is not given (as the
-            npm package does), or if ``after`` is given and nothing is left after it.
-            A failed stream still returns a reader: it replays what was stored, then
-            raises `StreamFailed`.
+            A reader. None if the stream finished and ``after`` is not given (as the
+            npm package does); with ``after``, None only once the stream has ended
+            (done, failed, or its producer lost) with no chunk after ``after``: a
+            client that tracks its position gets the tail of a stream that ended
+            while it was away. Otherwise a failed stream's reader replays what was
+            stored, then raises `StreamFailed` (or `ProducerLost`).
 
         Raises:
             StreamNotFound: no stream with this id (never created, or expired).
@@ -208,9 +221,27 @@ class ResumableStreamContext:
             return await self._follow(stream_id, 0, skip, none_if_finished=True)
         if isinstance(after, bool) or not isinstance(after, int) or after < -1:
             raise InvalidArgument(f"after must be an int >= -1, got {after!r}")
-        if skip:
-            raise InvalidArgument("give either skip_characters or after, not both")
-        return await self._follow(stream_id, after + 1, 0, none_if_finished=False)
+        return await self._follow(stream_id, after + 1, skip, none_if_finished=False)
+
+    async def stop_stream(self, stream_id: str) -> bool:
+        """Stop a running stream's producer, from any process.
+
+        The producer stops pulling from its source and ends the stream as done, so
+        every reader ends cleanly. A producer in this process stops at once; one in
+        another process at its next write (within ``lease / 3`` when idle).
+
+        Returns:
+            True if the stream was running, False if it had ended or does not exist.
+
+        Raises:
+            InvalidStreamId, BackendUnavailable.
+        """
+        stream_id = validate_stream_id(stream_id)
+        running = await self.backend.request_stop(stream_id)
+        local = self._local.get(stream_id)
+        if local is not None:
+            local.stop()
+        return running
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if there is no such stream, True while it runs, "DONE" once it ended.
@@ -261,7 +292,12 @@ class ResumableStreamContext:
             )
 
     async def _start(
-        self, stream_id: str, token: str, make_stream: MakeStream, skip: int
+        self,
+        stream_id: str,
+        token: str,
+        make_stream: MakeStream,
+        skip: int,
+        metadata: Mapping[str, Any] | None,
     ) -> ResumableStream:
         try:
             source = await _open_source(make_stream)
@@ -283,13 +319,16 @@ class ResumableStreamContext:
         )
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)
+        self._local[stream_id] = producer
         task.add_done_callback(self._producers.discard)
         task.add_done_callback(producer.on_task_done)
+        task.add_done_callback(lambda _: self._local.pop(stream_id, None))
         if self._wait_until is not None:
             self._wait_until(task)
         return ResumableStream(
             stream_id, self.backend, self.options, feed=feed, start=0,
             skip_characters=skip, local=True, origin_error=lambda: producer.exception,
+            metadata=dict(metadata) if metadata else None,
         )
 
     async def _follow(
@@ -303,9 +342,9 @@ class ResumableStreamContext:
             snap = await self.backend.snapshot(stream_id, start, _PAGE)
             if snap is None:
                 raise StreamNotFound(stream_id)
-            if snap.status is StreamStatus.DONE and (
-                none_if_finished or start >= snap.length
-            ):
+            ended = snap.status is not StreamStatus.RUNNING or not snap.lease_alive
+            nothing_left = ended and start >= snap.length and not none_if_finished
+            if (none_if_finished and snap.status is StreamStatus.DONE) or nothing_left:
                 await feed.aclose()
                 return None
         except BaseException:
@@ -314,8 +353,32 @@ class ResumableStreamContext:
             raise
         return ResumableStream(
             stream_id, self.backend, self.options, feed=feed, start=start,
-            first=snap, skip_characters=skip,
+            first=snap, skip_characters=skip, metadata=_unpack_metadata(snap.metadata),
         )
+
+
+_MAX_METADATA = 64 * 1024
+
+
+def _pack_metadata(metadata: Mapping[str, Any] | None) -> bytes:
+    if not metadata:
+        return b""
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgument(f"metadata must be a mapping, not {type(metadata).__name__}")
+    try:
+        packed: bytes = msgpack.packb(dict(metadata))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidArgument(f"metadata must be msgpack-serialisable: {exc}") from exc
+    if len(packed) > _MAX_METADATA:
+        raise InvalidArgument(f"metadata is {len(packed)} bytes; the limit is {_MAX_METADATA}")
+    return packed
+
+
+def _unpack_metadata(packed: bytes) -> dict[str, Any] | None:
+    if not packed:
+        return None
+    result: dict[str, Any] = msgpack.unpackb(packed, raw=False)
+    return result
 
 
 def create_resumable_stream_context(

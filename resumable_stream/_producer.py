@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 
@@ -40,9 +40,16 @@ class _Writer:
     """Write-behind of one stream's chunks, one write in flight at a time."""
 
     def __init__(
-        self, backend: Backend, stream_id: str, token: str, options: StreamOptions, ttl: float
+        self,
+        backend: Backend,
+        stream_id: str,
+        token: str,
+        options: StreamOptions,
+        ttl: float,
+        on_stop: Callable[[], None],
     ) -> None:
         self._backend = backend
+        self._on_stop = on_stop
         self._stream_id = stream_id
         self._token = token
         self._options = options
@@ -115,11 +122,13 @@ class _Writer:
         delay = 0.05
         while True:
             try:
-                await self._backend.write(
+                stop = await self._backend.write(
                     self._stream_id, self._token, self._stored, batch, end=end,
                     ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
                 )
                 self.writes += 1
+                if stop and end is None:
+                    self._on_stop()  # requested from some process with stop_stream()
                 return True
             except StaleProducer as exc:
                 self._give_up(exc)
@@ -177,10 +186,15 @@ class Producer:
         self._source = source
         self._feed = feed
         self._options = options
-        self.writer = _Writer(backend, stream_id, token, options, ttl)
+        self.writer = _Writer(backend, stream_id, token, options, ttl, self.stop)
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False
+        self._stop_scope = anyio.CancelScope()
+
+    def stop(self) -> None:
+        """Stop pulling from the source and end the stream as done (not failed)."""
+        self._stop_scope.cancel()
 
     def on_task_done(self, task: asyncio.Task[None]) -> None:
         """Done-callback: a task cancelled before it ran must still end its reader."""
@@ -194,17 +208,19 @@ class Producer:
         index = 0
         cancelled: BaseException | None = None
         try:
-            async for chunk in self._source:
-                if not isinstance(chunk, (str, bytes)):
-                    if isinstance(chunk, (bytearray, memoryview)):
-                        chunk = bytes(chunk)
-                    else:
-                        raise TypeError(
-                            f"stream chunks must be str or bytes, not {type(chunk).__name__}"
-                        )
-                self._feed.push(Appended(index, (chunk,)))
-                index = self._index = index + 1
-                await self.writer.add(chunk)
+            # stop() cancels this scope only; the scope swallows its own cancellation.
+            with self._stop_scope:
+                async for chunk in self._source:
+                    if not isinstance(chunk, (str, bytes)):
+                        if isinstance(chunk, (bytearray, memoryview)):
+                            chunk = bytes(chunk)
+                        else:
+                            raise TypeError(
+                                f"stream chunks must be str or bytes, not {type(chunk).__name__}"
+                            )
+                    self._feed.push(Appended(index, (chunk,)))
+                    index = self._index = index + 1
+                    await self.writer.add(chunk)
             end = Ended(StreamStatus.DONE, index)
         except asyncio.CancelledError as exc:
             cancelled = exc

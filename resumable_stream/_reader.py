@@ -18,8 +18,9 @@ producer itself and switches to the backend only if it falls too far behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from types import TracebackType
+from typing import Any
 
 import anyio
 
@@ -63,6 +64,7 @@ class ResumableStream:
         skip_characters: int = 0,
         local: bool = False,
         origin_error: Callable[[], BaseException | None] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._backend = backend
@@ -73,7 +75,24 @@ class ResumableStream:
         self._local = local
         self._origin_error = origin_error
         self._last_index: int | None = None
+        self._metadata: Mapping[str, Any] = metadata or {}
+        self._status = StreamStatus.RUNNING
+        if first is not None:
+            self._status = first.status
+            if first.status is StreamStatus.RUNNING and not first.lease_alive:
+                self._status = StreamStatus.FAILED
         self._gen = self._run(first)
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        """What the creator passed as ``metadata`` (empty if nothing)."""
+        return self._metadata
+
+    @property
+    def status(self) -> StreamStatus:
+        """The stream's status when this reader opened it (FAILED if its producer was
+        already lost), then as the reader sees it end."""
+        return self._status
 
     @property
     def last_index(self) -> int | None:
@@ -155,10 +174,13 @@ class ResumableStream:
                         snap = await self._read()
                         continue
                     if snap.status is StreamStatus.DONE:
+                        self._status = StreamStatus.DONE
                         return
                     if snap.status is StreamStatus.FAILED:
+                        self._status = StreamStatus.FAILED
                         raise self._failure(snap.error)
                     if not snap.lease_alive:
+                        self._status = StreamStatus.FAILED
                         raise ProducerLost(self.stream_id)
                     snap = None
                 try:
@@ -193,6 +215,7 @@ class ResumableStream:
                 if event.length > self._pos:
                     snap = await self._read()
                     continue
+                self._status = event.status
                 if event.status is StreamStatus.DONE:
                     return
                 if event.exception is not None:

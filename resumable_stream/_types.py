@@ -82,3 +82,4 @@ class Snapshot:
     chunks: Sequence[Chunk]
     lease_alive: bool = True
     error: str | None = None
+    metadata: bytes = b""

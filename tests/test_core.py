@@ -239,7 +239,7 @@ async def test_bad_after(ctx: ResumableStreamContext) -> None:
         with pytest.raises(InvalidArgument):
             await ctx.resume_existing_stream("s", after=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):
-        await ctx.resume_existing_stream("s", 1, after=0)
+        await ctx.resume_existing_stream("s", -1, after=0)
 
 
 async def test_make_stream_not_callable(ctx: ResumableStreamContext) -> None:
@@ -371,3 +371,103 @@ async def test_aclose_before_the_producer_ran_ends_its_reader(backend: Backend) 
         await asyncio.wait_for(read_all(stream), 5)
     with pytest.raises(ResumableStreamError, match="closed"):
         await ctx.resumable_stream("t", ControlledSource())
+
+
+async def test_skip_characters_after_an_index(ctx: ResumableStreamContext) -> None:
+    stream = await ctx.resumable_stream("s", lambda: iter(["ab", "cd", "ef"]))
+    assert await read_all(stream) == "abcdef"
+    assert await read_all(await ctx.resume_existing_stream("s", 3, after=0)) == "f"
+    assert await ctx.resume_existing_stream("s", 3, after=2) is None
+
+
+# -- metadata ----------------------------------------------------------------------------
+
+
+async def test_metadata_reaches_every_reader(ctx: ResumableStreamContext) -> None:
+    source = ControlledSource()
+    meta = {"status": 200, "headers": [["content-type", "text/event-stream"]], "raw": b"\x00"}
+    original = await ctx.resumable_stream("m", source, metadata=meta)
+    follower = await ctx.resume_existing_stream("m")
+    joiner = await ctx.resumable_stream("m", source)
+    assert original is not None
+    assert follower is not None
+    assert joiner is not None
+    assert dict(original.metadata) == meta
+    assert dict(follower.metadata) == meta
+    assert dict(joiner.metadata) == meta
+    source.close()
+    plain = await ctx.resumable_stream("plain", lambda: iter(["x"]))
+    assert plain is not None
+    assert plain.metadata == {}
+
+
+@pytest.mark.parametrize("bad", [{"x": object()}, ["not", "a", "mapping"], {"big": "x" * 70_000}])
+async def test_bad_metadata(ctx: ResumableStreamContext, bad: object) -> None:
+    with pytest.raises(InvalidArgument):
+        await ctx.resumable_stream("m", ControlledSource(), metadata=bad)  # type: ignore[arg-type]
+    assert await ctx.has_existing_stream("m") is None
+
+
+# -- status and stopping -------------------------------------------------------------------
+
+
+async def test_reader_status(ctx: ResumableStreamContext) -> None:
+    source = ControlledSource()
+    original = await ctx.resumable_stream("s", source)
+    follower = await ctx.resume_existing_stream("s")
+    assert original is not None
+    assert follower is not None
+    assert original.status is StreamStatus.RUNNING
+    assert follower.status is StreamStatus.RUNNING
+    source.write("a")
+    source.close()
+    await read_all(original)
+    await read_all(follower)
+    assert original.status is StreamStatus.DONE
+    assert follower.status is StreamStatus.DONE
+    tail = await ctx.resume_existing_stream("s", after=-1)
+    assert tail is not None
+    assert tail.status is StreamStatus.DONE
+
+
+async def test_failed_stream_with_nothing_left_after_position(ctx: ResumableStreamContext) -> None:
+    source = ControlledSource()
+    stream = await ctx.resumable_stream("s", source)
+    source.write("a")
+    source.fail(RuntimeError("x"))
+    with pytest.raises(RuntimeError):
+        await read_all(stream)
+    assert await ctx.resume_existing_stream("s", after=0) is None
+    tail = await ctx.resume_existing_stream("s", after=-1)
+    assert tail is not None
+    assert tail.status is StreamStatus.FAILED
+
+
+async def test_stop_stream_in_this_process(ctx: ResumableStreamContext) -> None:
+    source = ControlledSource()
+    original = await ctx.resumable_stream("s", source)
+    follower = await ctx.resume_existing_stream("s")
+    source.write("a")
+    assert await read_n(original, 1) == "a"
+    assert await ctx.stop_stream("s") is True
+    # Both end cleanly, without the source ever closing.
+    assert await asyncio.wait_for(read_all(original), 5) == ""
+    assert await asyncio.wait_for(read_all(follower), 5) == "a"
+    assert await ctx.get_status("s") is StreamStatus.DONE
+    assert await ctx.stop_stream("s") is False
+    assert await ctx.stop_stream("unknown") is False
+
+
+async def test_stop_stream_from_another_context(backend: Backend) -> None:
+    producer_ctx = create_resumable_stream_context(backend, options=FAST)
+    other_ctx = create_resumable_stream_context(backend, options=FAST)
+    source = ControlledSource()
+    original = await producer_ctx.resumable_stream("s", source)
+    source.write("a")
+    assert await read_n(original, 1) == "a"
+    assert await other_ctx.stop_stream("s") is True
+    # The producer sees the flag at its next write: here the idle lease renewal.
+    assert await asyncio.wait_for(read_all(original), 5) == ""
+    assert await other_ctx.get_status("s") is StreamStatus.DONE
+    await producer_ctx.aclose()
+    await other_ctx.aclose()

@@ -18,7 +18,8 @@ to keep these invariants:
    the backend pushes `Resync`; if it is lost for good, it calls ``fail``.
 4. ``snapshot`` reads status, length, lease and a range in one atomic step, so a
    "done" status always comes with every chunk of the stream.
-5. Every stored record expires: ``ttl`` while running (renewed by each write),
+5. ``request_stop`` sets a flag that every later ``write`` of that stream reports.
+6. Every stored record expires: ``ttl`` while running (renewed by each write),
    ``finished_ttl`` once ended; the lease expires ``lease`` seconds after the last write.
 """
 
@@ -43,9 +44,9 @@ class Backend(Protocol):
     """Storage and announcements for streams. Durations are float seconds."""
 
     async def claim(
-        self, stream_id: str, token: str, *, ttl: float, lease: float
+        self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
-        """Create the stream as running under ``token``.
+        """Create the stream as running under ``token``, with opaque ``metadata``.
 
         Returns:
             None if this call created it; otherwise the existing stream's status,
@@ -65,10 +66,13 @@ class Backend(Protocol):
         ttl: float,
         finished_ttl: float,
         lease: float,
-    ) -> None:
+    ) -> bool:
         """Append ``chunks`` at ``start``, renew the lease, and end the stream if ``end``.
 
         An empty ``chunks`` with no ``end`` only renews the lease.
+
+        Returns:
+            True if `request_stop` was called for this stream: the producer should stop.
 
         Raises:
             StaleProducer: ``token`` does not own the stream, it has ended, or
@@ -77,7 +81,16 @@ class Backend(Protocol):
         ...
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
-        """Status plus at most ``limit`` chunks from ``start``; None if no such stream."""
+        """Status, metadata and at most ``limit`` chunks from ``start``; None if no such
+        stream. ``limit`` 0 reads no chunk."""
+        ...
+
+    async def request_stop(self, stream_id: str) -> bool:
+        """Flag a running stream so that its producer stops at its next write.
+
+        Returns:
+            True if the stream was running.
+        """
         ...
 
     async def status(self, stream_id: str) -> StreamStatus | None:

@@ -27,6 +27,8 @@ class _Entry:
     status: StreamStatus = StreamStatus.RUNNING
     error: str | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    metadata: bytes = b""
+    stop: bool = False
 
 
 class MemoryBackend:
@@ -52,14 +54,16 @@ class MemoryBackend:
             del self._entries[stream_id]
 
     async def claim(
-        self, stream_id: str, token: str, *, ttl: float, lease: float
+        self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
         now = time.monotonic()
         self._sweep(now)
         entry = self._get(stream_id, now)
         if entry is not None:
             return self._status(entry, now)
-        self._entries[stream_id] = _Entry(token, expires_at=now + ttl, lease_until=now + lease)
+        self._entries[stream_id] = _Entry(
+            token, expires_at=now + ttl, lease_until=now + lease, metadata=metadata
+        )
         return None
 
     async def write(
@@ -73,7 +77,7 @@ class MemoryBackend:
         ttl: float,
         finished_ttl: float,
         lease: float,
-    ) -> None:
+    ) -> bool:
         now = time.monotonic()
         entry = self._get(stream_id, now)
         if entry is None or entry.token != token or entry.status is not StreamStatus.RUNNING:
@@ -96,6 +100,7 @@ class MemoryBackend:
             ended = Ended(end.status, len(entry.chunks), end.error)
             for sub in subscribers:
                 sub.push(ended)
+        return entry.stop
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         now = time.monotonic()
@@ -108,7 +113,15 @@ class MemoryBackend:
             chunks=entry.chunks[start : start + limit],
             lease_alive=entry.lease_until > now,
             error=entry.error,
+            metadata=entry.metadata,
         )
+
+    async def request_stop(self, stream_id: str) -> bool:
+        entry = self._get(stream_id, time.monotonic())
+        if entry is None or entry.status is not StreamStatus.RUNNING:
+            return False
+        entry.stop = True
+        return True
 
     async def status(self, stream_id: str) -> StreamStatus | None:
         now = time.monotonic()

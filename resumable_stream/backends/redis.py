@@ -108,6 +108,7 @@ class RedisBackend:
         self._claim = client.register_script(_lua("claim.lua"))
         self._write = client.register_script(_lua("write.lua"))
         self._snapshot = client.register_script(_lua("snapshot.lua"))
+        self._stop = client.register_script(_lua("stop.lua"))
         self._packer = msgpack.Packer()
         self._hub = _PubSubHub(client)
 
@@ -132,11 +133,13 @@ class RedisBackend:
             raise BackendUnavailable(f"Redis unreachable: {exc}") from exc
 
     async def claim(
-        self, stream_id: str, token: str, *, ttl: float, lease: float
+        self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
         k = self._keys(stream_id)
         status = await self._call(
-            self._claim, keys=[k.meta, k.chunks, k.lease], args=[token, _ms(ttl), _ms(lease)]
+            self._claim,
+            keys=[k.meta, k.chunks, k.lease],
+            args=[token, _ms(ttl), _ms(lease), metadata],
         )
         return None if status is None else StreamStatus(status.decode())
 
@@ -151,7 +154,7 @@ class RedisBackend:
         ttl: float,
         finished_ttl: float,
         lease: float,
-    ) -> None:
+    ) -> bool:
         k = self._keys(stream_id)
         pack = self._packer.pack
         if end is None:
@@ -168,11 +171,12 @@ class RedisBackend:
         ]
         args.extend(pack(chunk) for chunk in chunks)
         try:
-            await self._call(self._write, keys=[k.meta, k.chunks, k.lease], args=args)
+            _, stop = await self._call(self._write, keys=[k.meta, k.chunks, k.lease], args=args)
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("STALE"):
                 raise StaleProducer(f"stream {stream_id!r}: {exc}") from exc
             raise
+        return bool(stop)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         k = self._keys(stream_id)
@@ -181,7 +185,7 @@ class RedisBackend:
         )
         if reply is None:
             return None
-        status, error, length, lease, raw = reply
+        status, error, length, lease, raw, metadata = reply
         unpackb = msgpack.unpackb
         return Snapshot(
             status=StreamStatus(status.decode()),
@@ -189,7 +193,12 @@ class RedisBackend:
             chunks=[unpackb(c, raw=False) for c in raw],
             lease_alive=bool(lease),
             error=error.decode() or None,
+            metadata=metadata,
         )
+
+    async def request_stop(self, stream_id: str) -> bool:
+        stopped = await self._call(self._stop, keys=[self._keys(stream_id).meta], args=[])
+        return bool(stopped)
 
     async def status(self, stream_id: str) -> StreamStatus | None:
         snap = await self.snapshot(stream_id, 0, 0)

@@ -1,6 +1,6 @@
 -- Claim a stream id for a producer, atomically.
 -- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
--- ARGV[1] producer token, ARGV[2] ttl in ms, ARGV[3] lease in ms
+-- ARGV[1] producer token, ARGV[2] ttl in ms, ARGV[3] lease in ms, ARGV[4] metadata
 -- Returns the existing status, or nil if this call created the stream. A running
 -- stream whose lease lapsed (its producer died) counts as failed: it is never
 -- taken over, since readers may already hold part of what the dead producer wrote.
@@ -14,7 +14,7 @@ end
 -- A list left behind (its meta evicted under memory pressure) must not leak into
 -- the new stream.
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'running', 'producer', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'running', 'producer', ARGV[1], 'info', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('SET', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[3]))
 return false

@@ -5,9 +5,9 @@
 -- ARGV[7] end status, '' for none                      ARGV[8] error text
 -- ARGV[9] end message        ARGV[10] appended-message header (msgpack 0, start)
 -- ARGV[11..] the chunks, each msgpack-encoded
--- Returns the new length, or an error starting with STALE.
+-- Returns {new length, 1 if a stop was requested else 0}, or an error starting with STALE.
 local meta, list, lease = KEYS[1], KEYS[2], KEYS[3]
-local fields = redis.call('HMGET', meta, 'status', 'producer')
+local fields = redis.call('HMGET', meta, 'status', 'producer', 'stop')
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then
   return redis.error_reply('STALE not the producer of a running stream')
 end
@@ -43,4 +43,4 @@ end
 if ended then
   redis.call('PUBLISH', ARGV[6], ARGV[9])
 end
-return length
+return {length, fields[3] and 1 or 0}
