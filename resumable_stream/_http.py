@@ -1,0 +1,257 @@
+"""HTTP plumbing shared by the ASGI middleware, responses and the resume endpoint.
+
+How an HTTP response is stored as a stream:
+
+* The stream's metadata holds ``{"http": {"status", "headers", "body"}}``: the
+  original status line and the headers worth replaying (not ``content-length``,
+  hop-by-hop headers, ``set-cookie`` or ``date``), and the body mode.
+* Body mode ``"sse"`` (``text/event-stream``): one chunk per SSE event, split at
+  blank lines whatever the app's chunk boundaries; on the way out every event gets
+  ``id: <chunk index>``, so ``Last-Event-ID`` is an index to resume after.
+* Body mode ``"text"`` (UTF-8 text types): ``str`` chunks, decoded incrementally, so
+  ``?resumeAt=<characters>`` counts characters (Python code points). If the body turns
+  out not to be UTF-8, the rest is stored as bytes and counted in bytes.
+* Body mode ``"bytes"``: the app's body pieces as they are; ``resumeAt`` counts bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import anyio
+
+from ._reader import ResumableStream
+from ._sse import PING, EventSplitter, is_event_stream, is_text, with_id
+from ._types import Chunk, IndexedChunk
+
+__all__ = [
+    "BodyEncoder",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "http_metadata",
+    "pump",
+    "replay_headers",
+    "stream_headers",
+]
+
+logger = logging.getLogger("resumable_stream")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+STREAM_ID_HEADER = b"x-stream-id"
+
+# Headers that describe one connection or one exact body, or must not be replayed to
+# another client.
+_NOT_REPLAYED = {
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"date",
+    b"server",
+    b"set-cookie",
+    b"x-stream-id",
+    b"trailer",
+    b"upgrade",
+}
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def body_mode(content_type: str | None) -> str:
+    if is_event_stream(content_type):
+        return "sse"
+    if is_text(content_type):
+        return "text"
+    return "bytes"
+
+
+def http_metadata(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """The metadata that lets a resume reproduce the original's status and headers."""
+    kept = [
+        [k.decode("latin-1").lower(), v.decode("latin-1")]
+        for k, v in headers
+        if k.lower() not in _NOT_REPLAYED
+    ]
+    content_type = header(headers, b"content-type")
+    mode = body_mode(None if content_type is None else content_type.decode("latin-1"))
+    return {"http": {"status": status, "headers": kept, "body": mode}}
+
+
+def stream_headers(
+    headers: Iterable[tuple[bytes, bytes]], stream_id: str, mode: str
+) -> list[tuple[bytes, bytes]]:
+    """Response headers for a resumable response: the id, exposed to browsers, and for
+    SSE the headers that keep proxies from buffering or caching the stream."""
+    out = [(k, v) for k, v in headers if k.lower() not in (b"content-length", STREAM_ID_HEADER)]
+    out.append((STREAM_ID_HEADER, stream_id.encode("latin-1", "replace")))
+    expose = header(out, b"access-control-expose-headers")
+    if expose is None:
+        out.append((b"access-control-expose-headers", b"X-Stream-Id"))
+    elif b"x-stream-id" not in expose.lower() and expose.strip() != b"*":
+        out = [(k, v) for k, v in out if k.lower() != b"access-control-expose-headers"]
+        out.append((b"access-control-expose-headers", expose + b", X-Stream-Id"))
+    if mode == "sse":
+        if header(out, b"cache-control") is None:
+            out.append((b"cache-control", b"no-cache"))
+        if header(out, b"x-accel-buffering") is None:
+            out.append((b"x-accel-buffering", b"no"))
+    return out
+
+
+def replay_headers(metadata: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], str]:
+    """Status, headers and body mode for a resumed response."""
+    http = metadata.get("http")
+    if not isinstance(http, dict):
+        return 200, [(b"content-type", b"text/plain; charset=utf-8")], "text"
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in http["headers"]]
+    return int(http["status"]), headers, str(http["body"])
+
+
+class BodyEncoder:
+    """Turns an app's body pieces into stream chunks for one body mode."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._splitter = EventSplitter() if mode == "sse" else None
+        self._decoder = codecs.getincrementaldecoder("utf-8")() if mode == "text" else None
+        self._pending = b""  # text bytes not decoded yet (for the fallback to bytes)
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if not data:
+            return []
+        if self._splitter is not None:
+            return list(self._splitter.feed(data))
+        if self._decoder is not None:
+            try:
+                text = self._decoder.decode(data)
+            except UnicodeDecodeError:
+                logger.warning("a text response body is not UTF-8; resuming it by bytes")
+                self._decoder = None
+                pending, self._pending = self._pending + data, b""
+                return [pending]
+            self._pending = self._decoder.getstate()[0]
+            return [text] if text else []
+        return [data]
+
+    def flush(self) -> list[Chunk]:
+        if self._splitter is not None:
+            tail = self._splitter.flush()
+            return [tail] if tail else []
+        if self._decoder is not None:
+            try:
+                text = self._decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                return [self._pending] if self._pending else []
+            return [text] if text else []
+        return []
+
+
+def encode(item: IndexedChunk, mode: str) -> bytes:
+    index, chunk = item
+    data = chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+    if mode == "sse":
+        return with_id(data, index)
+    return data
+
+
+async def pump(
+    reader: ResumableStream,
+    send: Send,
+    listen_disconnect: Callable[[], Awaitable[None]] | None,
+    *,
+    mode: str,
+    ping_interval: float | None,
+    first: IndexedChunk | None = None,
+) -> None:
+    """Send a stream's chunks as the response body until it ends or the client goes.
+
+    The body writer, the disconnect listener and the SSE pinger run in one task group;
+    pings and chunks share a lock so a ping never lands inside an event.
+
+    Raises:
+        Whatever the reader raises mid-stream (the server then aborts the response,
+        so the client sees an incomplete body and resumes).
+    """
+    lock = anyio.Lock()
+    last_send = anyio.current_time()
+
+    async def write(body: bytes, more: bool = True) -> None:
+        nonlocal last_send
+        async with lock:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+            last_send = anyio.current_time()
+
+    async def ping(interval: float) -> None:
+        while True:
+            await anyio.sleep(max(0.0, last_send + interval - anyio.current_time()))
+            if anyio.current_time() - last_send >= interval:
+                await write(PING)
+
+    async def listen(scope: anyio.CancelScope) -> None:
+        assert listen_disconnect is not None
+        await listen_disconnect()
+        scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            if listen_disconnect is not None:
+                tg.start_soon(listen, tg.cancel_scope)
+            if mode == "sse" and ping_interval:
+                tg.start_soon(ping, ping_interval)
+            try:
+                if first is not None:
+                    await write(encode(first, mode))
+                async for item in reader.indexed():
+                    await write(encode(item, mode))
+                await write(b"", more=False)
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await reader.aclose()
+    except OSError:
+        # The client went away while we were sending (uvicorn's ClientDisconnected is
+        # an OSError): nothing more to do for this connection.
+        return
+
+
+async def iterate_content(content: Any) -> AsyncIterator[bytes]:
+    """Body pieces as bytes from an async or sync iterable of str/bytes."""
+    if hasattr(content, "__aiter__"):
+        async for piece in content:
+            yield piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+    else:
+        iterator = iter(content)
+        done = object()
+        while True:
+            piece = await anyio.to_thread.run_sync(next, iterator, done)
+            if piece is done:
+                return
+            yield piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+
+
+async def first_item(reader: ResumableStream) -> IndexedChunk | None:
+    """The next item of ``reader``, or None if it has nothing more."""
+    iterator = reader.indexed()
+    try:
+        return await iterator.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

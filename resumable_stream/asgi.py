@@ -1,0 +1,642 @@
+"""Framework-free ASGI helpers: resumable responses, a middleware and a resume endpoint.
+
+* `ResumableStreamMiddleware` wraps any ASGI app. For the requests it is told to
+  handle, the app's streaming response becomes the producer of a resumable stream: the
+  client gets the body plus an ``X-Stream-Id`` header, and the app keeps running to the
+  end even if the client disconnects (it never sees the disconnect). It also serves
+  the resume endpoint.
+* `ResumableStreamResponse` is an ASGI response for code that wants to be explicit.
+* `ResumeEndpoint` is the resume endpoint as a mountable ASGI app.
+
+Resume contract (``GET`` on the resume path): ``200`` with the stream from the
+requested position; ``404`` unknown or expired; ``410`` finished with nothing left
+for this client; ``400`` a bad position; ``403`` refused by ``authorize``; ``503``
+no backend configured or the backend unreachable. The position is ``Last-Event-ID``
+(the index of the last SSE event received) or ``?resumeAt=<characters>`` for other
+bodies. A client that gives a position gets the tail of a stream that finished while
+it was away. ``DELETE`` on the same path stops the stream's producer (``202``).
+
+Decisions worth knowing: ids the middleware makes are 128-bit random
+(``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
+response header or the ``stream_id`` hook. Non-2xx responses, responses with a
+``Content-Length`` and responses whose whole body comes in one message pass through
+untouched. If the backend is down when a stream starts, the response streams
+normally without ``X-Stream-Id`` and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import anyio
+
+from ._context import ResumableStreamContext
+from ._exceptions import (
+    BackendUnavailable,
+    InvalidStreamId,
+    ProducerLost,
+    StreamAlreadyExists,
+    StreamFailed,
+    StreamNotFound,
+)
+from ._http import (
+    BodyEncoder,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    body_mode,
+    first_item,
+    header,
+    http_metadata,
+    iterate_content,
+    pump,
+    replay_headers,
+    stream_headers,
+)
+from ._keys import validate_stream_id
+from ._sse import parse_last_event_id
+from ._types import StreamStatus
+
+__all__ = [
+    "ASGIApp",
+    "Authorize",
+    "ResumableStreamMiddleware",
+    "ResumableStreamResponse",
+    "ResumeEndpoint",
+    "new_stream_id",
+]
+
+logger = logging.getLogger("resumable_stream")
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Authorize = Callable[[Scope, str], bool | Awaitable[bool]]
+"""``authorize(scope, stream_id)``: may this request read (or stop) this stream?"""
+
+DEFAULT_PING_INTERVAL = 15.0
+
+
+def new_stream_id() -> str:
+    """An unguessable stream id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+async def _plain(
+    send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = text.encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Return once the client has gone (request body messages are discarded)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _allowed(authorize: Authorize | None, scope: Scope, stream_id: str) -> bool:
+    if authorize is None:
+        return True
+    verdict = authorize(scope, stream_id)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return bool(verdict)
+
+
+# -- the resume endpoint ------------------------------------------------------------------
+
+
+class ResumeEndpoint:
+    """The resume endpoint as an ASGI app: ``GET`` resumes, ``DELETE`` stops.
+
+    The stream id comes from ``scope["path_params"][path_param]`` (Starlette, FastAPI
+    and Litestar routing set it) or else from the last segment of the path.
+
+    Args:
+        context: the context streams live in; None answers ``503`` (not configured).
+        authorize: ``authorize(scope, stream_id) -> bool`` (or awaitable); False gives ``403``.
+        ping_interval: seconds of silence before an SSE comment ping; None disables.
+        path_param: the name of the path parameter holding the id.
+    """
+
+    def __init__(
+        self,
+        context: ResumableStreamContext | None,
+        *,
+        authorize: Authorize | None = None,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        path_param: str = "stream_id",
+    ) -> None:
+        self.context = context
+        self.authorize = authorize
+        self.ping_interval = ping_interval
+        self.path_param = path_param
+
+    def _stream_id(self, scope: Scope) -> str:
+        params = scope.get("path_params") or {}
+        value = params.get(self.path_param)
+        if value is None:
+            value = unquote(scope["path"].rstrip("/").rsplit("/", 1)[-1])
+        return str(value)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("ResumeEndpoint serves HTTP only")
+        method = scope["method"]
+        if method not in ("GET", "HEAD", "DELETE"):
+            await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD, DELETE")])
+            return
+        stream_id = self._stream_id(scope)
+        if self.context is None:
+            await _plain(send, 503, "resumable streams are not configured")
+            return
+        try:
+            validate_stream_id(stream_id)
+        except InvalidStreamId:
+            await _plain(send, 404, "no such stream")
+            return
+        if not await _allowed(self.authorize, scope, stream_id):
+            await _plain(send, 403, "forbidden")
+            return
+        try:
+            if method == "DELETE":
+                await self._stop(stream_id, send)
+            else:
+                await self._resume(scope, receive, send, stream_id)
+        except BackendUnavailable as exc:
+            logger.warning("resume of %r: backend unavailable (%s)", stream_id, exc)
+            await _plain(send, 503, "stream storage is unavailable")
+
+    async def _stop(self, stream_id: str, send: Send) -> None:
+        assert self.context is not None
+        if await self.context.stop_stream(stream_id):
+            await _plain(send, 202, "stopping")
+        elif await self.context.get_status(stream_id) is None:
+            await _plain(send, 404, "no such stream")
+        else:
+            await _plain(send, 410, "the stream has already ended")
+
+    async def _resume(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
+        assert self.context is not None
+        headers = scope.get("headers") or []
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            raw_id = header(headers, b"last-event-id")
+            after = parse_last_event_id(None if raw_id is None else raw_id.decode("latin-1"))
+            resume_at = _resume_at(query)
+        except ValueError as exc:
+            await _plain(send, 400, str(exc))
+            return
+        if after is not None and resume_at is not None:
+            await _plain(send, 400, "give Last-Event-ID or resumeAt, not both")
+            return
+        try:
+            if after is not None:
+                reader = await self.context.resume_existing_stream(stream_id, after=after)
+            elif resume_at is not None:
+                reader = await self.context.resume_existing_stream(stream_id, resume_at, after=-1)
+            else:
+                reader = await self.context.resume_existing_stream(stream_id)
+        except StreamNotFound:
+            await _plain(send, 404, "no such stream")
+            return
+        if reader is None:
+            await _plain(send, 410, "the stream has completed")
+            return
+        status, replay, mode = replay_headers(dict(reader.metadata))
+        if resume_at is not None and mode == "sse":
+            await reader.aclose()
+            await _plain(send, 400, "resume an event stream with Last-Event-ID, not resumeAt")
+            return
+        first = None
+        if reader.status is not StreamStatus.RUNNING:
+            # Everything is stored: find out whether anything is left before answering.
+            try:
+                first = await first_item(reader)
+            except (StreamFailed, ProducerLost):
+                first = None
+            if first is None:
+                await reader.aclose()
+                await _plain(send, 410, "the stream has completed")
+                return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": stream_headers(replay, stream_id, mode),
+            }
+        )
+        if method_is_head(scope):
+            await reader.aclose()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await pump(
+            reader,
+            send,
+            lambda: _disconnected(receive),
+            mode=mode,
+            ping_interval=self.ping_interval,
+            first=first,
+        )
+
+
+def method_is_head(scope: Scope) -> bool:
+    return bool(scope.get("method") == "HEAD")
+
+
+def _resume_at(query: dict[str, list[str]]) -> int | None:
+    values = query.get("resumeAt")
+    if not values:
+        return None
+    value = values[-1].strip()
+    if not value.isdigit() or not value.isascii() or len(value) > 20:
+        raise ValueError(f"resumeAt must be a number of characters >= 0, got {values[-1]!r}")
+    return int(value)
+
+
+# -- an explicit response -----------------------------------------------------------------
+
+
+class ResumableStreamResponse:
+    """An ASGI response whose body is a resumable stream.
+
+    Args:
+        content: an async or sync iterable of ``str``/``bytes``, or a zero-argument
+            callable returning one (called only if the stream can be stored).
+        context: where the stream lives; None streams without resumability.
+        stream_id: defaults to `new_stream_id()`; read it back as ``.stream_id``.
+        status_code, headers, media_type: as in Starlette's ``StreamingResponse``.
+        ping_interval: seconds of silence before an SSE comment ping; None disables.
+    """
+
+    def __init__(
+        self,
+        content: Any,
+        *,
+        context: ResumableStreamContext | None,
+        stream_id: str | None = None,
+        status_code: int = 200,
+        headers: Iterable[tuple[bytes, bytes]] | dict[str, str] | None = None,
+        media_type: str | None = None,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ) -> None:
+        self.content = content
+        self.context = context
+        self.stream_id = validate_stream_id(stream_id) if stream_id else new_stream_id()
+        self.status_code = status_code
+        self.raw_headers = _raw_headers(headers, media_type)
+        self.ping_interval = ping_interval
+
+    def _content(self) -> Any:
+        content = self.content
+        if (
+            callable(content)
+            and not hasattr(content, "__aiter__")
+            and not hasattr(content, "__iter__")
+        ):
+            content = content()
+        return content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = header(self.raw_headers, b"content-type")
+        mode = body_mode(None if content_type is None else content_type.decode("latin-1"))
+        reader = None
+        if self.context is not None:
+            encoder = BodyEncoder(mode)
+
+            async def chunks() -> Any:
+                async for piece in iterate_content(self._content()):
+                    for chunk in encoder.feed(piece):
+                        yield chunk
+                for chunk in encoder.flush():
+                    yield chunk
+
+            try:
+                reader = await self.context.create_new_resumable_stream(
+                    self.stream_id,
+                    chunks,
+                    metadata=http_metadata(self.status_code, self.raw_headers),
+                )
+            except (BackendUnavailable, StreamAlreadyExists) as exc:
+                logger.warning(
+                    "stream %r is not resumable (%s); streaming it directly", self.stream_id, exc
+                )
+        if reader is None:
+            await _stream_directly(
+                self._content(), self.status_code, self.raw_headers, send, receive
+            )
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": stream_headers(self.raw_headers, self.stream_id, mode),
+            }
+        )
+        await pump(
+            reader,
+            send,
+            lambda: _disconnected(receive),
+            mode=mode,
+            ping_interval=self.ping_interval,
+        )
+
+
+def _raw_headers(
+    headers: Iterable[tuple[bytes, bytes]] | dict[str, str] | None, media_type: str | None
+) -> list[tuple[bytes, bytes]]:
+    if headers is None:
+        raw: list[tuple[bytes, bytes]] = []
+    elif isinstance(headers, dict):
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    else:
+        raw = [(k.lower(), v) for k, v in headers]
+    if media_type is not None and header(raw, b"content-type") is None:
+        if media_type.startswith("text/") and "charset" not in media_type:
+            media_type += "; charset=utf-8"
+        raw.append((b"content-type", media_type.encode("latin-1")))
+    return raw
+
+
+async def _stream_directly(
+    content: Any, status: int, headers: list[tuple[bytes, bytes]], send: Send, receive: Receive
+) -> None:
+    """Graceful degradation: a plain streaming response, no id, no storage."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    async with anyio.create_task_group() as tg:
+
+        async def listen() -> None:
+            await _disconnected(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(listen)
+        try:
+            async for piece in iterate_content(content):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
+        finally:
+            tg.cancel_scope.cancel()
+
+
+# -- the middleware -----------------------------------------------------------------------
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """``/api/chat/{agent_id}/{thread_id}`` -> a regex with named groups."""
+    parts = re.split(r"(\{[^}]+\})", pattern)
+    regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(f"^{regex}/?$")
+
+
+class ResumableStreamMiddleware:
+    """Make an app's streaming endpoints resumable without touching their code.
+
+    Args:
+        app: the ASGI app to wrap.
+        context: the context streams live in; None disables resumability (responses
+            pass through; the resume endpoint answers ``503``).
+        path: the requests to handle, as a path pattern (``/api/chat/{agent}/{thread}``)
+            or a predicate on the ASGI scope.
+        methods: the methods to handle with a path pattern (default POST).
+        resume_path: where to serve the resume endpoint; must contain ``{stream_id}``.
+            None serves none.
+        stream_id: ``stream_id(scope) -> str | None`` to choose the id of a stream;
+            otherwise the app's ``X-Stream-Id`` response header, else a random id.
+        authorize: passed to the resume endpoint.
+        ping_interval: seconds of silence before an SSE comment ping; None disables.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        context: ResumableStreamContext | None,
+        *,
+        path: str | Callable[[Scope], bool],
+        methods: Iterable[str] = ("POST",),
+        resume_path: str | None = "/api/chat/resume/{stream_id}",
+        stream_id: Callable[[Scope], str | None] | None = None,
+        authorize: Authorize | None = None,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ) -> None:
+        self.app = app
+        self.context = context
+        self.methods = {m.upper() for m in methods}
+        if callable(path):
+            self._match: Callable[[Scope], bool] = path
+        else:
+            regex = _compile(path)
+            self._match = lambda scope: (
+                scope["method"] in self.methods and regex.match(scope["path"]) is not None
+            )
+        if resume_path is not None and "{stream_id}" not in resume_path:
+            raise ValueError("resume_path must contain '{stream_id}'")
+        self._resume_regex = None if resume_path is None else _compile(resume_path)
+        self.endpoint = ResumeEndpoint(context, authorize=authorize, ping_interval=ping_interval)
+        self.stream_id = stream_id
+        self.ping_interval = ping_interval
+        self._apps: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._resume_regex is not None:
+            found = self._resume_regex.match(scope["path"])
+            if found is not None:
+                scope = {
+                    **scope,
+                    "path_params": {**scope.get("path_params", {}), **found.groupdict()},
+                }
+                await self.endpoint(scope, receive, send)
+                return
+        if self.context is None or not self._match(scope):
+            await self.app(scope, receive, send)
+            return
+        await _Call(self, self.context, scope, receive, send).run()
+
+
+_APP_DONE: Message = {"type": "resumable_stream.app_done"}
+
+
+class _Call:
+    """One request through the middleware: the app runs in a task of its own."""
+
+    def __init__(
+        self,
+        middleware: ResumableStreamMiddleware,
+        context: ResumableStreamContext,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        self.middleware = middleware
+        self.context = context
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.body_read = asyncio.Event()  # the app has read the whole request body
+        self.disconnected = asyncio.Event()
+        self.reveal = asyncio.Event()  # set when the response passes through untouched
+        self.app_error: BaseException | None = None
+
+    async def app_receive(self) -> Message:
+        if self.body_read.is_set():
+            # The request is fully read: the app only ever waits for a disconnect
+            # here. It sees one only if its response passes through untouched; a
+            # resumable response's app runs on, unaware, to the end of its body.
+            await self.disconnected.wait()
+            await self.reveal.wait()
+            return {"type": "http.disconnect"}
+        # While the request body is incomplete a disconnect is real for the app too:
+        # there is nothing to resume yet.
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected.set()
+            self.reveal.set()
+            self.body_read.set()
+        elif not message.get("more_body", False):
+            self.body_read.set()
+        return message
+
+    async def app_send(self, message: Message) -> None:
+        await self.messages.put(message)
+
+    async def run_app(self) -> None:
+        try:
+            await self.middleware.app(self.scope, self.app_receive, self.app_send)
+        except BaseException as exc:
+            self.app_error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.messages.put_nowait(_APP_DONE)
+
+    async def listen_disconnect(self) -> None:
+        await self.body_read.wait()
+        if not self.disconnected.is_set():
+            await _disconnected(self.receive)
+            self.disconnected.set()
+
+    async def next_message(self) -> Message:
+        message = await self.messages.get()
+        if message is _APP_DONE and self.app_error is not None:
+            raise self.app_error
+        return message
+
+    async def run(self) -> None:
+        task = asyncio.create_task(self.run_app())
+        self.middleware._apps.add(task)
+        task.add_done_callback(self.middleware._apps.discard)
+        start = await self.next_message()
+        if start is _APP_DONE or start.get("type") != "http.response.start":
+            await self.pass_through(start, None)
+            return
+        headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", [])]
+        content_type = header(headers, b"content-type")
+        mode = body_mode(None if content_type is None else content_type.decode("latin-1"))
+        first: Message | None = None
+        if not 200 <= start["status"] < 300 or header(headers, b"content-length") is not None:
+            await self.pass_through(start, None)
+            return
+        if mode != "sse":
+            # Only a body that comes in more than one message is a stream. An event
+            # stream is one by its type: its headers go out before its first event.
+            first = await self.next_message()
+            if first.get("type") != "http.response.body" or not first.get("more_body", False):
+                await self.pass_through(start, first)
+                return
+        stream_id = self.choose_id(headers)
+        encoder = BodyEncoder(mode)
+
+        async def body() -> Any:
+            if first is not None:
+                for chunk in encoder.feed(first.get("body", b"")):
+                    yield chunk
+            while True:
+                message = await self.next_message()
+                if message is _APP_DONE:
+                    break
+                if message["type"] != "http.response.body":
+                    continue
+                for chunk in encoder.feed(message.get("body", b"")):
+                    yield chunk
+                if not message.get("more_body", False):
+                    break
+            for chunk in encoder.flush():
+                yield chunk
+
+        reader = None
+        try:
+            reader = await self.context.create_new_resumable_stream(
+                stream_id, body, metadata=http_metadata(start["status"], headers)
+            )
+        except (BackendUnavailable, StreamAlreadyExists) as exc:
+            logger.warning("stream %r is not resumable (%s); passing it through", stream_id, exc)
+        if reader is None:
+            await self.pass_through(start, first)
+            return
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": start["status"],
+                "headers": stream_headers(headers, stream_id, mode),
+            }
+        )
+        await pump(
+            reader,
+            self.send,
+            self.listen_disconnect,
+            mode=mode,
+            ping_interval=self.middleware.ping_interval,
+        )
+
+    def choose_id(self, headers: list[tuple[bytes, bytes]]) -> str:
+        chosen = (
+            None if self.middleware.stream_id is None else self.middleware.stream_id(self.scope)
+        )
+        if chosen is None:
+            supplied = header(headers, b"x-stream-id")
+            chosen = None if supplied is None else supplied.decode("latin-1")
+        return validate_stream_id(chosen) if chosen else new_stream_id()
+
+    async def pass_through(self, start: Message, first: Message | None) -> None:
+        """The app's response as it is, and the app sees the client's disconnect."""
+        self.reveal.set()
+        listener = asyncio.create_task(self.listen_disconnect())
+        try:
+            message = start
+            pending = [first] if first is not None else []
+            while message is not _APP_DONE:
+                await self.send(message)
+                if message.get("type") == "http.response.body" and not message.get(
+                    "more_body", False
+                ):
+                    break
+                message = pending.pop() if pending else await self.next_message()
+        except OSError:
+            return
+        finally:
+            listener.cancel()
