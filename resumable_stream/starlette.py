@@ -20,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ._context import ResumableStreamContext
+from ._keys import validate_stream_id
 from .asgi import DEFAULT_PING_INTERVAL, ResumableStreamResponse, new_stream_id
 
 __all__ = ["ResumableStreamingResponse"]
@@ -54,7 +55,7 @@ class ResumableStreamingResponse(Response):
     ) -> None:
         self.content = content
         self.context = context
-        self.stream_id = stream_id or new_stream_id()
+        self.stream_id = validate_stream_id(stream_id) if stream_id else new_stream_id()
         self.status_code = status_code
         self.media_type = self.media_type if media_type is None else media_type
         self.background = background

@@ -1,0 +1,402 @@
+"""The HTTP examples under a real uvicorn: start a stream, cut the connection, resume.
+
+Each app runs in a subprocess (``python -m uvicorn examples.<app>:app``) on a free
+loopback port, with ``REDIS_URL``/``KV_URL`` removed (streams in memory) and a short
+per-word delay, so a cut lands while the agent is still writing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from .servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DELAY = "0.02"  # seconds per word in the apps: a 30-word answer streams for ~0.6 s
+TIMEOUT = httpx.Timeout(10.0)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class AppServer:
+    """``uvicorn <target>`` in a subprocess on a free loopback port."""
+
+    def __init__(self, target: str, log: IO[bytes]) -> None:
+        self.target = target
+        self.log = log  # the server's output, shown if it fails to start
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KV_URL")}
+        env["CHAT_DELAY"] = DELAY
+        for _attempt in range(3):  # another process may take the port before uvicorn does
+            self.port = free_port()
+            self.process = subprocess.Popen(
+                [
+                    sys.executable, "-m", "uvicorn", self.target,
+                    "--host", "127.0.0.1", "--port", str(self.port),
+                    "--no-access-log", "--timeout-graceful-shutdown", "5",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            if self._wait_ready(timeout):
+                return
+            self.stop()
+        raise RuntimeError(f"{self.target} did not start:\n{self.output()}")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """True once the port accepts connections (uvicorn binds after app startup)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.05)  # polling a process we get no event from
+        return False
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+
+def serve(target: str) -> Iterator[str]:
+    with tempfile.TemporaryFile() as log:
+        server = AppServer(target, log)
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        # Cut connections and resumes leave no error behind in the server.
+        assert "Traceback" not in server.output(), server.output()
+
+
+@pytest.fixture(scope="module")
+def chat_url() -> Iterator[str]:
+    yield from serve("examples.chat_app:app")
+
+
+@pytest.fixture(scope="module")
+def starlette_url() -> Iterator[str]:
+    yield from serve("examples.starlette_app:app")
+
+
+@pytest.fixture(scope="module")
+def litestar_url() -> Iterator[str]:
+    yield from serve("examples.litestar_app:app")
+
+
+def example(name: str) -> ModuleType:
+    """An example module, for its ``answer_for`` (importing one starts no server)."""
+    return importlib.import_module(f"examples.{name}")
+
+
+def chat_body(text: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": text}], "threadId": "thread-1"}
+
+
+# -- a small SSE client ---------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    id: str | None = None
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.data)
+
+
+def events(response: httpx.Response) -> Iterator[Event]:
+    """The events of an SSE body as they arrive (comments such as pings skipped)."""
+    current = Event()
+    for line in response.iter_lines():
+        if not line:
+            if current.data:
+                yield current
+            current = Event()
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            current.data.append(value)
+        elif name == "id":
+            current.id = value
+        elif name == "event":
+            current.event = value
+
+
+def read_events(client: httpx.Client, method: str, url: str, limit: int | None = None,
+                **kwargs: Any) -> tuple[httpx.Response, list[Event]]:  # fmt: skip
+    """Up to ``limit`` events, then the connection is closed (cut) if more remain."""
+    got: list[Event] = []
+    with client.stream(method, url, **kwargs) as response:
+        if response.status_code == 200:
+            for item in events(response):
+                got.append(item)
+                if limit is not None and len(got) >= limit:
+                    break
+        else:
+            response.read()
+    return response, got
+
+
+def check_ids(got: list[Event]) -> None:
+    """Every event has the id of its index: no gap, no duplicate."""
+    assert [item.id for item in got] == [str(i) for i in range(len(got))]
+
+
+# -- FastAPI chat app -----------------------------------------------------------------------
+
+
+def chat_text(got: list[Event]) -> str:
+    assert got[-1].text == "[DONE]"
+    deltas = [json.loads(item.text) for item in got[:-1]]
+    assert all(d["type"] == "text-delta" for d in deltas)
+    return "".join(d["delta"] for d in deltas)
+
+
+def test_chat_cut_and_resume_with_last_event_id(chat_url: str) -> None:
+    message = "Please resume me after a cut"
+    answer = example("chat_app").answer_for(message)
+    with httpx.Client(base_url=chat_url, timeout=TIMEOUT) as client:
+        response, first = read_events(
+            client, "POST", "/api/chat/agent-1/thread-1", limit=4, json=chat_body(message)
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["access-control-expose-headers"] == "X-Stream-Id"
+    stream_id = response.headers["x-stream-id"]
+    assert len(first) == 4
+    # The first client is gone (its connection closed); a new one takes the rest.
+    with httpx.Client(base_url=chat_url, timeout=TIMEOUT) as client:
+        response, rest = read_events(
+            client, "GET", f"/api/chat/resume/{stream_id}",
+            headers={"Last-Event-ID": first[-1].id or ""},
+        )  # fmt: skip
+    assert response.status_code == 200
+    assert response.headers["x-stream-id"] == stream_id
+    assert rest, "nothing after the cut"
+    check_ids(first + rest)
+    assert chat_text(first + rest) == answer
+
+
+def test_chat_finished_stream(chat_url: str) -> None:
+    message = "Read me to the end"
+    answer = example("chat_app").answer_for(message)
+    with httpx.Client(base_url=chat_url, timeout=TIMEOUT) as client:
+        response, whole = read_events(client, "POST", "/api/chat/a/t", json=chat_body(message))
+        assert response.status_code == 200
+        stream_id = response.headers["x-stream-id"]
+        check_ids(whole)
+        assert chat_text(whole) == answer
+        resume = f"/api/chat/resume/{stream_id}"
+        # Finished, no position: 410. With the last id: nothing left, 410 too.
+        assert client.get(resume).status_code == 410
+        last = whole[-1].id or ""
+        assert client.get(resume, headers={"Last-Event-ID": last}).status_code == 410
+        # With an earlier position, the tail of the finished stream.
+        response, tail = read_events(client, "GET", resume, headers={"Last-Event-ID": "1"})
+        assert response.status_code == 200
+        assert [item.id for item in tail] == [item.id for item in whole[2:]]
+        assert chat_text(whole[:2] + tail) == answer
+
+
+def test_chat_errors(chat_url: str) -> None:
+    with httpx.Client(base_url=chat_url, timeout=TIMEOUT) as client:
+        assert client.get("/api/chat/resume/no-such-stream").status_code == 404
+        # The resume path is not taken for a chat with agent "resume".
+        assert client.post("/api/chat/resume/x", json=chat_body("hi")).status_code == 405
+        response, _ = read_events(client, "POST", "/api/chat/a/t", limit=1, json=chat_body("hi"))
+        resume = f"/api/chat/resume/{response.headers['x-stream-id']}"
+        assert client.get(resume, headers={"Last-Event-ID": "abc"}).status_code == 400
+        assert client.get(resume, params={"resumeAt": "3"}).status_code == 400  # SSE
+        # A bad request body is the app's 422, passed through, not a stream.
+        bad = client.post("/api/chat/a/t", json={"messages": "nope"})
+        assert bad.status_code == 422
+        assert "x-stream-id" not in bad.headers
+
+
+def test_chat_stop_with_delete(chat_url: str) -> None:
+    message = " ".join(["long"] * 40)  # an answer of about 70 words: ~1.4 s
+    answer = example("chat_app").answer_for(message)
+    with httpx.Client(base_url=chat_url, timeout=TIMEOUT) as client:
+        with client.stream("POST", "/api/chat/a/t", json=chat_body(message)) as response:
+            stream_id = response.headers["x-stream-id"]
+            received = events(response)
+            next(received)
+            stopped = client.delete(f"/api/chat/resume/{stream_id}")
+            assert stopped.status_code == 202
+            got = list(received)  # the stream ends early, cleanly, without [DONE]
+        assert all(item.text != "[DONE]" for item in got)
+        assert 1 + len(got) < len(answer.split(" "))
+        assert client.get(f"/api/chat/resume/{stream_id}").status_code == 410
+        assert client.delete(f"/api/chat/resume/{stream_id}").status_code == 410
+        assert client.delete("/api/chat/resume/no-such-stream").status_code == 404
+
+
+def test_chat_page(chat_url: str) -> None:
+    response = httpx.get(f"{chat_url}/", timeout=TIMEOUT)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert "<form" in page
+    assert "Simulate disconnect" in page
+    assert "Last-Event-ID" in page
+    assert "/api/chat/resume/" in page
+    assert "<script src" not in page  # self-contained
+
+
+PAGE_HARNESS = r"""
+const realFetch = globalThis.fetch;
+globalThis.fetch = (url, init) => realFetch(process.argv[2] + url, init);
+class El {
+  constructor() { this.textContent = ""; this.disabled = false; this.value = "Hi from node"; }
+  append(x) { this.textContent += typeof x === "string" ? x : "|"; }
+}
+const els = {};
+globalThis.document = {
+  getElementById: (id) => (els[id] ??= new El()), createElement: () => ({}),
+};
+%s
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const until = async (ok) => { while (!ok()) await sleep(10); };
+(async () => {
+  $("form").onsubmit({ preventDefault() {} });
+  await until(() => lastId !== null && Number(lastId) >= 3);
+  $("cut").onclick();
+  await until(() => $("status").textContent === "done");
+  console.log(JSON.stringify({ out: $("out").textContent, streamId, lastId }));
+})();
+"""
+
+
+def node_version() -> int:
+    node = shutil.which("node")
+    if node is None:
+        return 0
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, timeout=10)
+    found = re.match(r"v(\d+)", out.stdout)
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.skipif(node_version() < 18, reason="needs node >= 18 (fetch, web streams)")
+def test_chat_page_script_resumes_in_node(chat_url: str, tmp_path: Path) -> None:
+    """The page's own script, run by node on a stub DOM: send, disconnect, resume."""
+    page = httpx.get(f"{chat_url}/", timeout=TIMEOUT).text
+    found = re.search(r"<script>(.*)</script>", page, re.DOTALL)
+    assert found is not None
+    harness = tmp_path / "page.mjs"
+    harness.write_text(PAGE_HARNESS % found.group(1))
+    run = subprocess.run(
+        ["node", str(harness), chat_url], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    answer = example("chat_app").answer_for("Hi from node")
+    before, marker, after = result["out"].partition("|")  # "|" marks the resume
+    assert marker, result
+    assert before + after == answer
+    assert int(result["lastId"]) == len(answer.split(" "))  # the id of [DONE]
+
+
+# -- Starlette NDJSON app --------------------------------------------------------------------
+
+
+def test_starlette_cut_and_resume_at(starlette_url: str) -> None:
+    message = "NDJSON, cut in the middle of a line"
+    answer = example("starlette_app").answer_for(message)
+    cut = 50  # characters: inside the second line
+    with httpx.Client(base_url=starlette_url, timeout=TIMEOUT) as client:
+        received = ""
+        with client.stream("POST", "/api/chat/a/t", json=chat_body(message)) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            stream_id = response.headers["x-stream-id"]
+            for text in response.iter_text():
+                received += text
+                if len(received) >= cut:
+                    break
+        received = received[:cut]  # as if the connection dropped right there
+        assert not received.endswith("\n")
+    with httpx.Client(base_url=starlette_url, timeout=TIMEOUT) as client:
+        resume = f"/api/chat/resume/{stream_id}"
+        rest = client.get(resume, params={"resumeAt": str(len(received))})
+        assert rest.status_code == 200
+        assert rest.headers["x-stream-id"] == stream_id
+        body = received + rest.text
+        lines = [json.loads(line) for line in body.splitlines()]
+        assert lines[-1] == {"type": "finish"}
+        assert "".join(line["delta"] for line in lines[:-1]) == answer
+        assert body.endswith("\n")
+        # Finished: no position is 410, a position at the end is 410, unknown is 404.
+        assert client.get(resume).status_code == 410
+        assert client.get(resume, params={"resumeAt": str(len(body))}).status_code == 410
+        assert client.get("/api/chat/resume/no-such-stream").status_code == 404
+
+
+# -- Litestar explicit-response app ----------------------------------------------------------
+
+
+def test_litestar_cut_and_resume_with_last_event_id(litestar_url: str) -> None:
+    message = "Litestar, cut me"
+    answer = example("litestar_app").answer_for(message)
+    with httpx.Client(base_url=litestar_url, timeout=TIMEOUT) as client:
+        response, first = read_events(
+            client, "POST", "/api/chat/agent-1/thread-1", limit=3, json=chat_body(message)
+        )
+    assert response.status_code == 200  # the response's own status, not @post's 201
+    stream_id = response.headers["x-stream-id"]
+    with httpx.Client(base_url=litestar_url, timeout=TIMEOUT) as client:
+        resume = f"/api/chat/resume/{stream_id}"
+        response, rest = read_events(
+            client, "GET", resume, headers={"Last-Event-ID": first[-1].id or ""}
+        )
+        assert response.status_code == 200
+        got = first + rest
+        check_ids(got)
+        assert [item.event for item in got] == ["delta"] * (len(got) - 1) + ["done"]
+        assert "".join(json.loads(item.text)["text"] for item in got[:-1]) == answer
+        assert client.get(resume).status_code == 410
+        assert client.get("/api/chat/resume/no-such-stream").status_code == 404
