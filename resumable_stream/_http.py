@@ -16,7 +16,6 @@ How an HTTP response is stored as a stream:
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
@@ -189,6 +188,7 @@ async def pump(
     """
     lock = anyio.Lock()
     last_send = anyio.current_time()
+    error: Exception | None = None
 
     async def write(body: bytes, more: bool = True) -> None:
         nonlocal last_send
@@ -196,37 +196,47 @@ async def pump(
             await send({"type": "http.response.body", "body": body, "more_body": more})
             last_send = anyio.current_time()
 
-    async def ping(interval: float) -> None:
-        while True:
-            await anyio.sleep(max(0.0, last_send + interval - anyio.current_time()))
-            if anyio.current_time() - last_send >= interval:
-                await write(PING)
+    async def ping(interval: float, scope: anyio.CancelScope) -> None:
+        try:
+            while True:
+                await anyio.sleep(max(0.0, last_send + interval - anyio.current_time()))
+                if anyio.current_time() - last_send >= interval:
+                    await write(PING)
+        except OSError:
+            scope.cancel()  # the client went away
 
     async def listen(scope: anyio.CancelScope) -> None:
         assert listen_disconnect is not None
         await listen_disconnect()
         scope.cancel()
 
-    try:
-        async with anyio.create_task_group() as tg:
-            if listen_disconnect is not None:
-                tg.start_soon(listen, tg.cancel_scope)
-            if mode == "sse" and ping_interval:
-                tg.start_soon(ping, ping_interval)
-            try:
-                if first is not None:
-                    await write(encode(first, mode))
-                async for item in reader.indexed():
-                    await write(encode(item, mode))
-                await write(b"", more=False)
-            finally:
-                tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await reader.aclose()
-    except OSError:
-        # The client went away while we were sending (uvicorn's ClientDisconnected is
-        # an OSError): nothing more to do for this connection.
-        return
+    async with anyio.create_task_group() as tg:
+        if listen_disconnect is not None:
+            tg.start_soon(listen, tg.cancel_scope)
+        if mode == "sse" and ping_interval:
+            tg.start_soon(ping, ping_interval, tg.cancel_scope)
+        try:
+            # An empty body message sends the headers now: ASGI lets a server hold
+            # the response start until the first body message (granian does), and
+            # a quiet stream may have no chunk for a long while.
+            await write(b"")
+            if first is not None:
+                await write(encode(first, mode))
+            async for item in reader.indexed():
+                await write(encode(item, mode))
+            await write(b"", more=False)
+        except OSError:
+            pass  # the client went away while we were sending (uvicorn's ClientDisconnected)
+        except Exception as exc:
+            # Raised after the task group, unwrapped: the server aborts the response
+            # and the client sees an incomplete body, so it resumes.
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+    if error is not None:
+        raise error
 
 
 async def iterate_content(content: Any) -> AsyncIterator[bytes]:
@@ -252,6 +262,3 @@ async def first_item(reader: ResumableStream) -> IndexedChunk | None:
     except StopAsyncIteration:
         return None
 
-
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()

@@ -11,7 +11,9 @@ import re
 
 __all__ = [
     "PING",
+    "EventDecoder",
     "EventSplitter",
+    "ServerSentEvent",
     "is_event_stream",
     "is_text",
     "parse_last_event_id",
@@ -24,6 +26,7 @@ PING = b": ping\n\n"
 _CR = 0x0D
 _LF = 0x0A
 _EOL = re.compile(rb"[\r\n]")
+_TEXT_EOL = re.compile(r"\r\n|\r|\n")
 _MAX_ID_DIGITS = 20
 _DIGITS = re.compile(r"[0-9]+")
 _TEXT_TYPES = frozenset(
@@ -181,3 +184,83 @@ def parse_last_event_id(value: str | None) -> int | None:
     if not _DIGITS.fullmatch(text):
         raise ValueError(f"Last-Event-ID must be a non-negative decimal integer, not {text!r}")
     return int(text)
+
+
+class ServerSentEvent:
+    """One dispatched event, as a client sees it."""
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, data: str, event: str, id: str | None, retry: int | None) -> None:
+        self.data = data
+        self.event = event
+        self.id = id
+        self.retry = retry
+
+    def __repr__(self) -> str:
+        return f"ServerSentEvent(event={self.event!r}, id={self.id!r}, data={self.data!r})"
+
+
+class EventDecoder:
+    """Client-side SSE parsing (the WHATWG algorithm), fed text as it arrives.
+
+    ``last_event_id`` persists across events, as the spec's "last event ID" does;
+    ``retry`` is the last reconnection time the server asked for, in milliseconds.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._data: list[str] = []
+        self._event = ""
+        self._pending_cr = False
+        self._started = False
+        self.last_event_id: str | None = None
+        self.retry: int | None = None
+
+    def feed(self, text: str) -> list[ServerSentEvent]:
+        if not self._started and text:
+            self._started = True
+            if text.startswith("\ufeff"):
+                text = text[1:]
+        if self._pending_cr and text.startswith("\n"):
+            text = text[1:]  # the second half of a CRLF split across feeds
+        self._pending_cr = False
+        self._buffer += text
+        events: list[ServerSentEvent] = []
+        start = 0
+        # Only CR, LF and CRLF end lines here (str.splitlines knows many more).
+        for match in _TEXT_EOL.finditer(self._buffer):
+            if match.group() == "\r" and match.end() == len(self._buffer):
+                self._pending_cr = True  # maybe a CRLF whose LF is in the next feed
+            event = self._line(self._buffer[start : match.start()])
+            if event is not None:
+                events.append(event)
+            start = match.end()
+        self._buffer = self._buffer[start:]
+        return events
+
+    def _line(self, line: str) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            if "\0" not in value:
+                self.last_event_id = value
+        elif name == "retry" and value.isdigit() and value.isascii():
+            self.retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        data, event = self._data, self._event
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        return ServerSentEvent("\n".join(data), event or "message", self.last_event_id, self.retry)

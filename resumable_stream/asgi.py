@@ -13,8 +13,9 @@ requested position; ``404`` unknown or expired; ``410`` finished with nothing le
 for this client; ``400`` a bad position; ``403`` refused by ``authorize``; ``503``
 no backend configured or the backend unreachable. The position is ``Last-Event-ID``
 (the index of the last SSE event received) or ``?resumeAt=<characters>`` for other
-bodies. A client that gives a position gets the tail of a stream that finished while
-it was away. ``DELETE`` on the same path stops the stream's producer (``202``).
+bodies (an SSE client with no event yet sends ``?resumeAt=0``). A client that gives a
+position gets the tail of a stream that finished while it was away. ``DELETE`` on the
+same path stops the stream's producer (``202``).
 
 Decisions worth knowing: ids the middleware makes are 128-bit random
 (``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
@@ -178,12 +179,21 @@ class ResumeEndpoint:
         if not await _allowed(self.authorize, scope, stream_id):
             await _plain(send, 403, "forbidden")
             return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
             if method == "DELETE":
-                await self._stop(stream_id, send)
+                await self._stop(stream_id, tracked)
             else:
-                await self._resume(scope, receive, send, stream_id)
+                await self._resume(scope, receive, tracked, stream_id)
         except BackendUnavailable as exc:
+            if started:
+                raise  # mid-body: the server aborts it and the client resumes later
             logger.warning("resume of %r: backend unavailable (%s)", stream_id, exc)
             await _plain(send, 503, "stream storage is unavailable")
 
@@ -224,7 +234,8 @@ class ResumeEndpoint:
             await _plain(send, 410, "the stream has completed")
             return
         status, replay, mode = replay_headers(dict(reader.metadata))
-        if resume_at is not None and mode == "sse":
+        if resume_at and mode == "sse":
+            # resumeAt=0 is allowed: "from the start" for a client that has no event yet.
             await reader.aclose()
             await _plain(send, 400, "resume an event stream with Last-Event-ID, not resumeAt")
             return
@@ -497,29 +508,43 @@ class _Call:
         self.receive = receive
         self.send = send
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
-        self.body_read = asyncio.Event()  # the app has read the whole request body
+        self.body_read = asyncio.Event()  # the whole request body has been received
         self.disconnected = asyncio.Event()
         self.reveal = asyncio.Event()  # set when the response passes through untouched
         self.app_error: BaseException | None = None
+        # The real `receive` has one reader at a time (the app, or our disconnect
+        # listener); request messages the listener reads are kept here for the app.
+        self.pull_lock = asyncio.Lock()
+        self.for_app: asyncio.Queue[Message] = asyncio.Queue()
 
-    async def app_receive(self) -> Message:
-        if self.body_read.is_set():
-            # The request is fully read: the app only ever waits for a disconnect
-            # here. It sees one only if its response passes through untouched; a
-            # resumable response's app runs on, unaware, to the end of its body.
-            await self.disconnected.wait()
-            await self.reveal.wait()
-            return {"type": "http.disconnect"}
-        # While the request body is incomplete a disconnect is real for the app too:
-        # there is nothing to resume yet.
+    async def pull(self) -> Message:
+        """One message from the real `receive`, noting what it tells us."""
         message = await self.receive()
         if message["type"] == "http.disconnect":
             self.disconnected.set()
-            self.reveal.set()
             self.body_read.set()
         elif not message.get("more_body", False):
             self.body_read.set()
         return message
+
+    async def app_receive(self) -> Message:
+        if self.for_app.empty() and not self.body_read.is_set():
+            async with self.pull_lock:
+                if self.for_app.empty() and not self.body_read.is_set():
+                    message = await self.pull()
+                    if message["type"] == "http.disconnect":
+                        # Before the request is complete there is nothing to resume:
+                        # the disconnect is real for the app too.
+                        self.reveal.set()
+                    return message
+        if not self.for_app.empty():
+            return self.for_app.get_nowait()
+        # The request is fully read: the app only ever waits for a disconnect here.
+        # It sees one only if its response passes through untouched; a resumable
+        # response's app runs on, unaware, to the end of its body.
+        await self.disconnected.wait()
+        await self.reveal.wait()
+        return {"type": "http.disconnect"}
 
     async def app_send(self, message: Message) -> None:
         await self.messages.put(message)
@@ -535,10 +560,22 @@ class _Call:
             self.messages.put_nowait(_APP_DONE)
 
     async def listen_disconnect(self) -> None:
+        """Return once the client has gone.
+
+        It listens only once the request body has been read: granian (2.8) answers a
+        first ``receive()`` made after the response started with a spurious
+        ``http.disconnect`` under load. An app that never reads its request body
+        therefore leaves the disconnect unnoticed; the pump then stops at the first
+        failed send or at the end of the stream, which costs only CPU.
+        """
         await self.body_read.wait()
-        if not self.disconnected.is_set():
-            await _disconnected(self.receive)
-            self.disconnected.set()
+        while not self.disconnected.is_set():
+            async with self.pull_lock:
+                if self.disconnected.is_set():
+                    break
+                message = await self.pull()
+            if message["type"] == "http.request":
+                self.for_app.put_nowait(message)
 
     async def next_message(self) -> Message:
         message = await self.messages.get()
@@ -596,7 +633,10 @@ class _Call:
         except (BackendUnavailable, StreamAlreadyExists) as exc:
             logger.warning("stream %r is not resumable (%s); passing it through", stream_id, exc)
         if reader is None:
-            await self.pass_through(start, first)
+            # Not stored, so no id: an app-supplied one names some other stream (running
+            # or finished) that a client would resume instead of this one.
+            unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
+            await self.pass_through({**start, "headers": unnamed}, first)
             return
         await self.send(
             {

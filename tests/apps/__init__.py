@@ -1,0 +1,1 @@
+"""Apps served by the HTTP tests (tests/test_http.py)."""
