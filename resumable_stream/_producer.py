@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -28,7 +27,7 @@ import anyio
 from ._exceptions import BackendUnavailable, describe
 from ._options import StreamOptions
 from ._subscription import Subscription
-from ._types import Appended, Chunk, Ended, StreamStatus
+from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer
 
 __all__ = ["Producer"]
@@ -55,7 +54,7 @@ class _Writer:
         self._options = options
         self._ttl = ttl
         self._finished_ttl = options.finished_ttl or ttl
-        self._pending: deque[Chunk] = deque()
+        self._pending: list[Chunk] = []
         self._pending_bytes = 0
         self._stored = 0  # index of the first pending chunk
         self._end: Ended | None = None
@@ -65,32 +64,38 @@ class _Writer:
         self.broken = False
         self.writes = 0
 
-    async def add(self, chunk: Chunk) -> None:
+    def add(self, chunk: Chunk) -> bool:
+        """Queue ``chunk``; True if the source should wait (`wait_for_room`)."""
         if self.broken:
-            return
+            return False
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
         self._wake.set()
-        if self._pending_bytes > self._options.max_buffered_bytes:
-            # Backpressure on the source, only when the backend is far behind.
-            self._room.clear()
-            await self._room.wait()
+        return self._pending_bytes > self._options.max_buffered_bytes
+
+    async def wait_for_room(self) -> None:
+        """Backpressure on the source, only when the backend is far behind."""
+        self._room.clear()
+        await self._room.wait()
 
     def close(self, end: Ended) -> None:
         self._end = end
         self._wake.set()
 
     def _take(self) -> list[Chunk]:
-        batch: list[Chunk] = []
-        size = 0
         options = self._options
-        while self._pending and len(batch) < options.max_batch_chunks:
-            chunk = self._pending[0]
-            if batch and size + len(chunk) > options.max_batch_bytes:
-                break
-            self._pending.popleft()
-            batch.append(chunk)
-            size += len(chunk)
+        pending = self._pending
+        batch = pending[: options.max_batch_chunks]
+        size = sum(map(len, batch))
+        if size > options.max_batch_bytes and len(batch) > 1:
+            # Cut at the byte limit (a batch always holds at least one chunk).
+            size = 0
+            for n, chunk in enumerate(batch):
+                if n and size + len(chunk) > options.max_batch_bytes:
+                    batch = batch[:n]
+                    break
+                size += len(chunk)
+        del pending[: len(batch)]
         self._pending_bytes -= size
         return batch
 
@@ -169,6 +174,14 @@ class _Writer:
             )
 
 
+def _coerce(chunk: object) -> Chunk:
+    if isinstance(chunk, (str, bytes)):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise TypeError(f"stream chunks must be str or bytes, not {type(chunk).__name__}")
+
+
 class Producer:
     """Runs one stream's source to the end in a task owned by the context."""
 
@@ -209,18 +222,15 @@ class Producer:
         cancelled: BaseException | None = None
         try:
             # stop() cancels this scope only; the scope swallows its own cancellation.
+            push, add = self._feed.push_chunk, self.writer.add
             with self._stop_scope:
                 async for chunk in self._source:
-                    if not isinstance(chunk, (str, bytes)):
-                        if isinstance(chunk, (bytearray, memoryview)):
-                            chunk = bytes(chunk)
-                        else:
-                            raise TypeError(
-                                f"stream chunks must be str or bytes, not {type(chunk).__name__}"
-                            )
-                    self._feed.push(Appended(index, (chunk,)))
+                    if type(chunk) is not str and type(chunk) is not bytes:
+                        chunk = _coerce(chunk)
+                    push(index, chunk)
                     index = self._index = index + 1
-                    await self.writer.add(chunk)
+                    if add(chunk):
+                        await self.writer.wait_for_room()
             end = Ended(StreamStatus.DONE, index)
         except asyncio.CancelledError as exc:
             cancelled = exc

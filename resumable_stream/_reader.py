@@ -18,7 +18,7 @@ producer itself and switches to the backend only if it falls too far behind.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -81,6 +81,10 @@ class ResumableStream:
             self._status = first.status
             if first.status is StreamStatus.RUNNING and not first.lease_alive:
                 self._status = StreamStatus.FAILED
+        # The batch being handed out: chunks with indices batch_start, batch_start + 1...
+        self._batch: Sequence[Chunk] = ()
+        self._batch_start = 0
+        self._batch_pos = 0
         self._gen = self._run(first)
 
     @property
@@ -103,12 +107,28 @@ class ResumableStream:
         return self
 
     async def __anext__(self) -> Chunk:
-        item = await self._gen.__anext__()
-        return item.data
+        # Fast path: hand out the current batch without entering the generator.
+        pos = self._batch_pos
+        batch = self._batch
+        if pos >= len(batch):
+            self._batch_start, batch = await self._gen.__anext__()
+            self._batch = batch
+            pos = 0
+        self._batch_pos = pos + 1
+        self._last_index = self._batch_start + pos
+        return batch[pos]
 
     def indexed(self) -> AsyncIterator[IndexedChunk]:
         """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
-        return self._gen
+        return self._indexed()
+
+    async def _indexed(self) -> AsyncGenerator[IndexedChunk, None]:
+        while True:
+            try:
+                chunk = await self.__anext__()
+            except StopAsyncIteration:
+                return
+            yield IndexedChunk(self._batch_start + self._batch_pos - 1, chunk)
 
     async def aclose(self) -> None:
         """Stop reading and release the subscription; the producer is not affected."""
@@ -155,21 +175,33 @@ class ResumableStream:
             self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
         )
 
-    async def _run(self, snap: Snapshot | None) -> AsyncGenerator[IndexedChunk, None]:
+    def _batches(
+        self, start: int, chunks: Sequence[Chunk]
+    ) -> Iterator[tuple[int, Sequence[Chunk]]]:
+        """``chunks`` (from index ``start``) as batches, after what is left to skip."""
+        if not self._skip:
+            yield start, chunks
+            return
+        for i, chunk in enumerate(chunks):
+            if not self._skip:
+                yield start + i, chunks[i:]
+                return
+            cut = self._cut(chunk)
+            if cut is not None:
+                yield start + i, (cut,)
+
+    async def _run(
+        self, snap: Snapshot | None
+    ) -> AsyncGenerator[tuple[int, Sequence[Chunk]], None]:
         poll = self._options.poll_interval
         try:
             while True:
                 if snap is not None:
-                    for chunk in snap.chunks:
-                        index = self._pos
-                        self._pos += 1
-                        if self._skip:
-                            cut = self._cut(chunk)
-                            if cut is None:
-                                continue
-                            chunk = cut
-                        self._last_index = index
-                        yield IndexedChunk(index, chunk)
+                    if snap.chunks:
+                        start = self._pos
+                        self._pos += len(snap.chunks)
+                        for batch in self._batches(start, snap.chunks):
+                            yield batch
                     if self._pos < snap.length:
                         snap = await self._read()
                         continue
@@ -200,16 +232,13 @@ class ResumableStream:
                     if event.start > self._pos:
                         snap = await self._read()  # a message was lost: fill the gap
                         continue
-                    for chunk in event.chunks[self._pos - event.start :]:
-                        index = self._pos
-                        self._pos += 1
-                        if self._skip:
-                            cut = self._cut(chunk)
-                            if cut is None:
-                                continue
-                            chunk = cut
-                        self._last_index = index
-                        yield IndexedChunk(index, chunk)
+                    offset = self._pos - event.start
+                    fresh = event.chunks[offset:] if offset else event.chunks
+                    if fresh:
+                        start = self._pos
+                        self._pos += len(fresh)
+                        for batch in self._batches(start, fresh):
+                            yield batch
                     continue
                 assert isinstance(event, Ended)
                 if event.length > self._pos:

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from ._types import Appended, Event, Resync
+from ._types import Appended, Chunk, Event, Resync
 
 __all__ = ["RESYNC", "Subscription"]
 
@@ -21,7 +21,7 @@ RESYNC = Resync()
 
 def _event_size(event: Event) -> int:
     if isinstance(event, Appended):
-        return sum(len(c) for c in event.chunks) + 16 * len(event.chunks)
+        return sum(map(len, event.chunks)) + 16 * len(event.chunks)
     return 16
 
 
@@ -29,7 +29,7 @@ class Subscription:
     """Live events of one stream for one reader.
 
     Created by a backend's ``subscribe()`` inside a running event loop. Backends call
-    `push` and `fail`; the reader calls `get` and `aclose`.
+    `push` (or `push_chunk`) and `fail`; the reader calls `get` and `aclose`.
     """
 
     def __init__(
@@ -47,6 +47,9 @@ class Subscription:
         self._error: BaseException | None = None
         self._wakeup = asyncio.Event()
         self._on_close = on_close
+        # The last queued Appended, still growable by push_chunk (None once taken).
+        self._tail: list[Chunk] | None = None
+        self._tail_end = -1
         self.closed = False
 
     def push(self, event: Event) -> None:
@@ -55,13 +58,38 @@ class Subscription:
             return
         size = _event_size(event)
         if self._size + size > self._limit and self._events:
-            self._events.clear()
-            self._size = 0
-            self._overflowed = True
+            self._overflow()
         else:
             self._events.append(event)
             self._size += size
+            self._tail = None
         self._wakeup.set()
+
+    def push_chunk(self, index: int, chunk: Chunk) -> None:
+        """Queue one chunk; consecutive chunks share one event (the producer's fast path)."""
+        if self.closed:
+            return
+        size = len(chunk) + 16
+        if self._size + size > self._limit and self._events:
+            self._overflow()
+        elif self._tail is not None and self._tail_end == index:
+            # The reader has not taken the tail event yet: grow it in place.
+            self._tail.append(chunk)
+            self._tail_end = index + 1
+            self._size += size
+        else:
+            tail = [chunk]
+            self._events.append(Appended(index, tail))
+            self._size += size
+            self._tail = tail
+            self._tail_end = index + 1
+        self._wakeup.set()
+
+    def _overflow(self) -> None:
+        self._events.clear()
+        self._size = 0
+        self._tail = None
+        self._overflowed = True
 
     def fail(self, error: BaseException) -> None:
         """The live feed is gone (connection lost); `get` raises ``error`` once drained."""
@@ -81,6 +109,8 @@ class Subscription:
             if self._events:
                 event = self._events.popleft()
                 self._size -= _event_size(event)
+                if not self._events:
+                    self._tail = None  # the reader owns it now: never grow it again
                 return event
             if self._error is not None:
                 error, self._error = self._error, None
