@@ -19,6 +19,10 @@ class StreamOptions:
             `ProducerLost` within about ``lease + poll_interval`` after its process dies.
         poll_interval: how long a follower waits for a live message before it
             re-reads the stored state (this is also how it notices a lost producer).
+        write_interval: the least time between the starts of two writes of one
+            stream while its chunks keep coming. A fast source's chunks gather into
+            fewer, larger writes; followers in other processes see them up to this
+            much later. A source slower than this is written chunk by chunk at once.
         max_batch_chunks: chunks per write; Redis' Lua ``unpack`` fails near 8,000.
         max_batch_bytes: bytes per write (a batch always holds at least one chunk).
         max_buffered_bytes: chunks waiting for the backend before the producer stops
@@ -33,6 +37,7 @@ class StreamOptions:
     finished_ttl: float | None = None
     lease: float = 5.0
     poll_interval: float = 2.0
+    write_interval: float = 0.002
     max_batch_chunks: int = 1000
     max_batch_bytes: int = 1 << 20
     max_buffered_bytes: int = 8 << 20
@@ -49,6 +54,8 @@ class StreamOptions:
                 raise InvalidArgument(f"{name} must be >= 1")
         if self.max_batch_chunks > 4000:
             raise InvalidArgument("max_batch_chunks must be <= 4000 (Lua unpack limit)")
+        if self.write_interval < 0:
+            raise InvalidArgument("write_interval must be >= 0")
         if self.finished_ttl is not None and not self.finished_ttl > 0:
             raise InvalidArgument("finished_ttl must be > 0")
         if self.shutdown_grace < 0:

@@ -101,7 +101,9 @@ class _Writer:
 
     async def run(self) -> None:
         renew_every = self._options.lease / 3
+        interval = self._options.write_interval
         loop = asyncio.get_running_loop()
+        last_start = -interval
         while True:
             if not self._pending and self._end is None:
                 self._wake.clear()
@@ -110,6 +112,13 @@ class _Writer:
                     await self._wake.wait()
                 finally:
                     timer.cancel()
+            elif self._end is None:
+                # Chunks keep coming: let them gather for the rest of the interval.
+                # A slow source never waits here (its chunks are further apart).
+                wait = last_start + interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            last_start = loop.time()
             batch = self._take()
             end = self._end if not self._pending else None
             # An empty batch without an end only renews the lease.
