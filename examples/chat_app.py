@@ -9,7 +9,10 @@ The app answers ``POST /api/chat/{agent_id}/{thread_id}`` with an event stream
 `ResumableStreamMiddleware` stores the answer as a resumable stream, adds the
 ``X-Stream-Id`` header and an ``id:`` to every event, and serves
 ``GET /api/chat/resume/{stream_id}``. ``GET /`` is a small page to try it in a browser,
-with a "Simulate disconnect" button. The agent is fake: no model, no network.
+built on the package's browser client (``resumable_stream.browser``, mounted at
+``/_resumable``): a "Cut connection" button drops the connection mid-answer and the client
+resumes it; reloading the page mid-answer resumes it too. The agent is fake: no model, no
+network.
 
 Run it from a checkout. Streams live in this process's memory, so run one process; set
 ``REDIS_URL`` to use Redis, and then any number of workers or hosts::
@@ -56,6 +59,7 @@ except ImportError:  # run from a checkout without installing it
     import resumable_stream
 
 from resumable_stream.asgi import ResumableStreamMiddleware
+from resumable_stream.browser import browser_client_app
 
 DELAY = float(os.environ.get("CHAT_DELAY", "0.05"))
 """Seconds between two words of an answer (``--delay``, or ``CHAT_DELAY``)."""
@@ -128,82 +132,118 @@ async def chat(agent_id: str, thread_id: str, request: ChatRequest) -> Streaming
     return StreamingResponse(fake_agent(last), media_type="text/event-stream")
 
 
+app.mount("/_resumable", browser_client_app())  # the browser client, as ES modules
+
+
 @app.get("/", response_class=HTMLResponse)
 async def page() -> str:
     return PAGE
 
 
+# The page uses the package's browser client (resumable_stream/static/resumable-stream.js,
+# served at /_resumable/ above). Query parameters tune it: ?retryDelay=<ms>&maxRetries=<n>.
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Resumable chat</title>
 <style>
 body { font: 16px/1.5 system-ui, sans-serif; max-width: 42rem; margin: 2rem auto; }
 #out { white-space: pre-wrap; border: 1px solid #ccc; padding: .5rem; min-height: 5rem; }
-#out i { color: #c60; font-style: normal; }  #status { color: #666; }
-</style></head><body>
+#status { color: #666; }  #sid { font-family: monospace; }
+#log { font: 12px/1.4 monospace; color: #555; }
+#log .warn { color: #b00; }
+</style></head><body data-state="idle">
 <h1>Resumable chat</h1>
 <form id="form"><input id="msg" size="40" value="Hello, agent!" required>
-<button>Send</button></form>
-<p><button id="cut" disabled>Simulate disconnect</button> <span id="status"></span></p>
+<button id="send">Send</button></form>
+<p><button id="cut" disabled>Cut connection</button> <span id="status">idle</span></p>
+<p>Stream id: <span id="sid">-</span></p>
 <div id="out"></div>
-<script>
-const $ = (id) => document.getElementById(id);
-const thread = "thread-" + Math.random().toString(36).slice(2);
-let streamId = null, lastId = null, ctrl = null, run = 0;
+<h2>Connection log</h2>
+<ol id="log"></ol>
+<script type="module">
+import { ResumableStreamClient } from "/_resumable/resumable-stream.js";
 
-async function stream(url, init) {
-  const mine = ++run;
-  ctrl = new AbortController();
-  try {
-    const res = await fetch(url, {...init, signal: ctrl.signal});
-    if (!res.ok) { $("status").textContent = res.status + " " + await res.text(); return; }
-    streamId = res.headers.get("X-Stream-Id") || streamId;
-    $("status").textContent = "streaming " + streamId;
-    $("cut").disabled = !streamId;
-    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buf = "";
-    for (;;) {
-      const {value, done} = await reader.read();
-      if (done) break;
-      buf += value;
-      let end;
-      while ((end = buf.indexOf("\\n\\n")) >= 0) {
-        const event = buf.slice(0, end); buf = buf.slice(end + 2);
-        let data = null, id = null;
-        for (const line of event.split("\\n")) {
-          if (line.startsWith("data:")) data = line.slice(5).trim();
-          else if (line.startsWith("id:")) id = line.slice(3).trim();
-        }
-        if (id !== null) lastId = id;
-        if (data === "[DONE]") $("status").textContent = "done";
-        else if (data) $("out").append(JSON.parse(data).delta);
-      }
-    }
-  } catch (e) {
-    if (e.name !== "AbortError") $("status").textContent = "error: " + e;
-  } finally {
-    if (mine === run) $("cut").disabled = true;
-  }
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const TRANSCRIPT = "chat-demo:transcript";  // the answer so far, to show after a reload
+let text = "";
+const ids = [];  // the event ids delivered, in order: each must come exactly once
+
+function note(message, level) {
+  const item = Object.assign(document.createElement("li"), {textContent: message});
+  if (level) item.className = level;
+  $("log").append(item);
+}
+// The client logs to the console; this logger also shows its lines on the page.
+const logger = {
+  info: (m) => { console.info(m); note(m); },
+  warn: (m) => { console.warn(m); note(m, "warn"); },
+  debug: (m) => console.debug(m),
+  error: (...args) => console.error(...args),
+};
+function setState(state, message) {
+  document.body.dataset.state = state;
+  $("status").textContent = message;
+  $("cut").disabled = !(state === "streaming");
+}
+function save(streamId) {
+  sessionStorage.setItem(TRANSCRIPT, JSON.stringify({streamId, text, ids}));
 }
 
-$("form").onsubmit = (e) => {
+const client = new ResumableStreamClient({
+  onMessage(data, event) {
+    if (event && event.id) ids.push(event.id);
+    if (data !== "[DONE]") text += JSON.parse(data).delta;
+    $("out").textContent = text;
+    save(client.streamId);
+    if (document.body.dataset.state !== "streaming") setState("streaming", "streaming");
+  },
+  onComplete() { setState("done", "done"); },
+  onError(error) {
+    const status = error.status ? " " + error.status : "";
+    setState("error", `error: ${error.name}${status}: ${error.message}`);
+  },
+  onStreamId(id) { $("sid").textContent = id; },
+  onRetry({attempt, maxRetries, delay}) {
+    setState("reconnecting", `reconnecting: attempt ${attempt}/${maxRetries} in ${delay} ms`);
+  },
+  maxRetries: Number(params.get("maxRetries") || 5),
+  retryDelay: Number(params.get("retryDelay") || 1000),
+  logger,
+});
+window.chat = {client, ids, get text() { return text; }};  // for tests and the console
+
+$("form").onsubmit = async (e) => {
   e.preventDefault();
-  $("out").textContent = ""; streamId = lastId = null;
-  stream("/api/chat/demo-agent/" + thread, {method: "POST",
-    headers: {"content-type": "application/json"},
-    body: JSON.stringify({messages: [{role: "user", content: $("msg").value}],
-                          threadId: thread})});
+  const thread = "thread-" + Math.random().toString(36).slice(2);
+  text = ""; ids.length = 0;
+  $("out").textContent = ""; $("sid").textContent = "-";
+  setState("streaming", "waiting for the answer");
+  await client.start("/api/chat/demo-agent/" + thread,
+                     {messages: [{role: "user", content: $("msg").value}], threadId: thread});
 };
 
 $("cut").onclick = () => {
-  ctrl.abort(); run++;
-  $("cut").disabled = true;
-  $("status").textContent = "disconnected after event " + lastId + "; resuming in 1 s";
-  const id = streamId, headers = lastId === null ? {} : {"Last-Event-ID": lastId};
-  setTimeout(() => {
-    $("out").append(Object.assign(document.createElement("i"), {textContent: "|"}));
-    stream("/api/chat/resume/" + encodeURIComponent(id), {headers});
-  }, 1000);
+  if (client.dropConnection()) note("connection cut by the button", "warn");
 };
+
+// After a reload: show the answer so far, and resume an unfinished stream.
+const shown = JSON.parse(sessionStorage.getItem(TRANSCRIPT) || "null");
+const saved = ResumableStreamClient.saved();
+if (shown) {
+  text = shown.text; ids.push(...shown.ids);
+  $("out").textContent = text; $("sid").textContent = shown.streamId || "-";
+}
+if (saved) {
+  setState("streaming", "resuming after a reload");
+  if (!shown || shown.streamId !== saved.streamId) {
+    text = ""; ids.length = 0;
+    client.resume(saved.streamId, null);  // from the start: the answer so far is unknown
+  } else {
+    client.resume(saved.streamId);  // after the last event delivered before the reload
+  }
+} else if (shown) {
+  setState("done", "done");
+}
 </script></body></html>
 """
 

@@ -97,9 +97,7 @@ def browser_client_app(*, cache_control: str = "no-cache") -> ASGIApp:
         text = [(b"content-type", b"text/plain; charset=utf-8")]
         method = scope["method"]
         if method not in ("GET", "HEAD"):
-            await _respond(
-                send, 405, [*text, (b"allow", b"GET, HEAD")], b"method not allowed"
-            )
+            await _respond(send, 405, [*text, (b"allow", b"GET, HEAD")], b"method not allowed")
             return
         # Under a mount, Starlette keeps the whole path in "path" and the mount point in
         # "root_path" (older versions strip the path instead): take what follows it.
@@ -112,7 +110,11 @@ def browser_client_app(*, cache_control: str = "no-cache") -> ASGIApp:
             await _respond(send, 404, text, b"not found")
             return
         body, etag = found
-        headers = [(b"etag", etag), (b"cache-control", cache), (b"x-content-type-options", b"nosniff")]
+        headers = [
+            (b"etag", etag),
+            (b"cache-control", cache),
+            (b"x-content-type-options", b"nosniff"),
+        ]
         if_none_match = next(
             (v for k, v in scope.get("headers", []) if k.lower() == b"if-none-match"), None
         )

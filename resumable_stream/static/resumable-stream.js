@@ -395,7 +395,13 @@ function describe(error) {
 }
 
 /** A reason for aborting a connection: not an abort by the caller. */
-class ConnectionCut extends Error {}
+class ConnectionCut extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.name = "ConnectionCut";
+  }
+}
 
 /**
  * @typedef {object} RunState  one stream being read (internal)
@@ -483,7 +489,10 @@ export class ResumableStreamClient {
     if (userSignal) {
       // The caller's own signal aborts the whole stream, resumes included.
       if (userSignal.aborted) run.controller.abort(userSignal.reason);
-      else userSignal.addEventListener("abort", () => run.controller.abort(userSignal.reason), { once: true });
+      else {
+        const stop = () => run.controller.abort(userSignal.reason);
+        userSignal.addEventListener("abort", stop, { once: true });
+      }
     }
     const headers = new Headers(init.headers);
     const raw =
@@ -545,7 +554,7 @@ export class ResumableStreamClient {
    * @returns {Promise<StreamResult>}
    */
   async resume(streamId, lastEventId) {
-    const saved = ResumableStreamClient.saved(this.storageKey ?? undefined);
+    const saved = this.storageKey ? ResumableStreamClient.saved(this.storageKey) : null;
     if (streamId === undefined || streamId === null) {
       if (!saved) return { streamId: null, status: "none" };
       streamId = saved.streamId;
@@ -749,7 +758,12 @@ export class ResumableStreamClient {
       }
     }
     const connection = this._connect(run);
-    return this._fetch(url, { method: "GET", headers, cache: "no-store", signal: connection.signal });
+    return this._fetch(url, {
+      method: "GET",
+      headers,
+      cache: "no-store",
+      signal: connection.signal,
+    });
   }
 
   /**
@@ -802,7 +816,8 @@ export class ResumableStreamClient {
     const decoder = mode === "bytes" ? null : new TextDecoder("utf-8", { ignoreBOM: true });
     const parser = mode === "sse" ? new SSEParser({ lastEventId: run.lastEventId ?? "" }) : null;
     const idle = mode === "sse" && this.idleTimeout > 0 ? this.idleTimeout : 0;
-    let timer = null;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
     const arm = () => {
       if (!idle) return;
       clearTimeout(timer);
@@ -812,7 +827,8 @@ export class ResumableStreamClient {
       );
     };
     const onAbort = () => reader.cancel(connection.signal.reason).catch(() => {});
-    connection.signal.addEventListener("abort", onAbort, { once: true });
+    if (connection.signal.aborted) onAbort();
+    else connection.signal.addEventListener("abort", onAbort, { once: true });
     try {
       arm();
       for (;;) {
@@ -821,7 +837,8 @@ export class ResumableStreamClient {
         if (done) break;
         arm();
         if (parser) {
-          this._events(run, parser, /** @type {TextDecoder} */ (decoder).decode(value, { stream: true }));
+          const text = /** @type {TextDecoder} */ (decoder).decode(value, { stream: true });
+          this._events(run, parser, text);
         } else if (decoder) {
           this._text(run, decoder.decode(value, { stream: true }));
         } else if (value.byteLength) {
@@ -833,8 +850,10 @@ export class ResumableStreamClient {
       if (parser) {
         this._events(run, parser, /** @type {TextDecoder} */ (decoder).decode());
         if (parser.end()) {
-          run.lastError = new Error("the body ended in the middle of an event");
-          this._log("warn", `stream ${run.streamId}: ${run.lastError.message}`);
+          const error = new Error("the body ended in the middle of an event");
+          run.lastError = error;
+          run.lastStatus = null;
+          this._log("warn", `stream ${run.streamId}: ${error.message}`);
           return "lost";
         }
       } else if (decoder) {
@@ -845,9 +864,11 @@ export class ResumableStreamClient {
       if (run.controller.signal.aborted) return "aborted";
       const reason = connection.signal.aborted ? connection.signal.reason : error;
       run.lastError = reason;
+      run.lastStatus = null;
       this._log(
         "warn",
-        `stream ${run.streamId ?? "(no id)"}: connection lost ${this._where(run)}: ${describe(reason)}`
+        `stream ${run.streamId ?? "(no id)"}: connection lost ${this._where(run)}: ` +
+          describe(reason)
       );
       return "lost";
     } finally {
@@ -906,7 +927,8 @@ export class ResumableStreamClient {
    */
   _progress(run) {
     if (run.failures) {
-      this._log("info", `stream ${run.streamId}: data is flowing again after ${run.failures} failed attempt(s)`);
+      const id = run.streamId;
+      this._log("info", `stream ${id}: data is flowing again (resume attempt ${run.failures})`);
     }
     run.failures = 0;
     run.retryAfter = 0;

@@ -65,7 +65,8 @@ import { ResumableStreamClient } from "./resumable-stream.js";
 /**
  * @typedef {object} UseResumableStream
  * @property {(url: string, body: unknown, init?: RequestInit) => Promise<StreamResult>} startStream
- * @property {(streamId?: string, lastEventId?: string | number | null) => Promise<StreamResult>} resume
+ * @property {(streamId?: string, lastEventId?: string | number | null)
+ *   => Promise<StreamResult>} resume
  *   with no stream id, resumes the unfinished stream saved in sessionStorage, if any
  * @property {() => void} abort
  * @property {boolean} isStreaming
@@ -116,11 +117,11 @@ export function useResumableStream(options = {}) {
     };
   }, [client]);
 
-  /**
-   * @param {() => Promise<StreamResult>} begin
-   * @returns {Promise<StreamResult>}
-   */
   const track = useCallback(
+    /**
+     * @param {() => Promise<StreamResult>} begin
+     * @returns {Promise<StreamResult>}
+     */
     async (begin) => {
       const mine = ++runs.current;
       setError(null);
@@ -135,13 +136,16 @@ export function useResumableStream(options = {}) {
   );
 
   const startStream = useCallback(
+    /** @type {UseResumableStream["startStream"]} */
     (url, body, init) => track(() => client.start(url, body, init)),
     [client, track]
   );
 
   const resume = useCallback(
+    /** @type {UseResumableStream["resume"]} */
     (id, lastEventId) => {
-      if (id === undefined && ResumableStreamClient.saved(client.storageKey ?? undefined) === null) {
+      const key = client.storageKey;
+      if (id === undefined && (!key || ResumableStreamClient.saved(key) === null)) {
         return Promise.resolve(/** @type {StreamResult} */ ({ streamId: null, status: "none" }));
       }
       return track(() => client.resume(id, lastEventId));
