@@ -1,0 +1,771 @@
+"""The in-process workloads (W1, W2, W3, W5, memory) for the Python variants.
+
+Each function runs one measured step in this process and returns its figures as a
+dict. Variants (``impl``):
+
+* ``ours``: this library on its Redis backend; ``ours_memory``: on its in-memory
+  backend (no Redis: what the core itself costs).
+* ``plain``: the same source consumed directly, no resumability: the ceiling.
+* ``raw``: the source consumed directly, every chunk stored and announced by a
+  redis-py pipeline of ``RPUSH`` + ``PUBLISH`` awaited per chunk (write-through);
+  ``raw_batched``: the same pipeline written behind, one in flight, carrying every
+  chunk that arrived meanwhile (what the library's writer does, without Lua).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from resumable_stream import (
+    MemoryBackend,
+    ResumableStream,
+    StreamOptions,
+    create_resumable_stream_context,
+)
+from resumable_stream._context import ResumableStreamContext
+from resumable_stream._types import IndexedChunk
+
+from ._common import (
+    Meter,
+    RedisProbe,
+    counting_client,
+    expected,
+    lags,
+    make_chunk,
+    now,
+    percentiles,
+    rss_bytes,
+    source,
+    throughput,
+)
+
+TTL = 300.0  # seconds: keys left on a shared server go away soon
+OPTIONS = StreamOptions(finished_ttl=60.0)
+# Memory steps hold thousands of idle streams while setting up thousands more: with the
+# default 5 s lease, renewing 10,000 leases (one write per stream every lease / 3)
+# competes with the set-up itself; a longer lease keeps the step about memory.
+IDLE_OPTIONS = StreamOptions(finished_ttl=60.0, lease=60.0)
+PY_IMPLS = ("ours", "ours_memory", "plain", "raw", "raw_batched")
+
+
+class Side:
+    """One context on its own Redis client (or in memory), like one process's."""
+
+    def __init__(
+        self, impl: str, url: str, prefix: str, options: StreamOptions = OPTIONS
+    ) -> None:
+        from resumable_stream.backends.redis import RedisBackend
+
+        self.client = None
+        if impl == "ours_memory":
+            self.backend: Any = MemoryBackend()
+        else:
+            self.client = counting_client(url)
+            self.backend = RedisBackend(self.client, key_prefix=prefix)
+        self.options = options
+        self.ctx: ResumableStreamContext = create_resumable_stream_context(
+            self.backend, ttl=TTL, options=options
+        )
+
+    @property
+    def sent(self) -> int:
+        return 0 if self.client is None else int(self.client.sent[0])
+
+    async def aclose(self) -> None:
+        await self.ctx.aclose()
+        await self.backend.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+
+
+def shared_memory_backend(producer: Side, follower: Side) -> None:
+    """In memory, a follower must read the producer's backend (one process)."""
+    if isinstance(producer.backend, MemoryBackend):
+        follower.backend = producer.backend
+        follower.ctx = create_resumable_stream_context(
+            producer.backend, ttl=TTL, options=producer.options
+        )
+
+
+async def read_all(
+    stream: ResumableStream | None, into: list[tuple[int, str | bytes, int]]
+) -> None:
+    """Read a stream to its end, noting (index, chunk, receive time) for each chunk."""
+    if stream is None:
+        return
+    async for index, chunk in stream.indexed():
+        into.append((index, chunk, now()))
+
+
+def exact(got: list[tuple[int, str | bytes, int]], want: list[str]) -> bool:
+    return len(got) == len(want) and all(
+        i == n and c == w for n, ((i, c, _), w) in enumerate(zip(got, want, strict=True))
+    )
+
+
+async def warm_up(side: Side, width: int, prefix: str) -> None:
+    """Load the scripts and open as many connections as the step will use."""
+    width = max(1, min(width, 64))
+
+    async def one(n: int) -> None:
+        stream = await side.ctx.create_new_resumable_stream(
+            f"{prefix}-warm-{n}", partial(source, n, 20, 32)
+        )
+        await read_all(stream, [])
+
+    await asyncio.gather(*(one(n) for n in range(width)))
+
+
+# -- W1: fan-in ------------------------------------------------------------------------------
+
+
+async def _raw_stream(
+    client: Any, key: str, src: Any, recv: list[tuple[int, str | bytes, int]], pipes: list[int]
+) -> None:
+    index = 0
+    async for chunk in src:
+        recv.append((index, chunk, now()))
+        index += 1
+        pipe = client.pipeline(transaction=False)
+        pipe.rpush(key, chunk)
+        pipe.publish(key, chunk)
+        await pipe.execute()
+        pipes[0] += 1
+    await client.pexpire(key, int(TTL * 1000))
+
+
+async def _raw_batched_stream(
+    client: Any, key: str, src: Any, recv: list[tuple[int, str | bytes, int]], pipes: list[int]
+) -> None:
+    pending: list[str] = []
+    wake = asyncio.Event()
+    done = False
+
+    async def writer() -> None:
+        while True:
+            if not pending:
+                if done:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            batch = pending[:1000]
+            del pending[: len(batch)]
+            pipe = client.pipeline(transaction=False)
+            pipe.rpush(key, *batch)
+            pipe.publish(key, "".join(batch))
+            await pipe.execute()
+            pipes[0] += 1
+
+    task = asyncio.create_task(writer())
+    index = 0
+    async for chunk in src:
+        recv.append((index, chunk, now()))
+        index += 1
+        pending.append(chunk)
+        wake.set()
+    done = True
+    wake.set()
+    await task
+    await client.pexpire(key, int(TTL * 1000))
+
+
+async def w1(spec: dict[str, Any]) -> dict[str, Any]:
+    """N streams x chunks x size, producer and original reader in this process."""
+    impl, url = spec["impl"], spec["url"]
+    streams, chunks, size = spec["streams"], spec["chunks"], spec["chunk_bytes"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    want = [expected(s, chunks, size) for s in range(streams)]
+    stamps: list[list[int]] = [[] for _ in range(streams)]
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(streams)]
+    probe = RedisProbe(url)
+    side: Side | None = None
+    client: Any = None
+    pipes = [0]
+    try:
+        if impl in ("ours", "ours_memory"):
+            side = Side(impl, url, prefix)
+            await warm_up(side, streams, prefix)
+            ctx = side.ctx
+
+            async def one(s: int) -> None:
+                stream = await ctx.create_new_resumable_stream(
+                    f"{prefix}-{s}", partial(source, s, chunks, size, stamps[s])
+                )
+                await read_all(stream, got[s])
+
+        elif impl == "plain":
+
+            async def one(s: int) -> None:
+                index = 0
+                async for chunk in source(s, chunks, size, stamps[s]):
+                    got[s].append((index, chunk, now()))
+                    index += 1
+
+        elif impl in ("raw", "raw_batched"):
+            client = counting_client(url)
+            await asyncio.gather(*(client.ping() for _ in range(min(streams, 64))))
+            run = _raw_stream if impl == "raw" else _raw_batched_stream
+
+            async def one(s: int) -> None:
+                src = source(s, chunks, size, stamps[s])
+                await run(client, f"{prefix}:raw:{s}", src, got[s], pipes)
+
+        else:
+            raise ValueError(f"unknown impl {impl!r}")
+        sent_before = side.sent if side is not None else 0
+        await probe.start()
+        with Meter() as meter:
+            await asyncio.gather(*(one(s) for s in range(streams)))
+        await probe.stop()
+        sent = (side.sent - sent_before) if side is not None else pipes[0]
+        stored_ok = None
+        if impl == "ours":
+            stored_ok = await _stored_exact(side, prefix, want, chunks)
+    finally:
+        if side is not None:
+            await side.aclose()
+        if client is not None:
+            await client.aclose()
+        await probe.aclose()
+    total = streams * chunks
+    ok = all(exact(g, w) for g, w in zip(got, want, strict=True))
+    latency = [t - stamps[s][i] for s in range(streams) for i, _, t in got[s]] if ok else []
+    result = {
+        **throughput(total, total * size, meter),
+        "exact": ok and stored_ok is not False,
+        "stored_exact": stored_ok,
+        "latency_ms": percentiles(latency),
+    }
+    if impl != "plain" and impl != "ours_memory":
+        result["redis"] = probe.report(total, sent)
+    return result
+
+
+async def _stored_exact(side: Side | None, prefix: str, want: list[list[str]], n: int) -> bool:
+    """Read back up to 10 streams (evenly spread) from storage and compare."""
+    assert side is not None
+    picks = sorted({round(i * (len(want) - 1) / 9) for i in range(10)}) if len(want) > 1 else [0]
+    for s in picks:
+        stream = await side.ctx.resume_existing_stream(f"{prefix}-{s}", after=-1)
+        got: list[tuple[int, str | bytes, int]] = []
+        await read_all(stream, got)
+        if not exact(got, want[s]):
+            return False
+    return True
+
+
+# -- W2: followers ---------------------------------------------------------------------------
+
+
+async def w2(spec: dict[str, Any]) -> dict[str, Any]:
+    """One producer, ``followers`` followers in this process on their own client."""
+    impl, url = spec["impl"], spec["url"]
+    chunks, size, followers = spec["chunks"], spec["chunk_bytes"], spec["followers"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    producer = Side(impl, url, prefix)
+    follower = Side(impl, url, prefix)
+    shared_memory_backend(producer, follower)
+    probe = RedisProbe(url)
+    want = expected(0, chunks, size)
+    stamps: list[int] = []
+    gate = asyncio.Event()
+    origin_got: list[tuple[int, str | bytes, int]] = []
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
+    try:
+        await warm_up(producer, 4, prefix)
+        await warm_up(follower, 4, prefix + "f")
+        stream_id = f"{prefix}-w2"
+        origin = await producer.ctx.create_new_resumable_stream(
+            stream_id, partial(source, 0, chunks, size, stamps, gate=gate)
+        )
+        readers = [
+            await follower.ctx.resume_existing_stream(stream_id, after=-1)
+            for _ in range(followers)
+        ]
+        sent_before = producer.sent + follower.sent
+        await probe.start()
+        with Meter() as meter:
+            tasks = [asyncio.create_task(read_all(origin, origin_got))]
+            tasks += [
+                asyncio.create_task(read_all(r, g)) for r, g in zip(readers, got, strict=True)
+            ]
+            gate.set()
+            await asyncio.gather(*tasks)
+        await probe.stop()
+        sent = producer.sent + follower.sent - sent_before
+    finally:
+        await producer.aclose()
+        await follower.aclose()
+        await probe.aclose()
+    ok = exact(origin_got, want) and all(exact(g, want) for g in got)
+    follower_lag = [lag for g in got for lag in lags(stamps, ((i, t) for i, _, t in g))]
+    delivered = chunks * (followers + 1)
+    result = {
+        **throughput(delivered, delivered * size, meter),
+        "exact": ok,
+        "lag_ms": percentiles(follower_lag if ok else []),
+        "origin_latency_ms": percentiles(
+            lags(stamps, ((i, t) for i, _, t in origin_got)) if ok else []
+        ),
+    }
+    if impl == "ours":
+        result["redis"] = probe.report(chunks, sent)
+    return result
+
+
+async def _stdin_line() -> str:
+    import sys
+
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+async def w2_producer(spec: dict[str, Any], announce: Callable[[str], None]) -> dict[str, Any]:
+    """The producer's process of W2 across processes: waits for ``go`` on stdin."""
+    url, chunks, size = spec["url"], spec["chunks"], spec["chunk_bytes"]
+    prefix = spec["prefix"]
+    side = Side("ours", url, prefix)
+    stamps: list[int] = []
+    gate = asyncio.Event()
+    got: list[tuple[int, str | bytes, int]] = []
+    try:
+        await warm_up(side, 4, prefix + "p")
+        origin = await side.ctx.create_new_resumable_stream(
+            spec["stream_id"], partial(source, 0, chunks, size, stamps, gate=gate)
+        )
+        announce("READY")
+        await _stdin_line()
+        with Meter() as meter:
+            task = asyncio.create_task(read_all(origin, got))
+            gate.set()
+            await task
+    finally:
+        await side.aclose()
+    return {
+        **throughput(chunks, chunks * size, meter),
+        "exact": exact(got, expected(0, chunks, size)),
+        "stamps": stamps,
+    }
+
+
+async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) -> dict[str, Any]:
+    """The followers' process of W2 across processes."""
+    url, chunks, size, followers = spec["url"], spec["chunks"], spec["chunk_bytes"], spec[
+        "followers"
+    ]
+    prefix = spec["prefix"]
+    side = Side("ours", url, prefix)
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
+    try:
+        await warm_up(side, 4, prefix + "f")
+        readers = [
+            await side.ctx.resume_existing_stream(spec["stream_id"], after=-1)
+            for _ in range(followers)
+        ]
+        announce("READY")
+        with Meter() as meter:
+            await asyncio.gather(*(read_all(r, g) for r, g in zip(readers, got, strict=True)))
+    finally:
+        await side.aclose()
+    want = expected(0, chunks, size)
+    ok = all(exact(g, want) for g in got)
+    return {
+        **throughput(chunks * followers, chunks * followers * size, meter),
+        "exact": ok,
+        "received": [[t for _, _, t in g] for g in got] if ok else [],
+    }
+
+
+# -- W3: resume ------------------------------------------------------------------------------
+
+
+async def w3(spec: dict[str, Any]) -> dict[str, Any]:
+    """Time to first chunk of a resume of a running stream with ``stored`` chunks."""
+    impl, url = spec["impl"], spec["url"]
+    stored, size = spec["stored"], spec["chunk_bytes"]
+    singles, burst = spec["singles"], spec["burst"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    producer = Side(impl, url, prefix)
+    resumer = Side(impl, url, prefix)
+    shared_memory_backend(producer, resumer)
+    probe = RedisProbe(url)
+    hold = asyncio.Event()
+    want = expected(0, stored, size)
+    origin_got: list[tuple[int, str | bytes, int]] = []
+    stream_id = f"{prefix}-w3"
+    try:
+        await warm_up(producer, 4, prefix)
+        await warm_up(resumer, min(burst, 64), prefix + "r")
+        origin = await producer.ctx.create_new_resumable_stream(
+            stream_id, partial(source, 0, stored + 1, size, hold_after=stored, hold=hold)
+        )
+        origin_task = asyncio.create_task(read_all(origin, origin_got))
+        await _until_stored(producer, stream_id, stored)
+
+        async def resume_once() -> tuple[int, int, bool]:
+            started = now()
+            reader = await resumer.ctx.resume_existing_stream(stream_id)
+            assert reader is not None
+            got: list[tuple[int, str | bytes, int]] = []
+            async for index, chunk in reader.indexed():
+                got.append((index, chunk, now()))
+                if len(got) == stored:
+                    break
+            await reader.aclose()
+            return got[0][2] - started, got[-1][2] - started, exact(got, want)
+
+        sent_before = resumer.sent
+        await probe.start()
+        with Meter() as meter:
+            single = [await resume_once() for _ in range(singles)]
+            burst_started = now()
+            bursts = await asyncio.gather(*(resume_once() for _ in range(burst)))
+            burst_wall = now() - burst_started
+        await probe.stop()
+        sent = resumer.sent - sent_before
+        hold.set()
+        await origin_task
+    finally:
+        hold.set()
+        await producer.aclose()
+        await resumer.aclose()
+        await probe.aclose()
+    resumes = singles + burst
+    ok = all(r[2] for r in single + bursts) and exact(origin_got, expected(0, stored + 1, size))
+    result = {
+        **throughput(resumes * stored, resumes * stored * size, meter),
+        "exact": ok,
+        "ttfb_ms": percentiles([r[0] for r in single]),
+        "catch_up_ms": percentiles([r[1] for r in single]),
+        "burst_ttfb_ms": percentiles([r[0] for r in bursts]),
+        "burst_catch_up_ms": percentiles([r[1] for r in bursts]),
+        "burst_wall_ms": burst_wall / 1e6,
+    }
+    if impl == "ours":
+        report = probe.report(resumes, sent)
+        result["redis"] = report
+        result["round_trips_per_resume"] = report["round_trips_per_chunk"]
+        result["commands_per_resume"] = report["commands_per_chunk"]
+    return result
+
+
+async def _until_stored(side: Side, stream_id: str, length: int) -> None:
+    """Wait until the writer has stored ``length`` chunks (polling: no event for it)."""
+    for _ in range(6000):
+        snap = await side.backend.snapshot(stream_id, 0, 0)
+        if snap is not None and snap.length >= length:
+            return
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"{stream_id}: {length} chunks never stored")
+
+
+# -- W5: slow producer -----------------------------------------------------------------------
+
+
+async def w5(spec: dict[str, Any]) -> dict[str, Any]:
+    """``streams`` streams each yielding a chunk every ``delay`` s; one follower each."""
+    impl, url = spec["impl"], spec["url"]
+    streams, chunks, size, delay = spec["streams"], spec["chunks"], spec["chunk_bytes"], spec[
+        "delay"
+    ]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    want = [expected(s, chunks, size) for s in range(streams)]
+    stamps: list[list[int]] = [[] for _ in range(streams)]
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(streams)]
+    fgot: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(streams)]
+    probe = RedisProbe(url)
+    producer = follower = None
+    client: Any = None
+    pipes = [0]
+    with_followers = impl == "ours"
+    try:
+        if impl == "ours":
+            producer = Side(impl, url, prefix)
+            follower = Side(impl, url, prefix)
+            await warm_up(producer, streams, prefix)
+            await warm_up(follower, streams, prefix + "f")
+            gates = [asyncio.Event() for _ in range(streams)]
+
+            async def one(s: int) -> None:
+                assert producer is not None
+                assert follower is not None
+                sid = f"{prefix}-{s}"
+                origin = await producer.ctx.create_new_resumable_stream(
+                    sid, partial(source, s, chunks, size, stamps[s], delay=delay, gate=gates[s])
+                )
+                reader = await follower.ctx.resume_existing_stream(sid, after=-1)
+                gates[s].set()
+                await asyncio.gather(read_all(origin, got[s]), read_all(reader, fgot[s]))
+
+        elif impl == "plain":
+
+            async def one(s: int) -> None:
+                index = 0
+                async for chunk in source(s, chunks, size, stamps[s], delay=delay):
+                    got[s].append((index, chunk, now()))
+                    index += 1
+
+        elif impl == "raw":
+            client = counting_client(url)
+            await asyncio.gather(*(client.ping() for _ in range(min(streams, 64))))
+
+            async def one(s: int) -> None:
+                src = source(s, chunks, size, stamps[s], delay=delay)
+                await _raw_stream(client, f"{prefix}:raw:{s}", src, got[s], pipes)
+
+        else:
+            raise ValueError(f"unknown impl {impl!r}")
+        before = (producer.sent, follower.sent) if producer and follower else (0, 0)
+        await probe.start()
+        with Meter() as meter:
+            await asyncio.gather(*(one(s) for s in range(streams)))
+        await probe.stop()
+        if producer is not None and follower is not None:
+            producer_trips = producer.sent - before[0]
+            follower_trips = follower.sent - before[1]
+        else:
+            producer_trips, follower_trips = pipes[0], 0
+    finally:
+        for side in (producer, follower):
+            if side is not None:
+                await side.aclose()
+        if client is not None:
+            await client.aclose()
+        await probe.aclose()
+    total = streams * chunks
+    ok = all(exact(g, w) for g, w in zip(got, want, strict=True))
+    if with_followers:
+        ok = ok and all(exact(g, w) for g, w in zip(fgot, want, strict=True))
+    result: dict[str, Any] = {
+        **throughput(total, total * size, meter),
+        "exact": ok,
+        "latency_ms": percentiles(
+            [t - stamps[s][i] for s in range(streams) for i, _, t in got[s]] if ok else []
+        ),
+    }
+    if with_followers:
+        result["follower_lag_ms"] = percentiles(
+            [t - stamps[s][i] for s in range(streams) for i, _, t in fgot[s]] if ok else []
+        )
+    if impl != "plain":
+        report = probe.report(total, producer_trips + follower_trips)
+        report["producer_round_trips_per_chunk"] = producer_trips / total
+        report["follower_round_trips_per_chunk"] = follower_trips / total
+        result["redis"] = report
+    return result
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+
+async def _settle() -> int:
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+    gc.collect()
+    return rss_bytes()
+
+
+async def memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Process memory per running stream (source, producer, original reader) and per
+    follower, with ``streams`` streams running at once, each holding one chunk."""
+    impl, url, streams = spec["impl"], spec["url"], spec["streams"]
+    size = 32
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    hold = asyncio.Event()
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(streams)]
+    fgot: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(streams)]
+    first = [asyncio.Event() for _ in range(streams)]
+    ffirst = [asyncio.Event() for _ in range(streams)]
+    producer = follower = None
+
+    async def read_noting(
+        stream: ResumableStream | None, into: list[Any], seen: asyncio.Event
+    ) -> None:
+        assert stream is not None
+        async for index, chunk in stream.indexed():
+            into.append((index, chunk, 0))
+            seen.set()
+
+    try:
+        tasks: list[asyncio.Task[None]] = []
+        if impl == "plain":
+            base = await _settle()
+
+            async def plain_one(s: int) -> None:
+                index = 0
+                async for chunk in source(s, 2, size, hold_after=1, hold=hold):
+                    got[s].append((index, chunk, 0))
+                    index += 1
+                    first[s].set()
+
+            tasks = [asyncio.create_task(plain_one(s)) for s in range(streams)]
+            await asyncio.gather(*(e.wait() for e in first))
+            running = await _settle()
+            with_followers = running
+        else:
+            producer = Side(impl, url, prefix, IDLE_OPTIONS)
+            follower = Side(impl, url, prefix, IDLE_OPTIONS)
+            shared_memory_backend(producer, follower)
+            await warm_up(producer, 64, prefix)
+            await warm_up(follower, 64, prefix + "f")
+            base = await _settle()
+
+            async def start(s: int) -> None:
+                assert producer is not None
+                stream = await producer.ctx.create_new_resumable_stream(
+                    f"{prefix}-{s}", partial(source, s, 2, size, hold_after=1, hold=hold)
+                )
+                tasks.append(asyncio.create_task(read_noting(stream, got[s], first[s])))
+
+            await _in_waves(start, streams)
+            await asyncio.gather(*(e.wait() for e in first))
+            running = await _settle()
+
+            async def follow(s: int) -> None:
+                assert follower is not None
+                stream = await follower.ctx.resume_existing_stream(f"{prefix}-{s}", after=-1)
+                tasks.append(asyncio.create_task(read_noting(stream, fgot[s], ffirst[s])))
+
+            await _in_waves(follow, streams)
+            await asyncio.gather(*(e.wait() for e in ffirst))
+            with_followers = await _settle()
+        hold.set()
+        await asyncio.gather(*tasks)
+    finally:
+        hold.set()
+        for side in (producer, follower):
+            if side is not None:
+                await side.aclose()
+    ok = all(
+        [c for _, c, _ in g] == expected(s, 2, size) for s, g in enumerate(got)
+    )
+    if impl != "plain":
+        ok = ok and all(
+            [c for _, c, _ in g] == expected(s, 2, size) for s, g in enumerate(fgot)
+        )
+    result: dict[str, Any] = {
+        "exact": ok,
+        "streams": streams,
+        "rss_base_mb": base / 2**20,
+        "kb_per_stream": (running - base) / streams / 1024,
+        "peak_rss_mb": throughput(1, 1, Meter())["peak_rss_mb"],
+    }
+    if impl != "plain":
+        result["kb_per_follower"] = (with_followers - running) / streams / 1024
+    return result
+
+
+async def _in_waves(start: Callable[[int], Awaitable[None]], count: int, wave: int = 500) -> None:
+    for first in range(0, count, wave):
+        await asyncio.gather(*(start(s) for s in range(first, min(count, first + wave))))
+
+
+async def _check(
+    iterator: AsyncIterator[IndexedChunk], stream: int, size: int, position: int = 0
+) -> int:
+    """Read to the end, comparing each chunk with `make_chunk` on the fly (nothing
+    kept, so the harness holds no memory); returns the next expected index, or -1
+    at the first chunk out of place."""
+    async for index, chunk in iterator:
+        if index != position or chunk != make_chunk(stream, index, size):
+            return -1
+        position += 1
+    return position
+
+
+async def memory_stalled(spec: dict[str, Any]) -> dict[str, Any]:
+    """A follower that stops reading while ``chunks`` x ``chunk_bytes`` are produced:
+    process memory must stay bounded (its live queue is dropped past its budget and
+    it re-reads from Redis once it reads again), and it still gets every byte."""
+    url, chunks, size = spec["url"], spec["chunks"], spec["chunk_bytes"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    producer = Side("ours", url, prefix)
+    follower = Side("ours", url, prefix)
+    peak = 0
+    try:
+        await warm_up(producer, 4, prefix)
+        await warm_up(follower, 4, prefix + "f")
+        base = await _settle()
+        stream_id = f"{prefix}-stalled"
+        origin = await producer.ctx.create_new_resumable_stream(
+            stream_id, partial(source, 0, chunks, size)
+        )
+        reader = await follower.ctx.resume_existing_stream(stream_id, after=-1)
+        assert origin is not None
+        assert reader is not None
+        iterator = reader.indexed()
+        index, chunk = await iterator.__anext__()  # then it stalls
+        first_ok = index == 0 and chunk == make_chunk(0, 0, size)
+        origin_task = asyncio.create_task(_check(origin.indexed(), 0, size))
+        while not origin_task.done():
+            peak = max(peak, rss_bytes())
+            await asyncio.sleep(0.01)
+        origin_read = await origin_task
+        stalled = await _settle()
+        peak = max(peak, stalled)
+        follower_read = await _check(iterator, 0, size, 1)
+    finally:
+        await producer.aclose()
+        await follower.aclose()
+    return {
+        "exact": first_ok and origin_read == chunks and follower_read == chunks,
+        "produced_mb": chunks * size / 2**20,
+        "reader_buffer_mb": OPTIONS.reader_buffer_bytes / 2**20,
+        "rss_growth_mb": (peak - base) / 2**20,
+        "peak_rss_mb": throughput(1, 1, Meter())["peak_rss_mb"],
+    }
+
+
+async def redis_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Redis memory per KB of chunks stored: ours (msgpack in a list, plus the
+    stream's hash) against a bare ``RPUSH`` of the same chunks."""
+    impl, url = spec["impl"], spec["url"]
+    streams, chunks, size = spec["streams"], spec["chunks"], spec["chunk_bytes"]
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    probe = RedisProbe(url)
+    side: Side | None = None
+    client: Any = None
+    ok = True
+    try:
+        if impl == "ours":
+            side = Side(impl, url, prefix)
+            await warm_up(side, 4, prefix + "w")
+            before = await probe.used_memory()
+            readers = [[] for _ in range(streams)]  # type: list[list[tuple[int, str | bytes, int]]]
+
+            async def one(s: int) -> None:
+                assert side is not None
+                stream = await side.ctx.create_new_resumable_stream(
+                    f"{prefix}-{s}", partial(source, s, chunks, size)
+                )
+                await read_all(stream, readers[s])
+
+            await asyncio.gather(*(one(s) for s in range(streams)))
+            want = [expected(s, chunks, size) for s in range(streams)]
+            ok = await _stored_exact(side, prefix, want, chunks)
+        else:
+            client = counting_client(url)
+            await client.ping()
+            before = await probe.used_memory()
+            for s in range(streams):
+                await client.rpush(f"{prefix}:raw:{s}", *expected(s, chunks, size))
+                await client.pexpire(f"{prefix}:raw:{s}", int(TTL * 1000))
+        after = await probe.used_memory()
+    finally:
+        if side is not None:
+            await side.aclose()
+        if client is not None:
+            await client.aclose()
+        await probe.aclose()
+    stored_kb = streams * chunks * size / 1024
+    return {
+        "exact": ok,
+        "stored_kb": stored_kb,
+        "redis_bytes_per_stored_kb": (after - before) / stored_kb,
+        "chunk_bytes": size,
+    }
