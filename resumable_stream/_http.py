@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    MutableMapping,
+)
 from typing import Any
 
 import anyio
@@ -176,11 +183,14 @@ async def pump(
     mode: str,
     ping_interval: float | None,
     first: IndexedChunk | None = None,
+    body: AsyncGenerator[bytes, None] | None = None,
 ) -> None:
     """Send a stream's chunks as the response body until it ends or the client goes.
 
     The body writer, the disconnect listener and the SSE pinger run in one task group;
-    pings and chunks share a lock so a ping never lands inside an event.
+    pings and chunks share a lock so a ping never lands inside an event. ``body``, if
+    given, is the body's pieces made from ``reader`` by the caller (which may add pieces
+    of its own, as the AI SDK layer does at the end); ``reader`` is still closed here.
 
     Raises:
         Whatever the reader raises mid-stream (the server then aborts the response,
@@ -222,8 +232,12 @@ async def pump(
             await write(b"")
             if first is not None:
                 await write(encode(first, mode))
-            async for item in reader.indexed():
-                await write(encode(item, mode))
+            if body is None:
+                async for item in reader.indexed():
+                    await write(encode(item, mode))
+            else:
+                async for piece in body:
+                    await write(piece)
             await write(b"", more=False)
         except OSError:
             pass  # the client went away while we were sending (uvicorn's ClientDisconnected)
@@ -234,6 +248,8 @@ async def pump(
         finally:
             tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
+                if body is not None:
+                    await body.aclose()
                 await reader.aclose()
     if error is not None:
         raise error
