@@ -17,6 +17,9 @@ from ._exceptions import (
     StreamAlreadyExists,
     StreamFailed,
     StreamNotFound,
+    StreamTooLarge,
+    TooManyFollowers,
+    TooManyStreams,
 )
 from ._options import StreamOptions
 from ._reader import ResumableStream
@@ -42,6 +45,9 @@ __all__ = [
     "StreamNotFound",
     "StreamOptions",
     "StreamStatus",
+    "StreamTooLarge",
+    "TooManyFollowers",
+    "TooManyStreams",
     "__version__",
     "create_resumable_stream_context",
 ]

@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import uuid
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from ._exceptions import (
     ResumableStreamError,
     StreamAlreadyExists,
     StreamNotFound,
+    TooManyFollowers,
+    TooManyStreams,
 )
 from ._keys import validate_stream_id
 from ._options import StreamOptions
@@ -104,7 +107,23 @@ class ResumableStreamContext:
         self._owns_backend = owns_backend
         self._producers: set[asyncio.Task[None]] = set()
         self._local: dict[str, Producer] = {}
+        self._claiming = 0  # calls between their capacity check and their producer task
+        self._followers: dict[str, int] = {}
         self._closed = False
+
+    @property
+    def running_streams(self) -> int:
+        """Producers this context runs now (those being started included)."""
+        return len(self._producers) + self._claiming
+
+    def at_capacity(self) -> bool:
+        """True if a new stream would raise `TooManyStreams` now (``max_streams``)."""
+        limit = self.options.max_streams
+        return limit is not None and self.running_streams >= limit
+
+    def followers(self, stream_id: str) -> int:
+        """Readers of ``stream_id`` this context serves now, the original one excepted."""
+        return self._followers.get(stream_id, 0)
 
     async def resumable_stream(
         self,
@@ -135,6 +154,10 @@ class ResumableStreamContext:
             InvalidArgument: bad ``skip_characters`` or ``metadata``.
             TypeError: ``make_stream`` is not callable or returned no iterable (the
                 stream is then marked failed).
+            TooManyStreams: ``max_streams`` producers already run in this context and
+                no stream with this id exists (a running one is joined, a finished one
+                gives None, as usual).
+            TooManyFollowers: the stream exists and has ``max_followers`` readers here.
             BackendUnavailable: storage could not be reached.
         """
         stream_id = validate_stream_id(stream_id)
@@ -143,12 +166,17 @@ class ResumableStreamContext:
         packed = _pack_metadata(metadata)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
-        token = uuid.uuid4().hex
-        existing = await self.backend.claim(
-            stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
-        )
-        if existing is None:
-            return await self._start(stream_id, token, make_stream, skip, metadata)
+        if self.at_capacity():
+            # Full: join the stream if it exists, but never create one.
+            status = await self.backend.status(stream_id)
+            if status is None:
+                raise TooManyStreams(self.options.max_streams or 0)
+            if status is not StreamStatus.RUNNING:
+                return None
+            return await self._follow(stream_id, 0, skip, none_if_finished=False)
+        existing = await self._claim(stream_id, make_stream, skip, metadata, packed)
+        if isinstance(existing, ResumableStream):
+            return existing
         if existing is not StreamStatus.RUNNING:
             return None
         return await self._follow(stream_id, 0, skip, none_if_finished=False)
@@ -168,6 +196,8 @@ class ResumableStreamContext:
 
         Raises:
             StreamAlreadyExists: a stream with this id is running.
+            TooManyStreams: ``max_streams`` producers already run in this context
+                (nothing was stored).
             InvalidStreamId, InvalidArgument, TypeError, BackendUnavailable: as
                 `resumable_stream`.
         """
@@ -177,15 +207,37 @@ class ResumableStreamContext:
         packed = _pack_metadata(metadata)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
-        token = uuid.uuid4().hex
-        existing = await self.backend.claim(
-            stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
-        )
-        if existing is None:
-            return await self._start(stream_id, token, make_stream, skip, metadata)
+        if self.at_capacity():
+            raise TooManyStreams(self.options.max_streams or 0)
+        existing = await self._claim(stream_id, make_stream, skip, metadata, packed)
+        if isinstance(existing, ResumableStream):
+            return existing
         if existing is StreamStatus.RUNNING:
             raise StreamAlreadyExists(stream_id)
         return None
+
+    async def _claim(
+        self,
+        stream_id: str,
+        make_stream: MakeStream,
+        skip: int,
+        metadata: Mapping[str, Any] | None,
+        packed: bytes,
+    ) -> ResumableStream | StreamStatus:
+        """Claim the id and start its producer, holding a place under ``max_streams``
+        from before the claim until the producer task exists (no await in between
+        the capacity check and taking the place)."""
+        self._claiming += 1
+        try:
+            token = uuid.uuid4().hex
+            existing = await self.backend.claim(
+                stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
+            )
+            if existing is None:
+                return await self._start(stream_id, token, make_stream, skip, metadata)
+            return existing
+        finally:
+            self._claiming -= 1
 
     async def resume_existing_stream(
         self,
@@ -213,6 +265,8 @@ class ResumableStreamContext:
 
         Raises:
             StreamNotFound: no stream with this id (never created, or expired).
+            TooManyFollowers: ``max_followers`` readers of this stream already read
+                it through this context.
             InvalidStreamId, InvalidArgument, BackendUnavailable.
         """
         stream_id = validate_stream_id(stream_id)
@@ -334,10 +388,20 @@ class ResumableStreamContext:
     async def _follow(
         self, stream_id: str, start: int, skip: int, *, none_if_finished: bool
     ) -> ResumableStream | None:
-        # Subscribe before reading (backend invariant 3), so nothing falls in between.
-        feed = await self.backend.subscribe(
-            stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
-        )
+        limit = self.options.max_followers
+        count = self._followers.get(stream_id, 0)
+        if limit is not None and count >= limit:
+            raise TooManyFollowers(stream_id, limit)
+        self._followers[stream_id] = count + 1
+        release = _Release(self._followers, stream_id)
+        try:
+            # Subscribe before reading (backend invariant 3), so nothing falls in between.
+            feed = await self.backend.subscribe(
+                stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
+            )
+        except BaseException:
+            release()
+            raise
         try:
             snap = await self.backend.snapshot(stream_id, start, _PAGE)
             if snap is None:
@@ -345,16 +409,42 @@ class ResumableStreamContext:
             ended = snap.status is not StreamStatus.RUNNING or not snap.lease_alive
             nothing_left = ended and start >= snap.length and not none_if_finished
             if (none_if_finished and snap.status is StreamStatus.DONE) or nothing_left:
+                release()
                 await feed.aclose()
                 return None
         except BaseException:
+            release()
             with anyio.move_on_after(5.0, shield=True):
                 await feed.aclose()
             raise
-        return ResumableStream(
+        reader = ResumableStream(
             stream_id, self.backend, self.options, feed=feed, start=start,
             first=snap, skip_characters=skip, metadata=_unpack_metadata(snap.metadata),
+            on_close=release,
         )
+        # A reader dropped unread and unclosed still gives its place back.
+        weakref.finalize(reader, release)
+        return reader
+
+
+class _Release:
+    """Gives back one follower's place, once, however often it is called."""
+
+    __slots__ = ("counts", "stream_id")
+
+    def __init__(self, counts: dict[str, int], stream_id: str) -> None:
+        self.counts: dict[str, int] | None = counts
+        self.stream_id = stream_id
+
+    def __call__(self) -> None:
+        counts, self.counts = self.counts, None
+        if counts is None:
+            return
+        left = counts.get(self.stream_id, 0) - 1
+        if left > 0:
+            counts[self.stream_id] = left
+        else:
+            counts.pop(self.stream_id, None)
 
 
 _MAX_METADATA = 64 * 1024

@@ -8,7 +8,10 @@ The tree::
     ├── StreamNotFound (also LookupError)
     ├── StreamAlreadyExists
     ├── StreamFailed            the producer's source raised; carries its message
+    │   └── StreamTooLarge      the stream passed ``max_stream_bytes`` and was cut there
     ├── ProducerLost            the producer stopped renewing its lease (process died)
+    ├── TooManyStreams          ``max_streams`` producers already run in this context
+    ├── TooManyFollowers        ``max_followers`` readers already follow this stream here
     └── BackendUnavailable (also ConnectionError)
 """
 
@@ -23,6 +26,9 @@ __all__ = [
     "StreamAlreadyExists",
     "StreamFailed",
     "StreamNotFound",
+    "StreamTooLarge",
+    "TooManyFollowers",
+    "TooManyStreams",
 ]
 
 
@@ -73,6 +79,23 @@ class StreamFailed(ResumableStreamError):
         self.error = error
 
 
+class StreamTooLarge(StreamFailed):
+    """The stream's stored bytes would pass ``StreamOptions.max_stream_bytes``.
+
+    The producer stopped before the chunk that would pass the cap: every chunk before
+    it is stored and delivered, that chunk and the rest of the source are not, and the
+    stream is marked failed. The original reader and followers in any process get this
+    error after the last stored chunk (it is a `StreamFailed`, with ``error`` starting
+    with ``"StreamTooLarge:"``), so a cut stream never reads as complete.
+    """
+
+    PREFIX = "StreamTooLarge:"
+
+    @classmethod
+    def for_limit(cls, stream_id: str, limit: int) -> StreamTooLarge:
+        return cls(stream_id, f"{cls.PREFIX} more than max_stream_bytes={limit} bytes")
+
+
 class ProducerLost(ResumableStreamError):
     """The stream is still marked running but its producer stopped renewing its lease.
 
@@ -83,6 +106,32 @@ class ProducerLost(ResumableStreamError):
     def __init__(self, stream_id: str) -> None:
         super().__init__(f"the producer of stream {stream_id!r} is gone (lease expired)")
         self.stream_id = stream_id
+
+
+class TooManyStreams(ResumableStreamError):
+    """The context already runs ``StreamOptions.max_streams`` producers.
+
+    Raised before anything is stored: the stream does not exist and ``make_stream``
+    was not called. Try again later (the HTTP layer answers ``503`` with ``Retry-After``).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this process already runs max_streams={limit} streams")
+        self.limit = limit
+
+
+class TooManyFollowers(ResumableStreamError):
+    """This context already has ``StreamOptions.max_followers`` readers of the stream.
+
+    Raised before subscribing; the stream itself is not affected.
+    """
+
+    def __init__(self, stream_id: str, limit: int) -> None:
+        super().__init__(
+            f"stream {stream_id!r} already has max_followers={limit} readers in this process"
+        )
+        self.stream_id = stream_id
+        self.limit = limit
 
 
 class BackendUnavailable(ResumableStreamError, ConnectionError):

@@ -32,6 +32,22 @@ class StreamOptions:
             the reader re-reads from storage instead; bounds memory per slow reader.
         shutdown_grace: how long `aclose()` lets running producers finish before it
             cancels them and marks their streams failed.
+        retry_window: how long the producer keeps retrying a write while the backend
+            is unreachable (a Redis restart, a failover, a network cut) before it gives
+            up, logs, and marks the stream failed. The original reader is unaffected
+            either way; chunks that arrive meanwhile wait in memory (up to
+            ``max_buffered_bytes``, then the source waits). If Redis comes back
+            without the stream's keys (a restart without persistence), the producer
+            marks the stream failed ("storage lost") instead of writing on.
+        max_streams: producers this context runs at once (None: no cap). One more
+            raises `TooManyStreams` before anything is stored.
+        max_followers: readers of one stream this context serves at once, not
+            counting the original reader (None: no cap). One more raises
+            `TooManyFollowers`.
+        max_stream_bytes: cap on one stream's stored chunk bytes (UTF-8 bytes for
+            ``str`` chunks; None: no cap). The chunk that would pass it is not stored:
+            the producer closes its source and marks the stream failed, and every
+            reader gets `StreamTooLarge` after the last stored chunk.
     """
 
     finished_ttl: float | None = None
@@ -43,6 +59,10 @@ class StreamOptions:
     max_buffered_bytes: int = 8 << 20
     reader_buffer_bytes: int = 4 << 20
     shutdown_grace: float = 10.0
+    retry_window: float = 5.0
+    max_streams: int | None = None
+    max_followers: int | None = None
+    max_stream_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("lease", "poll_interval"):
@@ -60,3 +80,11 @@ class StreamOptions:
             raise InvalidArgument("finished_ttl must be > 0")
         if self.shutdown_grace < 0:
             raise InvalidArgument("shutdown_grace must be >= 0")
+        if self.retry_window < 0:
+            raise InvalidArgument("retry_window must be >= 0")
+        for name in ("max_streams", "max_followers", "max_stream_bytes"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidArgument(f"{name} must be None or an int >= 1")

@@ -24,15 +24,20 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 
-from ._exceptions import BackendUnavailable, describe
+from ._exceptions import BackendUnavailable, StreamTooLarge, describe
 from ._options import StreamOptions
 from ._subscription import Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer
 
-__all__ = ["Producer"]
+__all__ = ["STORAGE_LOST", "Producer"]
 
 logger = logging.getLogger("resumable_stream")
+
+STORAGE_LOST = (
+    "storage lost: the backend lost this stream's stored chunks "
+    "(a Redis restart without persistence, or eviction)"
+)
 
 
 class _Writer:
@@ -131,9 +136,10 @@ class _Writer:
                 return
 
     async def _write(self, batch: list[Chunk], end: Ended | None) -> bool:
-        """One write, retried while the backend is unreachable for up to lease / 2."""
-        deadline = asyncio.get_running_loop().time() + self._options.lease / 2
+        """One write, retried while the backend is unreachable for up to ``retry_window``."""
+        deadline = asyncio.get_running_loop().time() + self._options.retry_window
         delay = 0.05
+        retried = False
         while True:
             try:
                 stop = await self._backend.write(
@@ -145,19 +151,68 @@ class _Writer:
                     self._on_stop()  # requested from some process with stop_stream()
                 return True
             except StaleProducer as exc:
+                if retried and await self._landed(batch, end):
+                    return True  # an earlier try was applied but its reply was lost
                 self._give_up(exc)
+                await self._if_lost()
                 return False
             except (BackendUnavailable, OSError) as exc:
                 if asyncio.get_running_loop().time() + delay > deadline:
                     self._give_up(exc)
                     await self._mark_failed(f"persistence failed: {exc}")
                     return False
+                retried = True
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
             except Exception as exc:  # refused for good (e.g. Redis out of memory)
                 self._give_up(exc)
                 await self._mark_failed(f"persistence failed: {exc}")
                 return False
+
+    async def _landed(self, batch: list[Chunk], end: Ended | None) -> bool:
+        """After a refused retry: did the try whose reply was lost store ``batch``?
+
+        Only this producer can write to a stream while its record exists (a claim never
+        takes a stream over), so a stored length of exactly ``stored + len(batch)`` with
+        the expected status means that try was applied.
+        """
+        try:
+            snap = await self._backend.snapshot(self._stream_id, 0, 0)
+        except Exception:  # unknowable now; the refusal stands
+            return False
+        if snap is None or snap.length != self._stored + len(batch):
+            return False
+        expected = StreamStatus.RUNNING if end is None else end.status
+        return snap.status is expected
+
+    async def _if_lost(self) -> None:
+        """After a refused write: if the backend lost the stream's record (a Redis
+        restart without persistence, eviction), store a failed record in its place.
+
+        Readers then get `StreamFailed` ("storage lost") and a resume after a position
+        gets nothing, instead of a stream that silently vanished (or, worse, one that
+        a later producer could start again under the same id)."""
+        try:
+            if await self._backend.snapshot(self._stream_id, 0, 0) is not None:
+                return  # a real refusal: another producer, or the stream has ended
+            if await self._backend.claim(
+                self._stream_id, self._token, ttl=self._ttl, lease=self._options.lease
+            ) is not None:
+                return  # someone else made a stream of this id meanwhile: theirs now
+            await self._backend.write(
+                self._stream_id, self._token, 0, [],
+                end=Ended(StreamStatus.FAILED, 0, STORAGE_LOST),
+                ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+            )
+        except Exception as exc:
+            logger.error(
+                "stream %r: cannot mark the lost stream failed (%s)",
+                self._stream_id, describe(exc),
+            )
+            return
+        logger.error(
+            "stream %r: the backend lost its stored chunks; marked failed", self._stream_id
+        )
 
     def _give_up(self, exc: BaseException) -> None:
         logger.error(
@@ -181,6 +236,13 @@ class _Writer:
             logger.error(
                 "stream %r: cannot mark it failed either (%s)", self._stream_id, describe(exc)
             )
+
+
+def _size(chunk: Chunk) -> int:
+    """Stored bytes of a chunk: UTF-8 for text."""
+    if isinstance(chunk, bytes) or chunk.isascii():
+        return len(chunk)
+    return len(chunk.encode("utf-8", "surrogatepass"))
 
 
 def _coerce(chunk: object) -> Chunk:
@@ -232,10 +294,16 @@ class Producer:
         try:
             # stop() cancels this scope only; the scope swallows its own cancellation.
             push, add = self._feed.push_chunk, self.writer.add
+            limit = self._options.max_stream_bytes
+            stored = 0
             with self._stop_scope:
                 async for chunk in self._source:
                     if type(chunk) is not str and type(chunk) is not bytes:
                         chunk = _coerce(chunk)
+                    if limit is not None:
+                        stored += _size(chunk)
+                        if stored > limit:
+                            raise StreamTooLarge.for_limit(self.stream_id, limit)
                     push(index, chunk)
                     index = self._index = index + 1
                     if add(chunk):
@@ -244,6 +312,10 @@ class Producer:
         except asyncio.CancelledError as exc:
             cancelled = exc
             end = Ended(StreamStatus.FAILED, index, "CancelledError: the producer was shut down")
+        except StreamTooLarge as exc:
+            self.exception = exc
+            logger.warning("stream %r: cut at chunk %d: %s", self.stream_id, index, exc.error)
+            end = Ended(StreamStatus.FAILED, index, exc.error, exc)
         except Exception as exc:
             self.exception = exc
             logger.warning("stream %r: its source raised %s", self.stream_id, describe(exc))
@@ -255,7 +327,8 @@ class Producer:
                     await aclose()
         self.writer.close(end)
         # Finish the writes even when shutting down, but never hang on them.
-        with anyio.move_on_after(self._options.lease + 1.0, shield=True):
+        grace = max(self._options.lease, self._options.retry_window) + 1.0
+        with anyio.move_on_after(grace, shield=True):
             await asyncio.wait([writer_task])
         if not writer_task.done():
             writer_task.cancel()

@@ -18,13 +18,20 @@ producer itself and switches to the backend only if it falls too far behind.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import anyio
 
-from ._exceptions import BackendUnavailable, ProducerLost, StreamFailed, StreamNotFound
+from ._exceptions import (
+    BackendUnavailable,
+    ProducerLost,
+    StreamFailed,
+    StreamNotFound,
+    StreamTooLarge,
+)
 from ._options import StreamOptions
 from ._subscription import Subscription
 from ._types import Appended, Chunk, Ended, IndexedChunk, Resync, Snapshot, StreamStatus
@@ -46,10 +53,13 @@ class ResumableStream:
 
     Raises (while iterating):
         StreamFailed: the producer's source raised (the original reader gets the
-            source's own exception instead).
+            source's own exception instead), or the backend lost the stream's
+            stored chunks (a Redis restart without persistence: "storage lost").
+        StreamTooLarge: the stream was cut at ``max_stream_bytes`` (a StreamFailed).
         ProducerLost: the producer's process stopped renewing its lease.
-        BackendUnavailable: storage could not be reached.
-        StreamNotFound: the stream expired from storage while being read.
+        BackendUnavailable: storage could not be reached for ``retry_window`` seconds.
+        StreamNotFound: the stream expired from storage while being read (or vanished
+            in a restart, before its producer marked it failed).
     """
 
     def __init__(
@@ -65,8 +75,10 @@ class ResumableStream:
         local: bool = False,
         origin_error: Callable[[], BaseException | None] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
+        self._on_close = on_close
         self._backend = backend
         self._options = options
         self._feed = feed
@@ -132,7 +144,16 @@ class ResumableStream:
 
     async def aclose(self) -> None:
         """Stop reading and release the subscription; the producer is not affected."""
-        await self._gen.aclose()
+        try:
+            await self._gen.aclose()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Give back this reader's place under ``max_followers`` (once)."""
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
     async def __aenter__(self) -> ResumableStream:
         return self
@@ -159,6 +180,8 @@ class ResumableStream:
             origin = self._origin_error()
             if origin is not None:
                 return origin
+        if error and error.startswith(StreamTooLarge.PREFIX):
+            return StreamTooLarge(self.stream_id, error)
         return StreamFailed(self.stream_id, error or "unknown error")
 
     async def _read(self) -> Snapshot:
@@ -174,6 +197,33 @@ class ResumableStream:
         self._feed = await self._backend.subscribe(
             self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
         )
+
+    async def _reread(self) -> Snapshot:
+        """Re-read from storage; if it is unreachable, recover as from a broken feed."""
+        try:
+            return await self._read()
+        except BackendUnavailable:
+            return await self._recover()
+
+    async def _recover(self) -> Snapshot:
+        """Subscribe again, then re-read from storage (in that order, as at the start),
+        retrying while the backend is unreachable for up to ``retry_window`` seconds.
+
+        Raises:
+            BackendUnavailable: still unreachable at the end of the window.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.retry_window
+        delay = 0.05
+        while True:
+            try:
+                await self._resubscribe()
+                return await self._read()
+            except BackendUnavailable:
+                if loop.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
+                delay = min(delay * 2, 1.0)
 
     def _batches(
         self, start: int, chunks: Sequence[Chunk]
@@ -203,7 +253,7 @@ class ResumableStream:
                         for batch in self._batches(start, snap.chunks):
                             yield batch
                     if self._pos < snap.length:
-                        snap = await self._read()
+                        snap = await self._reread()
                         continue
                     if snap.status is StreamStatus.DONE:
                         self._status = StreamStatus.DONE
@@ -218,19 +268,19 @@ class ResumableStream:
                 try:
                     event = await self._feed.get(None if self._local else poll)
                 except BackendUnavailable:
-                    # The live feed broke: one fresh try; if storage is down too, this raises.
-                    await self._resubscribe()
-                    snap = await self._read()
+                    # The live feed broke (a Redis restart, a cut, a dropped slow
+                    # subscriber): subscribe again and re-read, for up to retry_window.
+                    snap = await self._recover()
                     continue
                 if event is None or isinstance(event, Resync):
                     if self._local:
                         # The original reader fell behind its budget: read from storage.
                         await self._resubscribe()
-                    snap = await self._read()
+                    snap = await self._reread()
                     continue
                 if isinstance(event, Appended):
                     if event.start > self._pos:
-                        snap = await self._read()  # a message was lost: fill the gap
+                        snap = await self._reread()  # a message was lost: fill the gap
                         continue
                     offset = self._pos - event.start
                     fresh = event.chunks[offset:] if offset else event.chunks
@@ -242,7 +292,7 @@ class ResumableStream:
                     continue
                 assert isinstance(event, Ended)
                 if event.length > self._pos:
-                    snap = await self._read()
+                    snap = await self._reread()
                     continue
                 self._status = event.status
                 if event.status is StreamStatus.DONE:
@@ -251,5 +301,6 @@ class ResumableStream:
                     raise event.exception
                 raise self._failure(event.error)
         finally:
+            self._release()
             with anyio.move_on_after(5.0, shield=True):
                 await self._feed.aclose()

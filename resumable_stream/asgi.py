@@ -10,12 +10,24 @@
 
 Resume contract (``GET`` on the resume path): ``200`` with the stream from the
 requested position; ``404`` unknown or expired; ``410`` finished with nothing left
-for this client; ``400`` a bad position; ``403`` refused by ``authorize``; ``503``
-no backend configured or the backend unreachable. The position is ``Last-Event-ID``
+for this client; ``413`` the stream was cut at ``max_stream_bytes`` and the client
+has everything stored before the cut; ``400`` a bad position; ``403`` refused by
+``authorize``; ``503`` no backend configured, the backend unreachable, or
+``max_followers`` readers of this stream already in this process (with
+``Retry-After: 1``). The position is ``Last-Event-ID``
 (the index of the last SSE event received) or ``?resumeAt=<characters>`` for other
 bodies (an SSE client with no event yet sends ``?resumeAt=0``). A client that gives a
 position gets the tail of a stream that finished while it was away. ``DELETE`` on the
 same path stops the stream's producer (``202``).
+
+Resource caps (`StreamOptions`): a request that would start a stream beyond
+``max_streams`` gets ``503`` with ``Retry-After: 1`` before the app runs, and nothing
+is stored (503, not 429: the limit is the process's, not the client's rate). A stream
+that passes ``max_stream_bytes`` is cut: the response in flight is aborted after the
+last stored chunk (never ended cleanly, so no client mistakes it for complete), and
+resumes get the stored rest, then ``413``. A body piece larger than
+``max_batch_bytes`` is one chunk, stored whole; headers and request bodies are the
+server's to limit (uvicorn answers oversized headers itself).
 
 Decisions worth knowing: ids the middleware makes are 128-bit random
 (``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
@@ -46,6 +58,9 @@ from ._exceptions import (
     StreamAlreadyExists,
     StreamFailed,
     StreamNotFound,
+    StreamTooLarge,
+    TooManyFollowers,
+    TooManyStreams,
 )
 from ._http import (
     BodyEncoder,
@@ -82,6 +97,7 @@ Authorize = Callable[[Scope, str], bool | Awaitable[bool]]
 """``authorize(scope, stream_id)``: may this request read (or stop) this stream?"""
 
 DEFAULT_PING_INTERVAL = 15.0
+RETRY_AFTER = [(b"retry-after", b"1")]
 
 
 def new_stream_id() -> str:
@@ -230,6 +246,9 @@ class ResumeEndpoint:
         except StreamNotFound:
             await _plain(send, 404, "no such stream")
             return
+        except TooManyFollowers:
+            await _plain(send, 503, "too many readers of this stream", RETRY_AFTER)
+            return
         if reader is None:
             await _plain(send, 410, "the stream has completed")
             return
@@ -244,6 +263,10 @@ class ResumeEndpoint:
             # Everything is stored: find out whether anything is left before answering.
             try:
                 first = await first_item(reader)
+            except StreamTooLarge:
+                await reader.aclose()
+                await _plain(send, 413, "the stream was cut at its size limit")
+                return
             except (StreamFailed, ProducerLost):
                 first = None
             if first is None:
@@ -348,6 +371,9 @@ class ResumableStreamResponse:
                     chunks,
                     metadata=http_metadata(self.status_code, self.raw_headers),
                 )
+            except TooManyStreams:
+                await _plain(send, 503, "too many streams", RETRY_AFTER)
+                return
             except (BackendUnavailable, StreamAlreadyExists) as exc:
                 logger.warning(
                     "stream %r is not resumable (%s); streaming it directly", self.stream_id, exc
@@ -485,6 +511,10 @@ class ResumableStreamMiddleware:
         if self.context is None or not self._match(scope):
             await self.app(scope, receive, send)
             return
+        if self.context.at_capacity():
+            # Refused before the app runs: no work is started and nothing is stored.
+            await _plain(send, 503, "too many streams", RETRY_AFTER)
+            return
         await _Call(self, self.context, scope, receive, send).run()
 
 
@@ -605,7 +635,15 @@ class _Call:
             if first.get("type") != "http.response.body" or not first.get("more_body", False):
                 await self.pass_through(start, first)
                 return
-        stream_id = self.choose_id(headers)
+        try:
+            stream_id = self.choose_id(headers)
+        except InvalidStreamId as exc:
+            # An app-supplied id we cannot store (too long, say): the response is still
+            # the app's, whole, just not resumable. Never a 500 for it.
+            logger.warning("the app's stream id is unusable (%s); passing it through", exc)
+            unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
+            await self.pass_through({**start, "headers": unnamed}, first)
+            return
         encoder = BodyEncoder(mode)
 
         async def body() -> Any:
@@ -630,6 +668,11 @@ class _Call:
             reader = await self.context.create_new_resumable_stream(
                 stream_id, body, metadata=http_metadata(start["status"], headers)
             )
+        except TooManyStreams:
+            # Another request took the last place while the app was starting.
+            task.cancel()
+            await _plain(self.send, 503, "too many streams", RETRY_AFTER)
+            return
         except (BackendUnavailable, StreamAlreadyExists) as exc:
             logger.warning("stream %r is not resumable (%s); passing it through", stream_id, exc)
         if reader is None:
@@ -660,7 +703,12 @@ class _Call:
         if chosen is None:
             supplied = header(headers, b"x-stream-id")
             chosen = None if supplied is None else supplied.decode("latin-1")
-        return validate_stream_id(chosen) if chosen else new_stream_id()
+        if not chosen:
+            return new_stream_id()
+        if "/" in chosen:
+            # The resume path could never match it (servers decode %2F into the path).
+            raise InvalidStreamId(f"a stream id served over HTTP cannot hold '/': {chosen!r}")
+        return validate_stream_id(chosen)
 
     async def pass_through(self, start: Message, first: Message | None) -> None:
         """The app's response as it is, and the app sees the client's disconnect."""

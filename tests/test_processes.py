@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,9 @@ from resumable_stream import (
 from .procs.stream_proc import GATE_BEFORE_END, chunk_text, digest
 from .servers import RedisServer
 
-FAST = StreamOptions(lease=1.0, poll_interval=0.25, shutdown_grace=2.0)
+# retry_window: how long writers and readers retry an unreachable Redis (the give-up
+# paths are under test here, so short).
+FAST = StreamOptions(lease=1.0, poll_interval=0.25, shutdown_grace=2.0, retry_window=1.0)
 SCRIPT = Path(__file__).parent / "procs" / "stream_proc.py"
 ROOT = Path(__file__).parent.parent
 STEP = 15.0  # bound on any single wait for another process (startup included)
@@ -117,17 +119,6 @@ async def spawn() -> AsyncIterator[Spawn]:
     yield start
     for child in children:
         await child.kill()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for one test only, which the test may stop."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def keys_and_pttls(client: aioredis.Redis, prefix: str) -> dict[str, int]:
