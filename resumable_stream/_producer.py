@@ -187,14 +187,29 @@ class _Writer:
 
     async def _if_lost(self) -> None:
         """After a refused write: if the backend lost the stream's record (a Redis
-        restart without persistence, eviction), store a failed record in its place.
+        restart without persistence, eviction), store a failed record in its place;
+        if it lost stored chunks only (the list evicted), end the stream failed.
 
         Readers then get `StreamFailed` ("storage lost") and a resume after a position
         gets nothing, instead of a stream that silently vanished (or, worse, one that
         a later producer could start again under the same id)."""
         try:
-            if await self._backend.snapshot(self._stream_id, 0, 0) is not None:
-                return  # a real refusal: another producer, or the stream has ended
+            snap = await self._backend.snapshot(self._stream_id, 0, 0)
+            if snap is not None:
+                if snap.status is StreamStatus.RUNNING and snap.length < self._stored:
+                    # The record is there but stored chunks are not (the list evicted):
+                    # end it failed where storage now stands (fenced by our token).
+                    await self._backend.write(
+                        self._stream_id, self._token, snap.length, [],
+                        end=Ended(StreamStatus.FAILED, snap.length, STORAGE_LOST),
+                        ttl=self._ttl, finished_ttl=self._finished_ttl,
+                        lease=self._options.lease,
+                    )
+                    logger.error(
+                        "stream %r: the backend lost stored chunks; marked failed",
+                        self._stream_id,
+                    )
+                return  # otherwise a real refusal: another producer, or the stream ended
             if await self._backend.claim(
                 self._stream_id, self._token, ttl=self._ttl, lease=self._options.lease
             ) is not None:

@@ -314,3 +314,34 @@ def expected_digest(total: int, size: int) -> str:
     from .procs.stream_proc import digest
 
     return digest("".join(chunk(i, size) for i in range(total)))
+
+
+# -- keys lost under memory pressure (what eviction does, done by hand: deterministic) ------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("lost", ["meta", "chunks"])
+async def test_evicted_keys_fail_the_stream_never_a_silent_hole(
+    redis_client: aioredis.Redis, key_prefix: str, lost: str
+) -> None:
+    ctx = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=OPTIONS)
+    total = 200
+    try:
+        original = Reading(half_at=total // 2)
+        stream = await ctx.create_new_resumable_stream("s", lambda: paced(total, 0.005))
+        reading = asyncio.create_task(original.run(stream))
+        follower = Reading()
+        following = asyncio.create_task(follower.run(await ctx.resume_existing_stream("s")))
+        await asyncio.wait_for(original.half.wait(), STEP)
+        await redis_client.delete(f"{key_prefix}:{{s}}:{lost}")  # as an eviction would
+        await asyncio.wait_for(asyncio.gather(reading, following), STEP)
+        assert original.whole(total)
+        assert follower.clean_prefix()
+        assert len(follower.got) < total
+        assert isinstance(follower.error, (StreamFailed, StreamNotFound)), follower.error
+        assert await ctx.get_status("s") is StreamStatus.FAILED
+        snap = await ctx.backend.snapshot("s", 0, 0)
+        assert snap is not None
+        assert snap.error == STORAGE_LOST
+    finally:
+        await asyncio.wait_for(ctx.aclose(), STEP)
