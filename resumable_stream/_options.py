@@ -38,7 +38,11 @@ class StreamOptions:
             either way; chunks that arrive meanwhile wait in memory (up to
             ``max_buffered_bytes``, then the source waits). If Redis comes back
             without the stream's keys (a restart without persistence), the producer
-            marks the stream failed ("storage lost") instead of writing on.
+            marks the stream failed ("storage lost") instead of writing on. A producer
+            cut off from a Redis that stays up for longer than ``lease`` lets its lease
+            lapse: followers elsewhere end with `ProducerLost` meanwhile, and if the
+            link comes back within the window it writes on (writes are fenced by its
+            token, not by the lease), so a later resume gets the whole stream.
         max_streams: producers this context runs at once (None: no cap). One more
             raises `TooManyStreams` before anything is stored.
         max_followers: readers of one stream this context serves at once, not
