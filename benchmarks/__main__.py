@@ -196,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         notes.append("a shared Redis (--redis-url): its commandstats include other clients'")
     started = time.monotonic()
+    sha = _git("rev-parse", "--short", "HEAD") or "nogit"  # what was measured, at the start
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "resumable_stream"))
     records: list[dict[str, Any]] = []
     try:
         import redis
@@ -215,8 +217,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.monotonic() - started
 
     summary = _report.summarize(records)
-    sha = _git("rev-parse", "--short", "HEAD") or "nogit"
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "resumable_stream"))
     today = dt.date.today().isoformat()
     stem = f"{today}-{sha}" + ("-quick" if args.quick else "")
     exact = {w: all(r["result"].get("exact") for r in records if r["workload"] == w)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,26 @@ def _command(runner: str, spec: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "benchmarks._worker", text]
 
 
-def _result(stdout: str, stderr: str, code: int | None) -> dict[str, Any]:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("RESULT "):
-            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return result
+def _with_file(spec: dict[str, Any]) -> dict[str, Any]:
+    fd, path = tempfile.mkstemp(prefix="rs-bench-", suffix=".json")
+    os.close(fd)
+    return {**spec, "result_file": path}
+
+
+def _result(spec: dict[str, Any], stderr: str, code: int | None) -> dict[str, Any]:
+    path = Path(spec["result_file"])
+    try:
+        text = path.read_text()
+    finally:
+        path.unlink(missing_ok=True)
+    if text:
+        result: dict[str, Any] = json.loads(text)
+        return result
     return {"exact": False, "error": f"no result (exit {code}): {stderr.strip()[-1500:]}"}
 
 
 def run_one(runner: str, spec: dict[str, Any]) -> dict[str, Any]:
+    spec = _with_file(spec)
     try:
         proc = subprocess.run(
             _command(runner, spec),
@@ -43,8 +56,9 @@ def run_one(runner: str, spec: dict[str, Any]) -> dict[str, Any]:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
+        Path(spec["result_file"]).unlink(missing_ok=True)
         return {"exact": False, "error": f"timed out after {exc.timeout:.0f} s"}
-    result = _result(proc.stdout, proc.stderr, proc.returncode)
+    result = _result(spec, proc.stderr, proc.returncode)
     if not result.get("exact", False) and "error" not in result:
         result["stderr"] = proc.stderr.strip()[-1500:]
     return result
@@ -52,6 +66,7 @@ def run_one(runner: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 class _Proc:
     def __init__(self, runner: str, spec: dict[str, Any]) -> None:
+        spec = self.spec = _with_file(spec)
         self.proc = subprocess.Popen(
             _command(runner, spec),
             cwd=ROOT,
@@ -68,16 +83,17 @@ class _Proc:
 
     def finish(self, timeout: float) -> dict[str, Any]:
         try:
-            out, err = self.proc.communicate(timeout=timeout)
+            _, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return _result(out, err, self.proc.returncode)
+            _, err = self.proc.communicate()
+        return _result(self.spec, err, self.proc.returncode)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
+        Path(self.spec["result_file"]).unlink(missing_ok=True)
 
 
 def run_w2_cross(runner: str, spec: dict[str, Any]) -> dict[str, Any]:
