@@ -46,7 +46,10 @@ Decisions worth knowing:
   SSE spec and ignores both. The ``X-Stream-Id`` header names the stored stream, so the
   generic `resumable_stream.asgi.ResumeEndpoint` can serve it too.
 * If the backend is down when a ``POST`` comes, the answer streams without being
-  stored (a warning is logged): the chat works, it just cannot be resumed.
+  stored (a warning is logged): the chat works, it just cannot be resumed. At
+  ``max_streams`` a ``POST`` gets ``503`` (``Retry-After: 1``) and the chat's running
+  answer, if any, stays its active stream; at ``max_followers`` a ``GET`` gets ``503``; an
+  answer cut at ``max_stream_bytes`` ends with an ``error`` chunk.
 """
 
 from __future__ import annotations
@@ -307,13 +310,20 @@ class _ActiveStreams:
             return None
         return last[1]
 
-    async def set(self, chat_id: str, stream_id: str) -> bool:
-        """Make ``stream_id`` the chat's active stream, replacing any other."""
-        return await self._append(chat_id, stream_id, only_if=None)
+    async def set(self, chat_id: str, stream_id: str) -> str | None:
+        """Make ``stream_id`` the chat's active stream; return the one it replaced."""
+        _, previous = await self._append(chat_id, stream_id, only_if=None)
+        return previous or None
 
     async def clear(self, chat_id: str, stream_id: str) -> bool:
         """Clear the pointer if it still names ``stream_id``; False if it names another."""
-        return await self._append(chat_id, "", only_if=stream_id)
+        applied, _ = await self._append(chat_id, "", only_if=stream_id)
+        return applied
+
+    async def restore(self, chat_id: str, stream_id: str, previous: str | None) -> bool:
+        """Undo `set` (its stream was never made), unless another has replaced it since."""
+        applied, _ = await self._append(chat_id, previous or "", only_if=stream_id)
+        return applied
 
     async def _last(self, key: str) -> tuple[int, str] | None:
         """The log's length and last entry, or None if there is no log.
@@ -337,24 +347,32 @@ class _ActiveStreams:
             start, limit = snap.length - 1, _TAIL_PAGE
         return seen  # more than a page appended between every two reads: a recent value
 
-    async def _append(self, chat_id: str, value: str, *, only_if: str | None) -> bool:
+    async def _append(
+        self, chat_id: str, value: str, *, only_if: str | None
+    ) -> tuple[bool, str]:
+        """Append ``value`` (if the last entry is ``only_if``, when given).
+
+        Returns:
+            Whether the pointer now holds ``value`` by this call, and the entry it held
+            before ("" for none).
+        """
         key = _POINTER_PREFIX + chat_id
         ttl = self._ttl
         for _ in range(_POINTER_TRIES):
             last = await self._last(key)
             if last is None:
                 if only_if is not None:
-                    return False  # nothing to clear (expired)
+                    return False, ""  # nothing to change (expired)
                 # The lease is the ttl: the log never reads as a stream whose producer died.
                 if await self._backend.claim(key, _POINTER_TOKEN, ttl=ttl, lease=ttl) is not None:
                     continue  # another process made it first: read it again
-                length = 0
+                length, current = 0, ""
             else:
                 length, current = last
                 if only_if is not None and current != only_if:
-                    return False
+                    return False, current
                 if current == value:
-                    return True
+                    return True, current
             try:
                 await self._backend.write(
                     key, _POINTER_TOKEN, length, [value],
@@ -362,9 +380,9 @@ class _ActiveStreams:
                 )  # fmt: skip
             except StaleProducer:
                 continue  # another process appended first: decide again on the new tail
-            return True
+            return True, current
         logger.warning("chat %r: the active-stream pointer could not be updated", chat_id)
-        return False
+        return False, ""
 
 
 # -- chunks in, SSE out -------------------------------------------------------------------------
@@ -569,10 +587,11 @@ class ChatStreams:
         )
         headers = [(k.encode(), v.encode()) for k, v in UI_MESSAGE_STREAM_HEADERS.items()]
         stream_id = new_stream_id()
+        previous: str | None = None
         try:
             # Before the stream exists, so that this set always precedes the stream's
             # clear (a resume in between finds no stream yet: 204).
-            await self._active.set(chat_id, stream_id)
+            previous = await self._active.set(chat_id, stream_id)
         except BackendUnavailable as exc:
             logger.warning("chat %r: its active stream was not recorded (%s)", chat_id, exc)
         try:
@@ -584,11 +603,13 @@ class ChatStreams:
         except BackendUnavailable as exc:
             logger.warning("chat %r is not resumable (%s); streaming it directly", chat_id, exc)
             reader = None
-        except ResumableStreamError as exc:  # too many streams here, or shutting down
+        except ResumableStreamError as exc:  # TooManyStreams here, or shutting down
             logger.warning("chat %r: no stream started (%s)", chat_id, describe(exc))
+            await self._restore(chat_id, stream_id, previous)
             await _plain(send, 503, "too many streams", [(b"retry-after", b"1")])
             return
         if reader is None:  # a fresh random id: only the backend being down gets here
+            await self._restore(chat_id, stream_id, previous)
             await self._stream_directly(request, headers, receive, send)
             return
         await send(
@@ -602,6 +623,13 @@ class ChatStreams:
             reader, send, lambda: _disconnected(receive),
             mode="sse", ping_interval=self.ping_interval, body=self._response_body(reader),
         )  # fmt: skip
+
+    async def _restore(self, chat_id: str, stream_id: str, previous: str | None) -> None:
+        """The stream was not made: the chat's answer before it (if any) is active again."""
+        try:
+            await self._active.restore(chat_id, stream_id, previous)
+        except BackendUnavailable as exc:
+            logger.warning("chat %r: its active stream was not restored (%s)", chat_id, exc)
 
     async def _events(self, request: ChatRequest) -> AsyncGenerator[str, None]:
         """The stored stream: one SSE event per chunk, ending with ``[DONE]``."""
@@ -734,7 +762,7 @@ class ChatStreams:
                 reader = None  # expired
             except BackendUnavailable:
                 raise
-            except ResumableStreamError as exc:  # too many readers of it here
+            except ResumableStreamError as exc:  # TooManyFollowers of it here
                 logger.warning("chat %r: not resumed (%s)", chat_id, describe(exc))
                 await _plain(send, 503, "too many readers", [(b"retry-after", b"1")])
                 return

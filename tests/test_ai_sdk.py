@@ -27,6 +27,7 @@ from resumable_stream import (
     MemoryBackend,
     ProducerLost,
     StreamFailed,
+    StreamOptions,
     StreamStatus,
     create_resumable_stream_context,
 )
@@ -174,21 +175,29 @@ async def test_pointer_set_replace_and_clear(pointer_backend: Backend) -> None:
     active = _ActiveStreams(pointer_backend, ttl=60.0)
     assert await active.get("chat") is None
     assert not await active.clear("chat", "s1")  # nothing to clear
-    assert await active.set("chat", "s1")
+    assert await active.set("chat", "s1") is None
     assert await active.get("chat") == "s1"
-    assert await active.set("chat", "s2")  # a new answer replaces it
+    assert await active.set("chat", "s2") == "s1"  # a new answer replaces it
     assert not await active.clear("chat", "s1")  # the old answer's end leaves it alone
     assert await active.get("chat") == "s2"
     assert await active.clear("chat", "s2")
     assert await active.get("chat") is None
     assert await active.get("other chat") is None
+    # A set whose stream was never made is undone, unless replaced meanwhile.
+    assert await active.set("chat", "s3") is None
+    assert await active.set("chat", "s4") == "s3"
+    assert await active.restore("chat", "s4", "s3")
+    assert await active.get("chat") == "s3"
+    assert await active.set("chat", "s5") == "s3"
+    assert not await active.restore("chat", "s4", "s3")
+    assert await active.get("chat") == "s5"
 
 
 async def test_pointer_writes_from_many_tasks_are_never_lost(pointer_backend: Backend) -> None:
     """Racing appends: every one lands exactly once (a refused one is retried)."""
     writers = [_ActiveStreams(pointer_backend, ttl=60.0) for _ in range(12)]
-    done = await asyncio.gather(*(w.set("busy", f"s{i}") for i, w in enumerate(writers)))
-    assert all(done)
+    replaced = await asyncio.gather(*(w.set("busy", f"s{i}") for i, w in enumerate(writers)))
+    assert replaced.count(None) == 1  # each saw the one before it: one saw none
     snap = await pointer_backend.snapshot("ai-sdk:chat:busy", 0, 100)
     assert snap is not None
     assert sorted(snap.chunks) == sorted(f"s{i}" for i in range(12))
@@ -239,6 +248,11 @@ def script_handler(probe: Probe) -> Any:
             yield encode_chunk(text_start_chunk("t"))[:9]
             yield encode_chunk(text_start_chunk("t"))[9:] + encode_chunk(text_delta_chunk("t", "x"))
             yield encode_chunk(text_end_chunk("t")) + DONE
+        elif script == "long":  # past a small max_stream_bytes
+            yield start_chunk()
+            yield text_start_chunk("t")
+            yield text_delta_chunk("t", request.body["text"])
+            yield text_end_chunk("t")
         elif script == "own-id":
             yield start_chunk("my-own-id")
             yield finish_chunk()
@@ -269,7 +283,9 @@ class Site:
         self.probe.event(f"{chat_id}:go").set()
 
 
-def make_site(backend_kind: str, redis_url: str | None) -> Iterator[Site]:
+def make_site(
+    backend_kind: str, redis_url: str | None, options: StreamOptions | None = None
+) -> Iterator[Site]:
     probe = Probe()
     holder: dict[str, Any] = {}
 
@@ -281,7 +297,7 @@ def make_site(backend_kind: str, redis_url: str | None) -> Iterator[Site]:
             assert redis_url is not None
             client = aioredis.Redis.from_url(redis_url)
             backend = RedisBackend(client, key_prefix=f"ai-http-{uuid.uuid4().hex[:12]}")
-        ctx = create_resumable_stream_context(backend)
+        ctx = create_resumable_stream_context(backend, options=options)
 
         def authorize(scope: Any, chat_id: str) -> bool:
             return not chat_id.startswith("forbidden")
@@ -691,3 +707,49 @@ async def test_async_def_handler_returning_chunks() -> None:
     assert events[0] == encode_chunk(start_chunk("given"))
     assert encode_chunk(text_delta_chunk("text-1", "Hi")) in events
     assert events[-1] == DONE
+
+
+# -- resource caps --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def capped() -> Iterator[Site]:
+    """One answer at a time, one follower per answer, answers of at most 300 bytes."""
+    options = StreamOptions(max_streams=1, max_followers=1, max_stream_bytes=300)
+    yield from make_site("memory", None, options)
+
+
+async def test_capacity_refusal_keeps_the_running_answer_active(capped: Site) -> None:
+    chat = new_chat()
+    async with httpx.AsyncClient(base_url=capped.server.url, timeout=STEP, trust_env=False) as http:
+        async with http.stream("POST", "/api/chat", json=body_for(chat)) as running:
+            await capped.wait(f"{chat}:paused")
+            running_id = running.headers["x-stream-id"]
+            # A second answer for the same chat while full: 503, and the first stays active.
+            refused = await http.post("/api/chat", json=body_for(chat))
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "1"
+            assert await active_id(http, chat) == running_id
+            # One follower at a time: a second concurrent resume gets 503 too.
+            async with http.stream("GET", f"/api/chat/{chat}/stream") as follower:
+                assert follower.status_code == 200
+                second = await http.get(f"/api/chat/{chat}/stream")
+                assert second.status_code == 503
+            capped.go(chat)
+            await Events(running).rest()
+        assert await active_id(http, chat) is None
+
+
+async def test_an_answer_past_its_size_cap_ends_with_an_error_chunk(capped: Site) -> None:
+    chat = new_chat()
+    long_text = "x" * 400
+    async with httpx.AsyncClient(base_url=capped.server.url, timeout=STEP, trust_env=False) as http:
+        response, events = await read_all(
+            http, "POST", "/api/chat", json=body_for(chat, "long", text=long_text)
+        )
+        assert response.status_code == 200
+        assert events.chunks[-1]["type"] == "error"
+        assert "300" in events.chunks[-1]["errorText"]  # on_error saw StreamTooLarge
+        assert events.data[-1] == "[DONE]"
+        assert long_text not in "".join(events.data)
+        assert await active_id(http, chat) is None
