@@ -482,9 +482,11 @@ def create_resumable_stream_context(
     """Make a context on Redis, on a backend object, or in memory.
 
     Args:
-        redis: a ``redis.asyncio.Redis`` client (not closed by the context), an
-            object implementing the `Backend` protocol, or None: then ``REDIS_URL``
-            (or ``KV_URL``) picks a Redis server if set, else streams live in memory.
+        redis: a ``redis.asyncio.Redis`` client (plain or Sentinel-managed, from
+            ``Sentinel(...).master_for(...)``), a ``redis.asyncio.cluster.RedisCluster``
+            (neither is closed by the context), an object implementing the `Backend`
+            protocol, or None: then ``REDIS_URL`` (or ``KV_URL``) picks a Redis server
+            if set, else streams live in memory.
         key_prefix: first part of every Redis key (not for backend objects, which
             carry their own).
         ttl: seconds a stream is kept; every write renews it.
@@ -520,14 +522,19 @@ def create_resumable_stream_context(
 
         backend = RedisBackend(redis, key_prefix=key_prefix)
         owns = True  # closes only what the backend made itself, never the user's client
+    elif _is_async_cluster(redis):
+        from .backends.cluster import RedisClusterBackend
+
+        backend = RedisClusterBackend(redis, key_prefix=key_prefix)
+        owns = True
     elif isinstance(redis, Backend):
         if key_prefix != "resumable-stream":
             raise InvalidArgument("key_prefix applies to Redis clients; set it on the backend")
         backend = redis
     else:
         raise TypeError(
-            "create_resumable_stream_context() takes a redis.asyncio.Redis client, a Backend "
-            f"or None, not {type(redis).__module__}.{type(redis).__name__}"
+            "create_resumable_stream_context() takes a redis.asyncio.Redis or RedisCluster "
+            f"client, a Backend or None, not {type(redis).__module__}.{type(redis).__name__}"
         )
     return ResumableStreamContext(
         backend, ttl=ttl, wait_until=wait_until, options=options, owns_backend=owns
@@ -540,3 +547,11 @@ def _is_async_redis(obj: object) -> bool:
     except ImportError:
         return False
     return isinstance(obj, aioredis.Redis)
+
+
+def _is_async_cluster(obj: object) -> bool:
+    try:
+        from redis.asyncio.cluster import RedisCluster
+    except ImportError:
+        return False
+    return isinstance(obj, RedisCluster)

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from resumable_stream import (
     Backend,
@@ -13,8 +14,10 @@ from resumable_stream import (
     StreamOptions,
     create_resumable_stream_context,
 )
+from resumable_stream.backends.cluster import RedisClusterBackend
 from resumable_stream.backends.redis import RedisBackend
 
+from .cluster_servers import PrivateCluster, PrivateSentinels
 from .servers import RedisServer
 
 # Short lease and poll so that failure paths finish in about a second.
@@ -31,6 +34,44 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test only, which the test may stop."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateCluster]:
+    """A private 3-master, 3-replica Redis Cluster for the session (about 8 s to form).
+
+    Tests that fail over or migrate slots leave it healthy, with other masters."""
+    cluster = PrivateCluster()
+    cluster.start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinels() -> Iterator[PrivateSentinels]:
+    """A private primary, its replica and three sentinels for the session."""
+    sentinels = PrivateSentinels()
+    sentinels.start()
+    yield sentinels
+    sentinels.close()
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: PrivateCluster) -> AsyncIterator[RedisCluster]:
+    client = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def key_prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
@@ -42,12 +83,12 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
     await client.aclose()
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster"])
 async def backend(
     request: pytest.FixtureRequest, key_prefix: str
 ) -> AsyncIterator[Backend]:
     """Every contract test runs over each backend."""
-    client: aioredis.Redis | None = None
+    client: aioredis.Redis | RedisCluster | None = None
     if request.param == "memory":
         made: Backend = MemoryBackend()
     elif request.param == "fakeredis":
@@ -55,10 +96,14 @@ async def backend(
 
         client = fakeredis.FakeAsyncRedis()
         made = RedisBackend(client, key_prefix=key_prefix)
-    else:
+    elif request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         client = aioredis.Redis.from_url(server.url)
         made = RedisBackend(client, key_prefix=key_prefix)
+    else:
+        cluster: PrivateCluster = request.getfixturevalue("redis_cluster")
+        client = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
+        made = RedisClusterBackend(client, key_prefix=key_prefix)
     yield made
     await made.aclose()
     if client is not None:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -119,17 +119,6 @@ async def spawn() -> AsyncIterator[Spawn]:
     yield start
     for child in children:
         await child.kill()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for one test only, which the test may stop."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def keys_and_pttls(client: aioredis.Redis, prefix: str) -> dict[str, int]:

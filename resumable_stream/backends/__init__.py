@@ -1,7 +1,10 @@
-"""Storage backends: `MemoryBackend` (one process) and `RedisBackend` (any number).
+"""Storage backends: `MemoryBackend` (one process), `RedisBackend` and
+`RedisClusterBackend` (any number of processes).
 
-``RedisBackend`` lives in `resumable_stream.backends.redis` and needs the ``redis``
-extra; it is imported only when used.
+``RedisBackend`` (one server, or a Sentinel-managed primary) lives in
+`resumable_stream.backends.redis`, ``RedisClusterBackend`` in
+`resumable_stream.backends.cluster`; both need the ``redis`` extra and are imported
+only when used.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 -- ARGV[4] finished ttl ms    ARGV[5] lease ms         ARGV[6] channel
 -- ARGV[7] end status, '' for none                      ARGV[8] error text
 -- ARGV[9] end message        ARGV[10] appended-message header (msgpack 0, start)
--- ARGV[11..] the chunks, each msgpack-encoded
+-- ARGV[11] 'SPUBLISH' on a Redis Cluster (the channel shares the keys' slot, and the
+--          message stays on their shard), else 'PUBLISH'
+-- ARGV[12..] the chunks, each msgpack-encoded
 -- Returns {new length, 1 if a stop was requested else 0}, or an error starting with STALE.
 local meta, list, lease = KEYS[1], KEYS[2], KEYS[3]
 local fields = redis.call('HMGET', meta, 'status', 'producer', 'stop')
@@ -15,14 +17,18 @@ local length = redis.call('LLEN', list)
 if length ~= tonumber(ARGV[2]) then
   return redis.error_reply('STALE write at ' .. ARGV[2] .. ' but ' .. length .. ' chunks are stored')
 end
-local n = #ARGV - 10
+local publish = 'PUBLISH'
+if ARGV[11] == 'SPUBLISH' then
+  publish = 'SPUBLISH'
+end
+local n = #ARGV - 11
 local ended = ARGV[7] ~= ''
 local ttl = tonumber(ARGV[3])
 if ended then
   ttl = tonumber(ARGV[4])
 end
 if n > 0 then
-  redis.call('RPUSH', list, unpack(ARGV, 11))
+  redis.call('RPUSH', list, unpack(ARGV, 12))
   length = length + n
 end
 if length > 0 then
@@ -38,9 +44,9 @@ redis.call('PEXPIRE', meta, ttl)
 -- Announce only after storing: a reader that sees a message finds its chunks.
 if n > 0 then
   -- The header, then the chunks' msgpack values back to back: one msgpack stream.
-  redis.call('PUBLISH', ARGV[6], ARGV[10] .. table.concat(ARGV, '', 11))
+  redis.call(publish, ARGV[6], ARGV[10] .. table.concat(ARGV, '', 12))
 end
 if ended then
-  redis.call('PUBLISH', ARGV[6], ARGV[9])
+  redis.call(publish, ARGV[6], ARGV[9])
 end
 return {length, fields[3] and 1 or 0}

@@ -1,0 +1,439 @@
+"""Live announcements from Redis: dedicated pub/sub connections shared by every reader.
+
+A `PubSubHub` keeps one pub/sub connection (a *link*) per Redis server it needs and
+one task per link that reads it, routing each message to the readers of its channel.
+A `Router` says which server announces a channel and how to reach it:
+
+* one server, or the primary a Sentinel names: classic ``SUBSCRIBE``, one link;
+* a Redis Cluster: sharded ``SSUBSCRIBE`` on the master that owns the channel's slot,
+  so one link per master with readers, never one per reader.
+
+Design notes (facts from ``shared/NOTES.md`` and from the servers themselves):
+
+* ``subscribe()`` returns only after the server's confirmation: a chunk announced
+  before it would be missed by a reader that reads the list too early.
+* A channel can lose its subscription: the link's connection breaks, the server drops
+  a sharded subscription when the channel's slot moves to another master (by a
+  failover or a migration, it pushes ``sunsubscribe``), or it answers ``SSUBSCRIBE``
+  with ``MOVED``. The channel is then *repaired*: the topology is re-read, the channel
+  is subscribed again where it now lives and, once that is confirmed, its readers get
+  `RESYNC` (messages may have been lost meanwhile; they re-read the stored list from
+  their position). Readers also re-read after ``poll_interval`` of silence, so a
+  repair in progress costs latency, never a gap.
+* A channel that cannot be repaired within ``REPAIR_TIMEOUT`` fails its readers with
+  `BackendUnavailable`.
+* Error replies carry no channel name, so an error on a link re-subscribes every
+  channel still waiting there for a confirmation; a duplicate ``SSUBSCRIBE`` is
+  harmless. Only a confirmation of a pending subscription counts.
+* Links are plain redis-py connections read with ``read_response``, not redis-py's
+  ``PubSub``: its reconnect replays every sharded channel in one ``SSUBSCRIBE``,
+  which a cluster refuses (``CROSSSLOT``) as soon as they span slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from redis import exceptions as redis_errors
+
+from .._exceptions import BackendUnavailable, describe
+from .._subscription import RESYNC, Subscription
+from .._types import Event
+from ._redis_errors import UNAVAILABLE
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+
+__all__ = ["CLASSIC", "REPAIR_TIMEOUT", "SHARDED", "Dialect", "PubSubHub", "Router"]
+
+logger = logging.getLogger("resumable_stream")
+
+SUBSCRIBE_TIMEOUT = 10.0
+REPAIR_TIMEOUT = 10.0  # a failover takes a few seconds (node timeout plus election)
+_RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
+
+
+class Dialect(NamedTuple):
+    """The commands and message kinds of one flavour of pub/sub."""
+
+    subscribe: str
+    unsubscribe: str
+    message: bytes
+    confirmed: bytes
+    dropped: bytes
+
+
+CLASSIC = Dialect("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe")
+SHARDED = Dialect("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe")
+
+
+class Router(Protocol):
+    """Where a channel is announced and how to reach that server."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def locate(self, channel: bytes) -> str:
+        """The name of the server to subscribe to ``channel`` on."""
+        ...
+
+    def connection(self, server: str) -> AbstractConnection:
+        """A new, not yet connected connection to ``server``, owned by the caller."""
+        ...
+
+    async def refresh(self) -> None:
+        """Re-read the topology: a subscription was lost and may have moved."""
+        ...
+
+
+class _Channel:
+    """One channel's readers and where it is subscribed."""
+
+    __slots__ = (
+        "attempts", "confirmed", "error", "link", "lost_at", "subscribed_once", "subscribers"
+    )
+
+    def __init__(self) -> None:
+        self.subscribers: set[Subscription] = set()
+        # Set while the subscription is active (or once it failed): a new reader of a
+        # channel under repair waits for the repair, as invariant 3 wants.
+        self.confirmed = asyncio.Event()
+        self.subscribed_once = False
+        self.error: BaseException | None = None
+        self.link: _Link | None = None  # None while it waits for a repair
+        self.lost_at: float | None = None  # when it lost its subscription, until confirmed again
+        self.attempts = 0  # repairs tried since then
+
+
+class _Link:
+    """One dedicated pub/sub connection to one server, and the task that reads it."""
+
+    __slots__ = ("channels", "connection", "lock", "pending", "server", "task")
+
+    def __init__(self, server: str, connection: AbstractConnection) -> None:
+        self.server = server
+        self.connection = connection
+        self.channels: set[bytes] = set()  # subscribed here, or subscribing
+        self.pending: set[bytes] = set()  # subscribe sent, confirmation not seen yet
+        self.lock = asyncio.Lock()  # one command written at a time
+        self.task: asyncio.Task[None] | None = None
+
+    async def send(self, command: str, channel: bytes) -> None:
+        """Write one command; its reply comes to the reading task."""
+        async with self.lock:
+            # No health check: it would read a reply that belongs to the reading task.
+            await self.connection.send_command(command, channel, check_health=False)
+
+
+class PubSubHub:
+    """The live feed of every reader of one backend.
+
+    Args:
+        router: where channels live (one server, a Sentinel's primary, a cluster).
+        decode: turns a message's payload into an `Event`.
+        repair_timeout: seconds a lost channel may take to be subscribed again before
+            its readers get `BackendUnavailable`.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        decode: Callable[[bytes], Event],
+        *,
+        repair_timeout: float = REPAIR_TIMEOUT,
+    ) -> None:
+        self._router = router
+        self._repair_timeout = repair_timeout
+        self._dialect = router.dialect
+        self._decode = decode
+        self._channels: dict[bytes, _Channel] = {}
+        self._links: dict[str, _Link] = {}
+        self._lost: set[bytes] = set()
+        self._repairer: asyncio.Task[None] | None = None
+        self._open_lock: asyncio.Lock | None = None  # made inside the running loop
+
+    @property
+    def connections(self) -> int:
+        """How many pub/sub connections are open (at most one per server)."""
+        return len(self._links)
+
+    async def subscribe(self, channel: str, max_buffered_bytes: int) -> Subscription:
+        """Subscribe a new reader to ``channel``; returns once the server confirmed.
+
+        Raises:
+            BackendUnavailable: no connection, or no confirmation within 10 s.
+        """
+        name = channel.encode()
+        sub = Subscription(channel, max_buffered_bytes=max_buffered_bytes, on_close=self._release)
+        record = self._channels.get(name)
+        if record is None:
+            record = self._channels[name] = _Channel()
+        record.subscribers.add(sub)
+        if record.link is None:
+            # A new channel, or one under repair: subscribe now. If the server cannot
+            # be reached, this reader fails at once (the repair goes on for the others).
+            try:
+                await self._attach(name, record)
+            except BaseException as exc:
+                await sub.aclose()
+                if record.subscribers and record.link is None and name in self._channels:
+                    self._mark_lost(name, record)  # cancelled half way: finish it for them
+                if isinstance(exc, UNAVAILABLE):
+                    raise BackendUnavailable(
+                        f"Redis pub/sub unreachable: {describe(exc)}"
+                    ) from exc
+                raise
+        try:
+            await asyncio.wait_for(record.confirmed.wait(), SUBSCRIBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            await sub.aclose()
+            raise BackendUnavailable("Redis did not confirm the subscription in time") from None
+        except BaseException:
+            await sub.aclose()
+            raise
+        if record.error is not None:
+            await sub.aclose()
+            raise BackendUnavailable(f"Redis pub/sub failed: {record.error}") from record.error
+        return sub
+
+    async def _attach(self, name: bytes, record: _Channel) -> None:
+        """Send the subscribe for ``name`` on the link of the server that announces it."""
+        link = await self._link(await self._router.locate(name))
+        if self._channels.get(name) is not record or record.link is not None:
+            return  # released, or attached by someone else, meanwhile
+        record.link = link
+        link.channels.add(name)
+        link.pending.add(name)
+        try:
+            await link.send(self._dialect.subscribe, name)
+        except UNAVAILABLE as exc:
+            await self._lose(link, exc)  # the repair takes this channel over as well
+
+    async def _link(self, server: str) -> _Link:
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            link = self._links.get(server)
+            if link is not None:
+                return link
+            connection = self._router.connection(server)
+            try:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            except BaseException:
+                await _disconnect(connection)
+                raise
+            link = self._links[server] = _Link(server, connection)
+            link.task = asyncio.create_task(self._read(link))
+            return link
+
+    async def _read(self, link: _Link) -> None:
+        """Route every message of ``link`` until its connection breaks."""
+        dialect = self._dialect
+        channels = self._channels
+        read = link.connection.read_response
+        try:
+            while True:
+                try:
+                    # math.inf: block without the client's socket_timeout (redis-py >= 5).
+                    reply: Any = await read(
+                        disable_decoding=True, timeout=math.inf, push_request=True
+                    )
+                except redis_errors.ResponseError as exc:
+                    self._on_error_reply(link, exc)
+                    continue
+                if not isinstance(reply, list) or len(reply) < 3:
+                    continue
+                kind, name = reply[0], reply[1]
+                if kind == dialect.message:
+                    record = channels.get(name)
+                    if record is not None:
+                        event = self._decode(reply[2])
+                        for sub in record.subscribers:
+                            sub.push(event)
+                elif kind == dialect.confirmed:
+                    self._on_confirmed(link, name)
+                elif kind == dialect.dropped:
+                    self._on_dropped(link, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._lose(link, exc)
+
+    def _on_confirmed(self, link: _Link, name: bytes) -> None:
+        record = self._channels.get(name)
+        if record is None or record.link is not link or name not in link.pending:
+            return  # a stale or duplicate confirmation
+        link.pending.discard(name)
+        record.lost_at = None
+        record.attempts = 0
+        record.confirmed.set()
+        if record.subscribed_once:
+            # Subscribed again after a loss: messages may have been missed meanwhile.
+            for sub in record.subscribers:
+                sub.push(RESYNC)
+        record.subscribed_once = True
+
+    def _on_dropped(self, link: _Link, name: bytes) -> None:
+        """The server ended a subscription we still want (its slot moved away), or
+        acknowledged one we released."""
+        record = self._channels.get(name)
+        if record is None or record.link is not link or name in link.pending:
+            return
+        logger.info("Redis dropped the subscription to %s: re-subscribing", _text(name))
+        link.channels.discard(name)
+        self._mark_lost(name, record)
+
+    def _on_error_reply(self, link: _Link, exc: redis_errors.ResponseError) -> None:
+        """An error reply (MOVED, CLUSTERDOWN, ...) to a command of unknown channel."""
+        logger.info("Redis refused a pub/sub command on %s: %s", link.server, describe(exc))
+        for name in list(link.pending):
+            record = self._channels.get(name)
+            link.pending.discard(name)
+            link.channels.discard(name)
+            if record is not None and record.link is link:
+                self._mark_lost(name, record)
+
+    async def _lose(self, link: _Link, exc: BaseException) -> None:
+        """``link``'s connection broke: close it and repair its channels elsewhere."""
+        if self._links.get(link.server) is link:
+            del self._links[link.server]
+            logger.warning(
+                "Redis pub/sub connection to %s lost: %s", link.server or "Redis", describe(exc)
+            )
+            for name in link.channels:
+                record = self._channels.get(name)
+                if record is not None and record.link is link:
+                    self._mark_lost(name, record)
+            link.channels.clear()
+            link.pending.clear()
+        task = link.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        await _disconnect(link.connection)
+
+    def _mark_lost(self, name: bytes, record: _Channel) -> None:
+        record.link = None
+        record.confirmed.clear()
+        if record.lost_at is None:
+            record.lost_at = asyncio.get_running_loop().time()
+        self._lost.add(name)
+        if self._repairer is None:
+            self._repairer = asyncio.create_task(self._repair())
+
+    async def _repair(self) -> None:
+        """Subscribe lost channels again where they now live, with backoff, until each
+        is confirmed again or ``repair_timeout`` has passed since it was lost."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._lost:
+                attempts = max(
+                    (self._channels[n].attempts for n in self._lost if n in self._channels),
+                    default=0,
+                )
+                if attempts:
+                    # Backoff while the servers fail over or settle a migration.
+                    await asyncio.sleep(min(_RETRY_FIRST * 2 ** (attempts - 1), _RETRY_MAX))
+                try:
+                    await self._router.refresh()
+                except UNAVAILABLE as exc:
+                    logger.debug("reading the Redis topology failed: %s", describe(exc))
+                lost, self._lost = self._lost, set()
+                for name in lost:
+                    record = self._channels.get(name)
+                    if record is None or record.link is not None:
+                        continue  # released, or repaired already
+                    lost_at = record.lost_at if record.lost_at is not None else loop.time()
+                    if loop.time() - lost_at >= self._repair_timeout:
+                        self._fail(name, record, BackendUnavailable(
+                            f"Redis pub/sub not restored within {self._repair_timeout:g} s"
+                        ))
+                        continue
+                    record.attempts += 1
+                    try:
+                        await self._attach(name, record)
+                    except Exception as exc:
+                        if isinstance(exc, UNAVAILABLE):
+                            self._lost.add(name)  # try again after the backoff
+                        else:
+                            self._fail(name, record, BackendUnavailable(
+                                f"Redis pub/sub could not be restored: {describe(exc)}"
+                            ))
+        finally:
+            self._repairer = None
+
+    def _fail(self, name: bytes, record: _Channel, error: BaseException) -> None:
+        """Give up on ``name``: its readers get ``error``."""
+        record.error = error
+        record.confirmed.set()
+        for sub in record.subscribers:
+            sub.fail(error)
+        if self._channels.get(name) is record:
+            del self._channels[name]
+        self._lost.discard(name)
+        link = record.link
+        if link is not None:
+            link.channels.discard(name)
+            link.pending.discard(name)
+
+    async def _release(self, sub: Subscription) -> None:
+        name = sub.key.encode()
+        record = self._channels.get(name)
+        if record is None or sub not in record.subscribers:
+            return
+        record.subscribers.discard(sub)
+        if not record.subscribers:
+            await self._forget(name, record)
+
+    async def _forget(self, name: bytes, record: _Channel) -> None:
+        """No reader is left on ``name``: unsubscribe."""
+        if self._channels.get(name) is record:
+            del self._channels[name]
+        self._lost.discard(name)
+        link, record.link = record.link, None
+        if link is None:
+            return
+        link.channels.discard(name)
+        link.pending.discard(name)
+        try:
+            await link.send(self._dialect.unsubscribe, name)
+        except UNAVAILABLE as exc:
+            # The link's reader notices the dead connection and repairs the others.
+            logger.debug("unsubscribe from %s failed: %s", _text(name), describe(exc))
+
+    async def aclose(self) -> None:
+        """Close every link; readers still subscribed get `BackendUnavailable`. A later
+        `subscribe` opens links again, as a redis-py client reconnects."""
+        links = list(self._links.values())
+        self._links.clear()
+        tasks = [link.task for link in links if link.task is not None]
+        if self._repairer is not None:
+            tasks.append(self._repairer)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)  # never re-raises the tasks' CancelledError
+        for link in links:
+            await _disconnect(link.connection)
+        error = BackendUnavailable("the backend was closed")
+        for record in self._channels.values():
+            record.error = error
+            record.confirmed.set()
+            for sub in record.subscribers:
+                sub.fail(error)
+        self._channels.clear()
+        self._lost.clear()
+
+
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
+async def _disconnect(connection: AbstractConnection) -> None:
+    try:
+        await connection.disconnect()
+    except Exception as exc:  # the connection is broken already
+        logger.debug("closing a pub/sub connection: %s", describe(exc))

@@ -1,0 +1,116 @@
+"""Redis Cluster backend: the Redis backend with sharded pub/sub.
+
+Needs the ``redis`` extra and Redis >= 7 (``SPUBLISH``/``SSUBSCRIBE``). It takes the
+user's ``redis.asyncio.cluster.RedisCluster`` and never closes it.
+
+Design notes:
+
+* Storage is `RedisBackend`'s: every key of a stream shares the hash tag
+  ``{<escaped id>}`` (see ``_keys.py``), so each script touches one slot, and
+  different streams spread over all masters. redis-py follows ``MOVED``/``ASK`` and
+  retries a multi-key script that meets ``TRYAGAIN`` during a migration.
+* Announcements use sharded pub/sub: a classic ``PUBLISH`` is forwarded to every
+  node of the cluster, so its cost would grow with the cluster; ``SPUBLISH`` stays on
+  the shard that owns the channel's slot (the channel shares the stream's hash tag).
+* One pub/sub connection per master that has readers in this process, opened when
+  the first reader of a stream on that master arrives, not one per reader and not
+  redis-py's ``ClusterPubSub``.
+* When a slot moves (a failover or a migration), the old master pushes
+  ``sunsubscribe`` for its channels; the hub re-reads the slot map, subscribes on
+  the new owner and tells the readers to re-read the list (``_pubsub.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._pubsub import SHARDED, Dialect
+
+try:
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "the Redis Cluster backend needs redis-py: pip install 'resumable-stream[redis]'"
+    ) from exc
+
+from .redis import RedisBackend
+
+if TYPE_CHECKING:
+    from redis.asyncio.connection import AbstractConnection
+
+__all__ = ["RedisClusterBackend"]
+
+
+class _ShardRouter:
+    """Sharded pub/sub on the master that owns a channel's slot."""
+
+    dialect: Dialect = SHARDED
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self._cluster = cluster
+
+    async def locate(self, channel: bytes) -> str:
+        await self._cluster.initialize()  # a no-op once the slot map is known
+        node = self._cluster.get_node_from_key(channel)  # type: ignore[arg-type]
+        if node is None:  # pragma: no cover - only asked for replicas
+            raise ConnectionError(f"no node serves {channel!r}")
+        return node.name
+
+    def connection(self, server: str) -> AbstractConnection:
+        node = self._cluster.get_node(node_name=server)
+        if node is None:
+            raise ConnectionError(f"{server} left the cluster")
+        # A connection of our own, beside the node's pool: redis-py's cluster client
+        # disconnects the pools of nodes it gives up on. No retries inside it: the hub
+        # re-reads the topology before it tries again.
+        kwargs = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        connection: AbstractConnection = node.connection_class(**kwargs)
+        return connection
+
+    async def refresh(self) -> None:
+        await self._cluster.nodes_manager.initialize()
+
+
+class RedisClusterBackend(RedisBackend):
+    """Streams stored in a Redis Cluster, readable from any process.
+
+    Args:
+        client: a ``redis.asyncio.cluster.RedisCluster``, used as it is
+            (``decode_responses`` does not matter) and never closed here.
+        key_prefix: first part of every key; must not contain ``{`` or ``}``.
+
+    Raises:
+        TypeError: ``client`` is not a ``RedisCluster``.
+        InvalidArgument: a bad ``key_prefix``.
+    """
+
+    _publish = "SPUBLISH"
+
+    def __init__(  # the client type is the difference
+        self, client: RedisCluster, *, key_prefix: str = "resumable-stream"
+    ) -> None:
+        if not isinstance(client, RedisCluster):
+            raise TypeError(
+                "RedisClusterBackend needs a redis.asyncio.cluster.RedisCluster client, "
+                f"not {type(client).__name__}"
+            )
+        self._cluster = client
+        max_connections = client.nodes_manager.connection_kwargs.get("max_connections")
+        self._setup(client, key_prefix, _ShardRouter(client), max_connections)
+
+    async def _ready(self) -> None:
+        # redis-py wants initialize() before any command, and commands racing to
+        # initialize a fresh (or reset, after CLUSTERDOWN) client fail with an
+        # AttributeError (redis-py 8.1); initialize() itself is safe to race and
+        # returns at once when the slot map is known.
+        await self._cluster.initialize()
+
+    @classmethod
+    def from_url(cls, url: str, *, key_prefix: str = "resumable-stream") -> RedisClusterBackend:
+        """A backend on a cluster client it makes from ``url`` (any one node) and
+        closes in `aclose`."""
+        backend = cls(RedisCluster.from_url(url), key_prefix=key_prefix)
+        backend._owned = backend._client
+        return backend
