@@ -477,12 +477,13 @@ async def test_stop_ends_every_reader_properly(site: Site, http: httpx.AsyncClie
 
 
 async def active_id(http: httpx.AsyncClient, chat: str) -> str | None:
-    """The stream a resume of ``chat`` serves now (None for 204); its body is not read."""
-    async with http.stream("GET", f"/api/chat/{chat}/stream") as resumed:
-        if resumed.status_code == 204:
-            return None
-        assert resumed.status_code == 200
-        return resumed.headers["x-stream-id"]
+    """The stream a resume of ``chat`` serves now (None for 204), asked with ``HEAD``: the
+    server closes its reader before it answers, so no follower outlives the call."""
+    resumed = await http.head(f"/api/chat/{chat}/stream")
+    if resumed.status_code == 204:
+        return None
+    assert resumed.status_code == 200
+    return resumed.headers["x-stream-id"]
 
 
 async def test_a_new_post_replaces_the_active_stream(site: Site, http: httpx.AsyncClient) -> None:
@@ -723,19 +724,21 @@ async def test_capacity_refusal_keeps_the_running_answer_active(capped: Site) ->
     chat = new_chat()
     async with httpx.AsyncClient(base_url=capped.server.url, timeout=STEP, trust_env=False) as http:
         async with http.stream("POST", "/api/chat", json=body_for(chat)) as running:
-            await capped.wait(f"{chat}:paused")
-            running_id = running.headers["x-stream-id"]
-            # A second answer for the same chat while full: 503, and the first stays active.
-            refused = await http.post("/api/chat", json=body_for(chat))
-            assert refused.status_code == 503
-            assert refused.headers["retry-after"] == "1"
-            assert await active_id(http, chat) == running_id
-            # One follower at a time: a second concurrent resume gets 503 too.
-            async with http.stream("GET", f"/api/chat/{chat}/stream") as follower:
-                assert follower.status_code == 200
-                second = await http.get(f"/api/chat/{chat}/stream")
-                assert second.status_code == 503
-            capped.go(chat)
+            try:
+                await capped.wait(f"{chat}:paused")
+                running_id = running.headers["x-stream-id"]
+                # Another answer for the same chat while full: 503; the first stays active.
+                refused = await http.post("/api/chat", json=body_for(chat))
+                assert refused.status_code == 503
+                assert refused.headers["retry-after"] == "1"
+                assert await active_id(http, chat) == running_id
+                # One follower at a time: a second concurrent resume gets 503 too.
+                async with http.stream("GET", f"/api/chat/{chat}/stream") as follower:
+                    assert follower.status_code == 200
+                    second = await http.get(f"/api/chat/{chat}/stream")
+                    assert second.status_code == 503
+            finally:
+                capped.go(chat)  # never leave the one place taken for the next test
             await Events(running).rest()
         assert await active_id(http, chat) is None
 
