@@ -39,7 +39,9 @@ MakeStream = Callable[[], AsyncIterable[Chunk] | Iterable[Chunk] | Any]
 """A zero-argument callable returning an async iterable (or a sync iterable, or an
 awaitable of either) of ``str``/``bytes`` chunks."""
 
-_PAGE = 2000
+# A resume's first read is small, so that it answers fast even when many resumes of
+# long streams come at once; the reader then reads the rest in pages of 2,000.
+_FIRST_PAGE = 100
 
 
 def _check_skip(skip_characters: int | None) -> int:
@@ -403,7 +405,7 @@ class ResumableStreamContext:
             release()
             raise
         try:
-            snap = await self.backend.snapshot(stream_id, start, _PAGE)
+            snap = await self.backend.snapshot(stream_id, start, _FIRST_PAGE)
             if snap is None:
                 raise StreamNotFound(stream_id)
             ended = snap.status is not StreamStatus.RUNNING or not snap.lease_alive
