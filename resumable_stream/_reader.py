@@ -40,6 +40,7 @@ from .backends._protocol import Backend
 __all__ = ["ResumableStream"]
 
 _PAGE = 2000  # chunks per snapshot read
+_LEAST_ATTEMPT = 1.0  # seconds a recovery attempt may take even at the end of the window
 
 
 class ResumableStream:
@@ -217,8 +218,16 @@ class ResumableStream:
         delay = 0.05
         while True:
             try:
-                await self._resubscribe()
-                return await self._read()
+                # Bounded: a half-open connection may never answer (a backend's own
+                # timeouts can be longer than the window, or absent).
+                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                    await self._resubscribe()
+                    return await self._read()
+            except TimeoutError:
+                raise BackendUnavailable(
+                    f"no answer from the backend within retry_window "
+                    f"({self._options.retry_window} s)"
+                ) from None
             except BackendUnavailable:
                 if loop.time() + delay > deadline:
                     raise

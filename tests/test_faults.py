@@ -8,7 +8,7 @@ workload (a model's tokens come at a pace), never a synchronisation.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import contextlib
 import logging
 import os
 import signal
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from resumable_stream import (
+    BackendUnavailable,
     Chunk,
     ResumableStream,
     ResumableStreamContext,
@@ -92,15 +95,6 @@ def start(servers: list[RedisServer], *args: str) -> RedisServer:
 
 OPTIONS = StreamOptions(lease=2.0, poll_interval=0.25, shutdown_grace=2.0, retry_window=5.0)
 
-# The pub/sub hub of the Redis backend before ``backends/_pubsub.py`` (the Cluster work)
-# never recovers from a subscribe that failed while Redis was down: the next one waits
-# 10 s for a confirmation that never comes, so a follower cannot re-subscribe after a
-# restart. Remove this guard once that module is in.
-needs_hub_recovery = pytest.mark.skipif(
-    importlib.util.find_spec("resumable_stream.backends._pubsub") is None,
-    reason="needs the pub/sub hub that re-subscribes after an outage (backends/_pubsub.py)",
-)
-
 
 async def restarted_mid_stream(
     server: RedisServer, key_prefix: str, total: int = 400, pace: float = 0.005
@@ -131,7 +125,6 @@ async def restarted_mid_stream(
     return ctx, client, original, followers, producers[0]
 
 
-@needs_hub_recovery
 @pytest.mark.timeout(40)
 async def test_redis_restart_with_persistence_loses_nothing(
     redis_factory: list[RedisServer], key_prefix: str
@@ -157,7 +150,6 @@ async def test_redis_restart_with_persistence_loses_nothing(
         await client.aclose()
 
 
-@needs_hub_recovery
 @pytest.mark.timeout(40)
 async def test_redis_restart_without_persistence_marks_the_stream_failed(
     redis_factory: list[RedisServer], key_prefix: str, caplog: pytest.LogCaptureFixture
@@ -206,7 +198,7 @@ async def test_retried_write_that_landed_is_not_a_refusal(key_prefix: str) -> No
     """A write applied by the backend whose reply was lost (a cut after the command ran)
     is retried; the retry is refused (the index moved on), and the producer must see
     that its own first try landed instead of giving the stream up."""
-    from resumable_stream import BackendUnavailable, MemoryBackend
+    from resumable_stream import MemoryBackend
 
     class LostReplies(MemoryBackend):
         def __init__(self) -> None:
@@ -345,3 +337,159 @@ async def test_evicted_keys_fail_the_stream_never_a_silent_hole(
         assert snap.error == STORAGE_LOST
     finally:
         await asyncio.wait_for(ctx.aclose(), STEP)
+
+
+# -- a stalled (half-open) connection between a follower's process and Redis ---------------
+
+
+class StallingProxy:
+    """A loopback TCP proxy to Redis that can go silent without closing (half-open).
+
+    ``stall(pubsub_only=True)`` stops forwarding Redis' replies on the connection that
+    sent SUBSCRIBE; ``stall()`` on every connection: a black hole, as a dead NAT entry
+    or a frozen server looks to a client.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.stalled_all = False
+        self.stalled_pubsub = False
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def stall(self, *, pubsub_only: bool = False) -> None:
+        if pubsub_only:
+            self.stalled_pubsub = True
+        else:
+            self.stalled_all = True
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        state = {"pubsub": False}
+
+        async def up() -> None:
+            while data := await reader.read(65536):
+                if b"SUBSCRIBE" in data.upper():
+                    state["pubsub"] = True
+                if self.stalled_all:
+                    await asyncio.Event().wait()  # a black hole: never forwarded, never closed
+                upstream_w.write(data)
+                await upstream_w.drain()
+
+        async def down() -> None:
+            while data := await upstream_r.read(65536):
+                if self.stalled_all or (self.stalled_pubsub and state["pubsub"]):
+                    await asyncio.Event().wait()
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
+        self._tasks.update(tasks)
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+                self._tasks.discard(task)
+            writer.transport.abort()
+            upstream_w.transport.abort()
+
+
+@pytest.mark.timeout(30)
+async def test_stalled_pubsub_connection_follower_still_gets_everything_exactly(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Redis' replies on a follower's pub/sub connection stop (half-open): it keeps
+    re-reading the list every ``poll_interval`` and gets every chunk exactly once."""
+    direct = aioredis.Redis.from_url(redis_server.url)
+    producer = create_resumable_stream_context(direct, key_prefix=key_prefix, options=OPTIONS)
+    async with StallingProxy(redis_server.port) as proxy:
+        proxied = aioredis.Redis(host="127.0.0.1", port=proxy.port)
+        follower_ctx = create_resumable_stream_context(
+            proxied, key_prefix=key_prefix, options=OPTIONS
+        )
+        total = 300
+        try:
+            original = Reading(half_at=total // 3)
+            stream = await producer.create_new_resumable_stream("s", lambda: paced(total, 0.005))
+            reading = asyncio.create_task(original.run(stream))
+            follower = Reading()
+            following = asyncio.create_task(
+                follower.run(await follower_ctx.resume_existing_stream("s", after=-1))
+            )
+            await asyncio.wait_for(original.half.wait(), STEP)
+            proxy.stall(pubsub_only=True)
+            await asyncio.wait_for(asyncio.gather(reading, following), STEP)
+            assert original.whole(total)
+            assert follower.whole(total), (len(follower.got), follower.error)
+        finally:
+            await asyncio.wait_for(follower_ctx.aclose(), STEP)
+            await asyncio.wait_for(producer.aclose(), STEP)
+            await proxied.aclose()
+            await direct.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_black_holed_redis_ends_a_follower_with_a_typed_error(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Every connection of the follower's process goes silent. With a socket timeout on
+    its client (redis-py has none by default: set one), the follower ends with
+    `BackendUnavailable` after a clean prefix, within the client's timeouts and
+    ``retry_window`` (each recovery attempt is bounded by the window, since the backend's
+    own subscribe waits up to 10 s for a confirmation); the producer, on its own
+    connection, is not affected."""
+    direct = aioredis.Redis.from_url(redis_server.url)
+    producer = create_resumable_stream_context(direct, key_prefix=key_prefix, options=OPTIONS)
+    short = StreamOptions(lease=2.0, poll_interval=0.25, retry_window=1.0)
+    async with StallingProxy(redis_server.port) as proxy:
+        # redis-py 8 retries a timed-out command 3 times with backoff (about 9 s here);
+        # no retries, so the library's own bound shows.
+        proxied = aioredis.Redis(
+            host="127.0.0.1", port=proxy.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        follower_ctx = create_resumable_stream_context(
+            proxied, key_prefix=key_prefix, options=short
+        )
+        total = 400
+        try:
+            original = Reading(half_at=total // 4)
+            stream = await producer.create_new_resumable_stream("s", lambda: paced(total, 0.005))
+            reading = asyncio.create_task(original.run(stream))
+            follower = Reading()
+            following = asyncio.create_task(
+                follower.run(await follower_ctx.resume_existing_stream("s", after=-1))
+            )
+            await asyncio.wait_for(original.half.wait(), STEP)
+            proxy.stall()
+            loop = asyncio.get_running_loop()
+            stalled_at = loop.time()
+            await asyncio.wait_for(following, STEP)  # ends: no hang
+            # poll_interval, one socket timeout, then at most retry_window (1 s).
+            assert loop.time() - stalled_at < 4.0
+            assert follower.clean_prefix()
+            assert isinstance(follower.error, BackendUnavailable), follower.error
+            await asyncio.wait_for(reading, STEP)
+            assert original.whole(total)
+            late = await Reading().run(await producer.resume_existing_stream("s", after=-1))
+            assert late.whole(total)  # the stream itself is whole in Redis
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(follower_ctx.aclose(), STEP)
+            await asyncio.wait_for(producer.aclose(), STEP)
+            await proxied.aclose()
+            await direct.aclose()
