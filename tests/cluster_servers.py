@@ -106,13 +106,23 @@ class PrivateCluster:
             raise
 
     def _healthy(self) -> bool:
+        half = len(self.nodes) // 2
         for port in self.ports:
             if _info(port, "CLUSTER", "INFO").get("cluster_state") != "ok":
                 return False
             replication = _info(port, "INFO", "replication")
             if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                 return False
-        return len(self.masters()) * 2 == len(self.nodes)
+            # Every node knows every other one in its role (gossip has settled): a
+            # client asking any node for the slot map sees the replicas too.
+            rows = self.cluster_nodes(port)
+            if any(flag in row["flags"] for row in rows for flag in ("fail", "handshake")):
+                return False
+            masters = [row for row in rows if "master" in row["flags"] and row["slots"]]
+            replicas = [row for row in rows if "slave" in row["flags"]]
+            if len(masters) != half or len(replicas) != half:
+                return False
+        return len(self.masters()) == half
 
     def wait_healthy(self, timeout: float = 30.0) -> None:
         """Until every node says ``cluster_state:ok`` and every replica's link is up."""

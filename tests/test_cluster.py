@@ -37,10 +37,10 @@ from .helpers import (
     read_n,
 )
 
-# The producer retries a write for lease / 2: long enough to outlast a failover.
-PRODUCER = StreamOptions(lease=10.0, poll_interval=0.25, shutdown_grace=5.0)
+# The producer retries a write for retry_window: long enough to outlast a failover.
+PRODUCER = StreamOptions(lease=10.0, retry_window=10.0, poll_interval=0.25, shutdown_grace=5.0)
 # Followers that never poll: only the re-subscription after a slot move can wake them.
-NO_POLL = StreamOptions(lease=10.0, poll_interval=60.0, shutdown_grace=5.0)
+NO_POLL = StreamOptions(lease=10.0, retry_window=10.0, poll_interval=60.0, shutdown_grace=5.0)
 
 
 def new_client(cluster: PrivateCluster) -> RedisCluster:

@@ -21,11 +21,11 @@ from . import helpers
 from .cluster_servers import PrivateSentinels, config_set
 from .helpers import assert_promise, check_binary_and_text_chunks, disrupted_stream
 
-# The producer retries a write for lease / 2 = 10 s: longer than the sentinels take to
-# demote the old primary (about 1 s at the fixture's INFO period) and resync it, after
-# which a new primary with min-replicas-to-write takes writes again.
-PATIENT = StreamOptions(lease=20.0, poll_interval=0.25, shutdown_grace=5.0)
-FOLLOWER = StreamOptions(lease=20.0, poll_interval=1.0, shutdown_grace=5.0)
+# The producer retries a write for retry_window = 15 s: longer than the sentinels take
+# to demote the old primary (about 1 s at the fixture's INFO period) and resync it,
+# after which a new primary with min-replicas-to-write takes writes again.
+PATIENT = StreamOptions(lease=20.0, retry_window=15.0, poll_interval=0.25, shutdown_grace=5.0)
+FOLLOWER = StreamOptions(lease=20.0, retry_window=15.0, poll_interval=1.0, shutdown_grace=5.0)
 TOTAL = 1600  # about 9 s at 5 ms a chunk: the failover (about 3 s) falls in the second half
 
 
