@@ -3,8 +3,10 @@
 For people debugging a deployment::
 
     python -m resumable_stream http://127.0.0.1:8000/api/chat/a/t --json '{"messages": []}'
-    python -m resumable_stream http://127.0.0.1:8000 --stream-id ID --last-event-id 12
-    python -m resumable_stream http://127.0.0.1:8000 --stream-id ID --resume-at 300
+    python -m resumable_stream http://127.0.0.1:8000 --stream-id=ID --last-event-id 12
+    python -m resumable_stream http://127.0.0.1:8000 --stream-id=ID --resume-at 300
+
+(write ``--stream-id=ID``: a random id may start with ``-``).
 
 It reconnects by itself, logging each attempt to stderr, and exits 0 at the end of the
 stream, 1 if it cannot get the stream.

@@ -189,7 +189,9 @@ def test_command_line(server: LiveServer) -> None:
 def test_command_line_resume(server: LiveServer) -> None:
     stream_id = httpx.post(f"{server.url}/api/chat/text/{key()}", timeout=30).headers["x-stream-id"]
     done = subprocess.run(
-        [sys.executable, "-m", "resumable_stream", server.url, "--stream-id", stream_id,
+        # --stream-id=ID: a random id may start with "-", which argparse would take
+        # for an option if it stood on its own.
+        [sys.executable, "-m", "resumable_stream", server.url, f"--stream-id={stream_id}",
          "--resume-at", "100", "-q"],
         capture_output=True, text=True, timeout=60, check=False,
     )
