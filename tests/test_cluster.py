@@ -69,9 +69,12 @@ async def test_streams_spread_over_every_master_one_slot_each_every_key_expiring
     running = ControlledSource()
     await ctx.resumable_stream("running", running)
     running.write("x")
-    for stream_id in ids:
+
+    async def one(stream_id: str) -> str:
         stream = await ctx.resumable_stream(stream_id, partial(iter, [stream_id, "!"]))
-        assert await read_all(stream) == f"{stream_id}!"
+        return await read_all(stream)
+
+    assert await asyncio.gather(*map(one, ids)) == [f"{i}!" for i in ids]  # all at once
     follower = await ctx.resume_existing_stream("running")
     assert await read_n(follower, 1) == "x"  # stored by now
 
