@@ -84,14 +84,16 @@ class Outcome:
         self.got: list[tuple[int, Chunk]] = []
         self.error: BaseException | None = None
 
-    async def read(self, stream: ResumableStream | None, half: asyncio.Event | None = None,
-                   total: int = 0) -> Outcome:
+    async def read(
+        self, stream: ResumableStream | None, mark: asyncio.Event | None = None, at: int = 0
+    ) -> Outcome:
+        """Read ``stream`` to its end; set ``mark`` once ``at`` chunks have come."""
         assert stream is not None, "expected a stream, got None"
         try:
             async for index, chunk in stream.indexed():
                 self.got.append((index, chunk))
-                if half is not None and len(self.got) == total // 2:
-                    half.set()
+                if mark is not None and len(self.got) == at:
+                    mark.set()
         except Exception as exc:  # judged by the caller: typed or not
             self.error = exc
         return self
@@ -111,11 +113,13 @@ async def disrupted_stream(
     *,
     total: int = 400,
     pace: float = 0.005,
+    at: float = 0.5,
     early: int = 3,
     budget: float = 30.0,
 ) -> tuple[Outcome, list[Outcome]]:
-    """Run a paced stream; once its original reader is half way, call ``disrupt`` (in
-    a thread: it may block on redis-cli) while the producer keeps going.
+    """Run a paced stream; once its original reader has read the fraction ``at`` of
+    it, call ``disrupt`` (in a thread: it may block on redis-cli) while the producer
+    keeps going.
 
     Returns the original reader's outcome and the followers' (``early`` that joined
     before the disruption, then one that joined after it), all read to their end
@@ -125,7 +129,7 @@ async def disrupted_stream(
     original = await producer.create_new_resumable_stream(
         stream_id, partial(paced_source, total, pace)
     )
-    reads = [asyncio.create_task(Outcome().read(original, half, total))]
+    reads = [asyncio.create_task(Outcome().read(original, half, int(total * at)))]
     for _ in range(early):
         stream = await follower.resume_existing_stream(stream_id, after=-1)
         reads.append(asyncio.create_task(Outcome().read(stream)))

@@ -26,7 +26,9 @@ from .helpers import assert_promise, check_binary_and_text_chunks, disrupted_str
 # after which a new primary with min-replicas-to-write takes writes again.
 PATIENT = StreamOptions(lease=20.0, retry_window=15.0, poll_interval=0.25, shutdown_grace=5.0)
 FOLLOWER = StreamOptions(lease=20.0, retry_window=15.0, poll_interval=1.0, shutdown_grace=5.0)
-TOTAL = 1600  # about 9 s at 5 ms a chunk: the failover (about 3 s) falls in the second half
+# About 11 s at 5 ms a chunk; the failover (about 3 s, more under load) starts after
+# the first quarter.
+TOTAL = 2000
 
 
 def primary_client(
@@ -75,7 +77,8 @@ async def test_sentinel_failover_mid_stream(
             partial(primary_client, redis_sentinels), key_prefix, PATIENT, FOLLOWER
         ) as (producer, follower):
             origin, followers = await disrupted_stream(
-                producer, follower, "fo", redis_sentinels.failover, total=TOTAL, budget=60.0
+                producer, follower, "fo", redis_sentinels.failover,
+                total=TOTAL, at=0.25, budget=60.0,
             )
     finally:
         for port in servers:
