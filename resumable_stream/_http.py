@@ -280,3 +280,29 @@ async def first_item(reader: ResumableStream) -> IndexedChunk | None:
     except StopAsyncIteration:
         return None
 
+
+async def plain_response(
+    send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """A short ``text/plain`` answer: errors and statuses of the resume routes."""
+    body = text.encode("utf-8")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def wait_disconnect(receive: Receive) -> None:
+    """Return once the client has gone (request body messages are discarded)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -81,7 +81,9 @@ from ._exceptions import (
     StreamNotFound,
     describe,
 )
-from ._http import Message, Receive, Scope, Send, http_metadata, pump, stream_headers
+from ._http import Receive, Scope, Send, http_metadata, pump, stream_headers
+from ._http import plain_response as _plain
+from ._http import wait_disconnect as _disconnected
 from ._reader import ResumableStream
 from ._sse import EventDecoder, with_id
 from ._types import StreamStatus
@@ -872,31 +874,6 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         pieces.append(piece)
         if not message.get("more_body", False):
             return b"".join(pieces)
-
-
-async def _disconnected(receive: Receive) -> None:
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def _plain(
-    send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = text.encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def _no_content(send: Send) -> None:

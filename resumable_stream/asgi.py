@@ -77,6 +77,10 @@ from ._http import (
     replay_headers,
     stream_headers,
 )
+from ._http import (
+    plain_response as _plain,
+)
+from ._http import wait_disconnect as _disconnected
 from ._keys import validate_stream_id
 from ._sse import parse_last_event_id
 from ._types import StreamStatus
@@ -103,32 +107,6 @@ RETRY_AFTER = [(b"retry-after", b"1")]
 def new_stream_id() -> str:
     """An unguessable stream id: 128 random bits, URL-safe."""
     return secrets.token_urlsafe(16)
-
-
-async def _plain(
-    send: Send, status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    body = text.encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone (request body messages are discarded)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 async def _allowed(authorize: Authorize | None, scope: Scope, stream_id: str) -> bool:
