@@ -24,6 +24,12 @@ def app_url(request: pytest.FixtureRequest) -> Iterator[str]:
     yield from serve(request.param)
 
 
+@pytest.fixture(scope="module", params=APPS)
+def hypercorn_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The same apps under hypercorn: all three frameworks under both servers."""
+    yield from serve(request.param, "hypercorn")
+
+
 async def run(base_url: str, *, path: str) -> list[StreamMessage]:
     client = ResumableStreamClient(base_url=base_url, retry_delay=0.005, max_retries=10)
     async with client.stream("POST", path, json=chat_body("hello there")) as messages:
@@ -47,3 +53,7 @@ async def test_client_gets_the_answer_exactly_once(app_url: str, seed: int) -> N
     else:
         assert [(m.event, m.data) for m in got] == [(m.event, m.data) for m in reference]
         assert [m.id for m in got] == [str(i) for i in range(len(got))]
+
+
+async def test_client_under_hypercorn(hypercorn_url: str) -> None:
+    await test_client_gets_the_answer_exactly_once(hypercorn_url, 7)

@@ -36,10 +36,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class AppServer:
-    """``uvicorn <target>`` in a subprocess on a free loopback port."""
+    """``uvicorn <target>`` (or hypercorn) in a subprocess on a free loopback port."""
 
-    def __init__(self, target: str, log: IO[bytes]) -> None:
+    def __init__(self, target: str, log: IO[bytes], server: str = "uvicorn") -> None:
         self.target = target
+        self.server = server
         self.log = log  # the server's output, shown if it fails to start
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -53,12 +54,19 @@ class AppServer:
         env["CHAT_DELAY"] = DELAY
         for _attempt in range(3):  # another process may take the port before uvicorn does
             self.port = free_port()
-            self.process = subprocess.Popen(
-                [
+            if self.server == "hypercorn":
+                command = [
+                    sys.executable, "-m", "hypercorn", self.target,
+                    "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
+                ]
+            else:
+                command = [
                     sys.executable, "-m", "uvicorn", self.target,
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--no-access-log", "--timeout-graceful-shutdown", "5",
-                ],
+                ]
+            self.process = subprocess.Popen(
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=self.log,
@@ -98,9 +106,9 @@ class AppServer:
         self.process = None
 
 
-def serve(target: str) -> Iterator[str]:
+def serve(target: str, server_kind: str = "uvicorn") -> Iterator[str]:
     with tempfile.TemporaryFile() as log:
-        server = AppServer(target, log)
+        server = AppServer(target, log, server_kind)
         server.start()
         try:
             yield server.url
