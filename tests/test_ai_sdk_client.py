@@ -20,11 +20,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +30,8 @@ from typing import IO, Any
 
 import pytest
 
-from .servers import RedisServer, free_port
+from .app_process import AppProcess
+from .servers import RedisServer
 from .test_example_apps import node_version
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,57 +73,6 @@ def example() -> Any:
 # -- the app under uvicorn ------------------------------------------------------------------------
 
 
-class App:
-    """``uvicorn <target>`` in a subprocess on a free loopback port."""
-
-    def __init__(self, target: str, log: IO[bytes], redis_url: str | None = None) -> None:
-        self.target = target.split()
-        self.log = log
-        self.redis_url = redis_url
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KV_URL")}
-        env["AI_SDK_DELAY"] = DELAY
-        if self.redis_url is not None:
-            env["REDIS_URL"] = self.redis_url
-        for _attempt in range(3):  # another process may take the port before uvicorn does
-            self.port = free_port()
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", *self.target, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
-                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        return
-                except OSError:
-                    time.sleep(0.05)  # polling a process we get no event from
-            self.stop()
-        raise RuntimeError(f"{self.target} did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
-
-
 @dataclass
 class Setup:
     """Where the client sends its messages, resumes, and stops."""
@@ -135,8 +82,16 @@ class Setup:
     stop: str
 
 
+def app_process(target: str, log: IO[bytes], redis_url: str | None = None) -> AppProcess:
+    """The AI SDK example under uvicorn, on Redis when ``redis_url`` is given."""
+    env = {"AI_SDK_DELAY": DELAY}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    return AppProcess(target, log, env=env)
+
+
 @contextlib.contextmanager
-def serve(*apps: App) -> Iterator[list[App]]:
+def serve(*apps: AppProcess) -> Iterator[list[AppProcess]]:
     try:
         for app in apps:
             app.start()
@@ -153,11 +108,12 @@ def serve(*apps: App) -> Iterator[list[App]]:
 def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
     with tempfile.TemporaryFile() as log_a, tempfile.TemporaryFile() as log_b:
         if request.param == "one process":
-            with serve(App("examples.ai_sdk_app:app", log_a)) as (app,):
+            with serve(app_process("examples.ai_sdk_app:app", log_a)) as (app,):
                 yield Setup(app.url, app.url, app.url)
         else:
             redis: RedisServer = request.getfixturevalue("redis_server")
-            apps = (App("examples.ai_sdk_app:app", log, redis.url) for log in (log_a, log_b))
+            target = "examples.ai_sdk_app:app"
+            apps = (app_process(target, log, redis.url) for log in (log_a, log_b))
             with serve(*apps) as (first, second):
                 yield Setup(first.url, second.url, second.url)
 
@@ -349,7 +305,7 @@ def test_model_error_reaches_the_client_as_an_error_chunk(setup: Setup) -> None:
     ids=["starlette", "litestar"],
 )  # fmt: skip
 def framework(request: pytest.FixtureRequest) -> Iterator[Setup]:
-    with tempfile.TemporaryFile() as log, serve(App(request.param, log)) as (app,):
+    with tempfile.TemporaryFile() as log, serve(app_process(request.param, log)) as (app,):
         yield Setup(app.url, app.url, app.url)
 
 

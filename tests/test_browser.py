@@ -27,21 +27,18 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from resumable_stream.browser import CLIENT_FILES, browser_client_app, client_source
 
-from .servers import free_port
+from .app_process import AppProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -77,52 +74,6 @@ def _browser_missing() -> str | None:
 
 
 # -- the chat app and a proxy in front of it --------------------------------------------------
-
-
-class ChatServer:
-    """``uvicorn examples.chat_app:app`` in a subprocess on a free loopback port."""
-
-    def __init__(self, log: IO[bytes]) -> None:
-        self.log = log
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KV_URL")}
-        env["CHAT_DELAY"] = DELAY
-        for _attempt in range(3):  # another process may take the port before uvicorn does
-            self.port = free_port()
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "uvicorn", "examples.chat_app:app",
-                    "--host", "127.0.0.1", "--port", str(self.port),
-                    "--no-access-log", "--timeout-graceful-shutdown", "5",
-                ],
-                cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                        return
-                except OSError:
-                    time.sleep(0.05)  # polling a process we get no event from
-            self.stop()
-        raise RuntimeError(f"the chat app did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
 
 
 def _drop(sock: socket.socket) -> None:
@@ -214,9 +165,9 @@ class CuttableProxy:
 
 
 @pytest.fixture(scope="module")
-def chat_server() -> Iterator[ChatServer]:
+def chat_server() -> Iterator[AppProcess]:
     with tempfile.TemporaryFile() as log:
-        server = ChatServer(log)
+        server = AppProcess("examples.chat_app:app", log, env={"CHAT_DELAY": DELAY})
         server.start()
         try:
             yield server
@@ -227,7 +178,7 @@ def chat_server() -> Iterator[ChatServer]:
 
 
 @pytest.fixture
-def proxy(chat_server: ChatServer) -> Iterator[CuttableProxy]:
+def proxy(chat_server: AppProcess) -> Iterator[CuttableProxy]:
     made = CuttableProxy(chat_server.port)
     try:
         yield made
@@ -470,7 +421,7 @@ async () => {
 """
 
 
-def test_sse_parser_in_page(page: tuple[Page, PageLog], chat_server: ChatServer) -> None:
+def test_sse_parser_in_page(page: tuple[Page, PageLog], chat_server: AppProcess) -> None:
     tab, _ = page
     tab.goto(f"http://127.0.0.1:{chat_server.port}/")
     out = tab.evaluate(PARSER_CASES)
@@ -561,7 +512,7 @@ async () => {
 
 
 def test_client_rules_with_a_scripted_server(
-    page: tuple[Page, PageLog], chat_server: ChatServer
+    page: tuple[Page, PageLog], chat_server: AppProcess
 ) -> None:
     tab, _ = page
     tab.goto(f"http://127.0.0.1:{chat_server.port}/")
@@ -611,7 +562,7 @@ def test_client_rules_with_a_scripted_server(
 
 
 def test_resume_errors_against_the_server(
-    page: tuple[Page, PageLog], chat_server: ChatServer
+    page: tuple[Page, PageLog], chat_server: AppProcess
 ) -> None:
     """Real answers: 404 for an unknown id, 410 (complete) after the last event."""
     tab, log = page
@@ -724,7 +675,7 @@ window.ready = true;
 """
 
 
-def test_react_hook(page: tuple[Page, PageLog], chat_server: ChatServer) -> None:
+def test_react_hook(page: tuple[Page, PageLog], chat_server: AppProcess) -> None:
     tab, _ = page
     origin = f"http://127.0.0.1:{chat_server.port}"
 

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import pytest
 
-from .servers import free_port
+from .app_process import AppProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DELAY = "0.02"  # seconds per word in the apps: a 30-word answer streams for ~0.6 s
@@ -35,80 +31,9 @@ TIMEOUT = httpx.Timeout(10.0)
 pytestmark = pytest.mark.timeout(60)
 
 
-class AppServer:
-    """``uvicorn <target>`` (or hypercorn) in a subprocess on a free loopback port."""
-
-    def __init__(self, target: str, log: IO[bytes], server: str = "uvicorn") -> None:
-        self.target = target
-        self.server = server
-        self.log = log  # the server's output, shown if it fails to start
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KV_URL")}
-        env["CHAT_DELAY"] = DELAY
-        for _attempt in range(3):  # another process may take the port before uvicorn does
-            self.port = free_port()
-            if self.server == "hypercorn":
-                command = [
-                    sys.executable, "-m", "hypercorn", self.target,
-                    "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "5",
-                ]
-            else:
-                command = [
-                    sys.executable, "-m", "uvicorn", self.target,
-                    "--host", "127.0.0.1", "--port", str(self.port),
-                    "--no-access-log", "--timeout-graceful-shutdown", "5",
-                ]
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=self.log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            if self._wait_ready(timeout):
-                return
-            self.stop()
-        raise RuntimeError(f"{self.target} did not start:\n{self.output()}")
-
-    def _wait_ready(self, timeout: float) -> bool:
-        """True once the port accepts connections (uvicorn binds after app startup)."""
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return True
-            except OSError:
-                time.sleep(0.05)  # polling a process we get no event from
-        return False
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self.process = None
-
-
 def serve(target: str, server_kind: str = "uvicorn") -> Iterator[str]:
     with tempfile.TemporaryFile() as log:
-        server = AppServer(target, log, server_kind)
+        server = AppProcess(target, log, env={"CHAT_DELAY": DELAY}, server=server_kind)
         server.start()
         try:
             yield server.url
