@@ -269,7 +269,7 @@ class ResumableStreamContext:
             StreamNotFound: no stream with this id (never created, or expired).
             TooManyFollowers: ``max_followers`` readers of this stream already read
                 it through this context.
-            InvalidStreamId, InvalidArgument, BackendUnavailable.
+            InvalidStreamId, InvalidArgument, BackendUnavailable: as `resumable_stream`.
         """
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
@@ -290,7 +290,7 @@ class ResumableStreamContext:
             True if the stream was running, False if it had ended or does not exist.
 
         Raises:
-            InvalidStreamId, BackendUnavailable.
+            InvalidStreamId, BackendUnavailable: as `resumable_stream`.
         """
         stream_id = validate_stream_id(stream_id)
         running = await self.backend.request_stop(stream_id)

@@ -223,7 +223,8 @@ async def text_chunks(
         finish_reason: for the ``finish`` chunk.
 
     Raises:
-        Whatever ``deltas`` raises (`ChatStreams` turns it into an ``error`` chunk).
+        Exception: whatever ``deltas`` raises (`ChatStreams` turns it into an ``error``
+            chunk).
     """
     yield start_chunk(message_id)
     yield start_step_chunk()
