@@ -12,6 +12,12 @@ How an HTTP response is stored as a stream:
   ``?resumeAt=<characters>`` counts characters (Python code points). If the body turns
   out not to be UTF-8, the rest is stored as bytes and counted in bytes.
 * Body mode ``"bytes"``: the app's body pieces as they are; ``resumeAt`` counts bytes.
+
+How a resume says that nothing is left (`ended_response`): ``410`` with
+``X-Stream-Status: done`` when the stream completed, ``410`` with ``X-Stream-Status:
+failed`` and ``X-Stream-Error: <kind>`` (``StreamFailed`` or ``ProducerLost``) when it
+failed, ``413`` with ``X-Stream-Status: failed`` and ``X-Stream-Error: StreamTooLarge``
+when it was cut at its size limit. Both headers are exposed to browsers (CORS).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ __all__ = [
     "Receive",
     "Scope",
     "Send",
+    "ended_response",
     "http_metadata",
     "pump",
     "replay_headers",
@@ -55,6 +62,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 STREAM_ID_HEADER = b"x-stream-id"
+STREAM_STATUS_HEADER = b"x-stream-status"  # "done" or "failed" on a 410/413 of a resume
+STREAM_ERROR_HEADER = b"x-stream-error"  # the failure's kind: StreamFailed, ProducerLost...
 
 # Headers that describe one connection or one exact body, or must not be replayed to
 # another client.
@@ -67,6 +76,8 @@ _NOT_REPLAYED = {
     b"server",
     b"set-cookie",
     b"x-stream-id",
+    b"x-stream-status",
+    b"x-stream-error",
     b"trailer",
     b"upgrade",
 }
@@ -298,6 +309,38 @@ async def plain_response(
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# Fixed sentences, not the source's exception text: that may hold internals (queries,
+# paths, keys) a client must not see, which is also why the AI SDK masks errors.
+_ENDED_TEXT = {
+    None: "the stream has completed",
+    "StreamFailed": "the stream failed before its end",
+    "ProducerLost": "the stream failed: its producer is gone (its process stopped)",
+    "StreamTooLarge": "the stream was cut at its size limit",
+}
+
+
+async def ended_response(send: Send, failure: str | None) -> None:
+    """A resume's answer when nothing is left for the client.
+
+    Args:
+        send: the ASGI send.
+        failure: None if the stream completed; else the failure's kind, the name of
+            the core's exception: ``"StreamFailed"``, ``"ProducerLost"`` or
+            ``"StreamTooLarge"`` (answered ``413``, as before).
+
+    A completed stream and a failed one both answer ``410`` (nothing is left either
+    way, and clients that predate ``X-Stream-Status`` stop instead of retrying); the
+    header tells them apart, so a failure never reads as a normal end.
+    """
+    status = 413 if failure == "StreamTooLarge" else 410
+    headers = [(STREAM_STATUS_HEADER, b"done" if failure is None else b"failed")]
+    if failure is not None:
+        headers.append((STREAM_ERROR_HEADER, failure.encode("ascii")))
+    headers.append((b"access-control-expose-headers", b"X-Stream-Status, X-Stream-Error"))
+    await plain_response(send, status, _ENDED_TEXT.get(failure, _ENDED_TEXT["StreamFailed"]),
+                         headers)
 
 
 async def wait_disconnect(receive: Receive) -> None:

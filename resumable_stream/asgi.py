@@ -9,9 +9,14 @@
 * `ResumeEndpoint` is the resume endpoint as a mountable ASGI app.
 
 Resume contract (``GET`` on the resume path): ``200`` with the stream from the
-requested position; ``404`` unknown or expired; ``410`` finished with nothing left
-for this client; ``413`` the stream was cut at ``max_stream_bytes`` and the client
-has everything stored before the cut; ``400`` a bad position; ``403`` refused by
+requested position; ``404`` unknown or expired; ``410`` ended with nothing left for
+this client, with ``X-Stream-Status: done`` if it completed or ``X-Stream-Status:
+failed`` plus ``X-Stream-Error: StreamFailed`` (the producer's source raised, storage
+was lost, or it was shut down) or ``ProducerLost`` (its process died) if it failed;
+``413`` (``X-Stream-Status: failed``, ``X-Stream-Error: StreamTooLarge``) the stream
+was cut at ``max_stream_bytes`` and the client has everything stored before the cut;
+a ``200`` whose stream fails mid-body is aborted, never ended cleanly, so the client
+resumes and gets the failure; ``400`` a bad position; ``403`` refused by
 ``authorize``; ``503`` no backend configured, the backend unreachable, or
 ``max_followers`` readers of this stream already in this process (with
 ``Retry-After: 1``). The position is ``Last-Event-ID``
@@ -69,6 +74,7 @@ from ._http import (
     Scope,
     Send,
     body_mode,
+    ended_response,
     first_item,
     header,
     http_metadata,
@@ -195,10 +201,11 @@ class ResumeEndpoint:
         assert self.context is not None
         if await self.context.stop_stream(stream_id):
             await _plain(send, 202, "stopping")
-        elif await self.context.get_status(stream_id) is None:
+        elif (status := await self.context.get_status(stream_id)) is None:
             await _plain(send, 404, "no such stream")
         else:
-            await _plain(send, 410, "the stream has already ended")
+            done = b"done" if status is StreamStatus.DONE else b"failed"
+            await _plain(send, 410, "the stream has already ended", [(b"x-stream-status", done)])
 
     async def _resume(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
         assert self.context is not None
@@ -228,7 +235,8 @@ class ResumeEndpoint:
             await _plain(send, 503, "too many readers of this stream", RETRY_AFTER)
             return
         if reader is None:
-            await _plain(send, 410, "the stream has completed")
+            # Nothing left: say how it ended (a failure must never read as an end).
+            await self._ended(send, stream_id, known_done=after is None and resume_at is None)
             return
         status, replay, mode = replay_headers(dict(reader.metadata))
         if resume_at and mode == "sse":
@@ -239,17 +247,18 @@ class ResumeEndpoint:
         first = None
         if reader.status is not StreamStatus.RUNNING:
             # Everything is stored: find out whether anything is left before answering.
+            failure: str | None = None
             try:
                 first = await first_item(reader)
             except StreamTooLarge:
-                await reader.aclose()
-                await _plain(send, 413, "the stream was cut at its size limit")
-                return
-            except (StreamFailed, ProducerLost):
-                first = None
+                failure = "StreamTooLarge"
+            except StreamFailed:
+                failure = "StreamFailed"
+            except ProducerLost:
+                failure = "ProducerLost"
             if first is None:
                 await reader.aclose()
-                await _plain(send, 410, "the stream has completed")
+                await ended_response(send, failure)
                 return
         await send(
             {
@@ -270,6 +279,31 @@ class ResumeEndpoint:
             ping_interval=self.ping_interval,
             first=first,
         )
+
+
+    async def _ended(self, send: Send, stream_id: str, *, known_done: bool) -> None:
+        """Answer for a stream that ended with nothing left for this client.
+
+        ``resume_existing_stream`` returns None for "ended, nothing after your position"
+        without saying how; one more snapshot (no chunk) tells. An ended status never
+        changes, so it cannot disagree with what the reader saw; a running stream whose
+        lease lapsed is the one case the snapshot still reports as running.
+        """
+        assert self.context is not None
+        if known_done:  # without a position, None means "done" only
+            await ended_response(send, None)
+            return
+        snap = await self.context.backend.snapshot(stream_id, 0, 0)
+        if snap is None:  # expired in between
+            await _plain(send, 404, "no such stream")
+        elif snap.status is StreamStatus.DONE:
+            await ended_response(send, None)
+        elif snap.status is StreamStatus.RUNNING:
+            await ended_response(send, "ProducerLost")
+        elif snap.error and snap.error.startswith(StreamTooLarge.PREFIX):
+            await ended_response(send, "StreamTooLarge")
+        else:
+            await ended_response(send, "StreamFailed")
 
 
 def method_is_head(scope: Scope) -> bool:

@@ -1,0 +1,174 @@
+"""A failed stream never reads as a normal end over HTTP (issue 7).
+
+The resume endpoint answers ``410`` both for a completed stream and a failed one with
+nothing left for the client; ``X-Stream-Status`` (``done``/``failed``) and
+``X-Stream-Error`` (the failure's kind) tell them apart. These tests drive the ASGI
+endpoint by hand over memory and a real Redis; the clients' side, through uvicorn, is
+in ``test_client.py``, ``test_browser.py`` and ``test_restarts.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from resumable_stream import (
+    Backend,
+    MemoryBackend,
+    ResumableStreamContext,
+    StreamOptions,
+    StreamStatus,
+    StreamTooLarge,
+    create_resumable_stream_context,
+)
+from resumable_stream.asgi import ResumableStreamMiddleware
+from resumable_stream.backends.redis import RedisBackend
+
+from .asgi_driver import Reply, request
+from .helpers import ControlledSource, read_all
+from .servers import RedisServer
+
+pytestmark = pytest.mark.timeout(30)
+
+STEP = 10.0
+OPTIONS = StreamOptions(lease=0.5, poll_interval=0.25, shutdown_grace=2.0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Backend]:
+    client: aioredis.Redis | None = None
+    if request.param == "memory":
+        made: Backend = MemoryBackend()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url)
+        made = RedisBackend(client, key_prefix=key_prefix)
+    yield made
+    await made.aclose()
+    if client is not None:
+        await client.aclose()
+
+
+@pytest.fixture
+async def ctx(backend: Backend) -> AsyncIterator[ResumableStreamContext]:
+    context = create_resumable_stream_context(backend, options=OPTIONS)
+    yield context
+    await context.aclose()
+
+
+def endpoint(ctx: ResumableStreamContext) -> ResumableStreamMiddleware:
+    async def nothing(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("only the resume endpoint is asked")
+
+    return ResumableStreamMiddleware(nothing, ctx, path="/chat/{id}", resume_path="/r/{stream_id}")
+
+
+async def resume(
+    ctx: ResumableStreamContext,
+    stream_id: str,
+    *,
+    query: bytes = b"",
+    last_event_id: str | None = None,
+    method: str = "GET",
+) -> Reply:
+    headers = [] if last_event_id is None else [(b"last-event-id", last_event_id.encode())]
+    return await asyncio.wait_for(
+        request(endpoint(ctx), method, f"/r/{stream_id}", query=query, headers=headers), STEP
+    )
+
+
+def ended(reply: Reply) -> tuple[int | None, bytes | None, bytes | None]:
+    return reply.status, reply.header(b"x-stream-status"), reply.header(b"x-stream-error")
+
+
+async def failed_stream(ctx: ResumableStreamContext, stream_id: str) -> None:
+    """A text stream of "ab" whose source then raised."""
+    source = ControlledSource()
+    reader = await ctx.create_new_resumable_stream(
+        stream_id, source, metadata={"http": {"status": 200, "headers": [], "body": "text"}}
+    )
+    source.write("a")
+    source.write("b")
+    source.fail(RuntimeError("secret connection string"))
+    with pytest.raises(RuntimeError):
+        await read_all(reader)
+
+
+async def test_completed_stream_is_410_done(ctx: ResumableStreamContext) -> None:
+    source = ControlledSource()
+    reader = await ctx.create_new_resumable_stream("ok", source)
+    source.write("ab")
+    source.close()
+    assert await read_all(reader) == "ab"
+    assert ended(await resume(ctx, "ok")) == (410, b"done", None)
+    assert ended(await resume(ctx, "ok", query=b"resumeAt=2")) == (410, b"done", None)
+    assert ended(await resume(ctx, "ok", last_event_id="0")) == (410, b"done", None)
+    assert ended(await resume(ctx, "ok", method="DELETE"))[:2] == (410, b"done")
+
+
+async def test_failed_stream_is_410_failed(ctx: ResumableStreamContext) -> None:
+    await failed_stream(ctx, "bad")
+    # Everything stored, then an aborted body: never a clean end.
+    whole = await resume(ctx, "bad", query=b"resumeAt=0")
+    assert (whole.status, whole.body, whole.complete) == (200, b"ab", False)
+    # Nothing left: 410, marked failed, by every way of asking.
+    for reply in (
+        await resume(ctx, "bad", query=b"resumeAt=2"),
+        await resume(ctx, "bad", query=b"resumeAt=9"),
+        await resume(ctx, "bad", last_event_id="1"),
+    ):
+        assert ended(reply) == (410, b"failed", b"StreamFailed"), reply
+        # A fixed sentence: the source's exception text stays on the server.
+        assert reply.body == b"the stream failed before its end"
+        expose = reply.header(b"access-control-expose-headers") or b""
+        assert b"X-Stream-Status" in expose
+    assert ended(await resume(ctx, "bad", method="DELETE"))[:2] == (410, b"failed")
+
+
+async def test_lost_producer_is_410_failed(ctx: ResumableStreamContext, backend: Backend) -> None:
+    # A producer that claimed the stream, wrote one chunk and died (no more writes).
+    assert await backend.claim("lost", "dead-token", ttl=60, lease=OPTIONS.lease) is None
+    await backend.write(
+        "lost", "dead-token", 0, ["a"], end=None, ttl=60, finished_ttl=60, lease=OPTIONS.lease
+    )
+    deadline = time.monotonic() + STEP
+    while await backend.status("lost") is not StreamStatus.FAILED:  # the lease lapses
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)  # no event crosses a lease's expiry
+    reply = await resume(ctx, "lost", query=b"resumeAt=1")
+    assert ended(reply) == (410, b"failed", b"ProducerLost")
+    assert b"producer is gone" in reply.body
+    # From the start: the stored prefix, then an aborted body.
+    whole = await resume(ctx, "lost", query=b"resumeAt=0")
+    assert (whole.status, whole.body, whole.complete) == (200, b"a", False)
+
+
+async def test_cut_stream_at_the_end_is_413_with_any_position(backend: Backend) -> None:
+    ctx = create_resumable_stream_context(
+        backend, options=StreamOptions(lease=0.5, poll_interval=0.25, max_stream_bytes=4)
+    )
+    try:
+        source = ControlledSource()
+        reader = await ctx.create_new_resumable_stream(
+            "big", source, metadata={"http": {"status": 200, "headers": [], "body": "sse"}}
+        )
+        source.write("data: 1\n\n")  # over the cap by itself: cut before anything
+        with pytest.raises(StreamTooLarge):
+            await read_all(reader)
+        # Last-Event-ID past the end used to read as a normal end (410).
+        for reply in (
+            await resume(ctx, "big", last_event_id="0"),
+            await resume(ctx, "big", query=b"resumeAt=0"),
+        ):
+            assert ended(reply) == (413, b"failed", b"StreamTooLarge"), reply
+    finally:
+        await ctx.aclose()
+
+
+async def test_unknown_stream_is_still_404(ctx: ResumableStreamContext) -> None:
+    reply = await resume(ctx, "never", query=b"resumeAt=3")
+    assert ended(reply) == (404, None, None)
