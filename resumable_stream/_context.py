@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import uuid
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
@@ -487,8 +486,9 @@ def create_resumable_stream_context(
         redis: a ``redis.asyncio.Redis`` client (plain or Sentinel-managed, from
             ``Sentinel(...).master_for(...)``), a ``redis.asyncio.cluster.RedisCluster``
             (neither is closed by the context), an object implementing the `Backend`
-            protocol, or None: then ``REDIS_URL`` (or ``KV_URL``) picks a Redis server
-            if set, else streams live in memory.
+            protocol, or None: then the environment picks, in this order, ``REDIS_URL``
+            or ``KV_URL`` (Redis), ``UPSTASH_REDIS_REST_URL`` and ``_TOKEN`` or
+            ``KV_REST_API_URL`` and ``_TOKEN`` (Upstash over REST), else memory.
         key_prefix: first part of every Redis key (not for backend objects, which
             carry their own).
         ttl: seconds a stream is kept; every write renews it.
@@ -498,27 +498,16 @@ def create_resumable_stream_context(
 
     Raises:
         TypeError: ``redis`` is none of the above (for example a sync client).
-        InvalidArgument: a bad ``key_prefix``, ``ttl`` or option.
+        InvalidArgument: a bad ``key_prefix``, ``ttl`` or option; a REST URL set
+            without its token or the other way round.
     """
     owns = False
     backend: Any
     if redis is None:
-        url = os.environ.get("REDIS_URL") or os.environ.get("KV_URL")
-        if url:
-            from .backends.redis import RedisBackend
+        from ._environment import backend_from_environment
 
-            backend = RedisBackend.from_url(url, key_prefix=key_prefix)
-            owns = True
-            source = "REDIS_URL" if os.environ.get("REDIS_URL") else "KV_URL"
-            logger.info("resumable-stream: using Redis from $%s", source)
-        else:
-            from .backends.memory import MemoryBackend
-
-            backend = MemoryBackend()
-            owns = True
-            logger.info(
-                "resumable-stream: no REDIS_URL or KV_URL; streams live in this process's memory"
-            )
+        backend = backend_from_environment(key_prefix)
+        owns = True
     elif _is_async_redis(redis):
         from .backends.redis import RedisBackend
 
