@@ -19,6 +19,7 @@ from resumable_stream.backends.redis import RedisBackend
 
 from .cluster_servers import PrivateCluster, PrivateSentinels
 from .servers import RedisServer
+from .upstash_standin import UpstashStandin
 
 # Short lease and poll so that failure paths finish in about a second.
 FAST = StreamOptions(lease=1.0, poll_interval=0.25, shutdown_grace=2.0)
@@ -64,6 +65,15 @@ def redis_sentinels() -> Iterator[PrivateSentinels]:
     sentinels.close()
 
 
+@pytest.fixture(scope="session")
+def upstash_standin(redis_server: RedisServer) -> Iterator[UpstashStandin]:
+    """Upstash's REST API on loopback, over the session's redis-server."""
+    standin = UpstashStandin(redis_server.port)
+    standin.start()
+    yield standin
+    standin.close()
+
+
 @pytest.fixture
 async def cluster_client(redis_cluster: PrivateCluster) -> AsyncIterator[RedisCluster]:
     client = RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
@@ -83,7 +93,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redi
     await client.aclose()
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster"])
+@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster", "upstash"])
 async def backend(
     request: pytest.FixtureRequest, key_prefix: str
 ) -> AsyncIterator[Backend]:
@@ -100,6 +110,11 @@ async def backend(
         server: RedisServer = request.getfixturevalue("redis_server")
         client = aioredis.Redis.from_url(server.url)
         made = RedisBackend(client, key_prefix=key_prefix)
+    elif request.param == "upstash":
+        from resumable_stream.backends.upstash import UpstashBackend
+
+        standin: UpstashStandin = request.getfixturevalue("upstash_standin")
+        made = UpstashBackend(standin.url, standin.token, key_prefix=key_prefix)
     else:
         cluster: PrivateCluster = request.getfixturevalue("redis_cluster")
         client = RedisCluster(host="127.0.0.1", port=cluster.ports[0])
