@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from resumable_stream import browser as browser_module
 from resumable_stream.browser import CLIENT_FILES, browser_client_app, client_source
 
 from .app_process import AppProcess
@@ -817,8 +818,9 @@ def test_browser_client_app_under_a_mount() -> None:
 
 
 def test_client_files_are_package_data() -> None:
-    """The files the app serves are the ones in the source tree (pyproject ships them)."""
-    static = ROOT / "resumable_stream" / "static"
+    """The files the app serves are the ones in the imported package (pyproject ships them:
+    from a wheel, this is the installed copy)."""
+    static = Path(browser_module.__file__).parent / "static"
     assert sorted(p.name for p in static.glob("*.js")) == sorted(CLIENT_FILES)
     with pytest.raises(ValueError, match="no such client file"):
         client_source("../browser.py")
