@@ -22,7 +22,12 @@ or a piece of text for other bodies. Retries: network errors, incomplete bodies 
 ``503`` are retried up to ``max_retries`` times in a row, ``retry_delay`` apart with
 exponential backoff and jitter (the SSE ``retry:`` field replaces ``retry_delay``);
 the budget resets whenever a message arrives. ``404`` and ``403`` are final
-(`ResumeFailed`); ``410`` means nothing is left, a normal end.
+(`ResumeFailed`). A resume's ``410`` means nothing is left: a normal end, unless it
+carries ``X-Stream-Status: failed`` (the stream failed on the server: its source
+raised, its producer's process died, its storage was lost), which raises
+`StreamFailedError`, as does a resume's ``413`` (the stream was cut at its size limit).
+A response cut because its stream failed is aborted by the server, never ended, so
+the client resumes and gets that failure: a failed stream never reads as complete.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from ._exceptions import ResumableStreamError
 from ._sse import EventDecoder, is_event_stream
 
-__all__ = ["ResumableStreamClient", "ResumeFailed", "StreamMessage"]
+__all__ = ["ResumableStreamClient", "ResumeFailed", "StreamFailedError", "StreamMessage"]
 
 logger = logging.getLogger("resumable_stream.client")
 
@@ -77,6 +82,27 @@ class ResumeFailed(ResumableStreamError):
         super().__init__(message)
         self.status = status
         self.stream_id = stream_id
+
+
+class StreamFailedError(ResumeFailed):
+    """The stream failed on the server; everything delivered before it is its clean prefix.
+
+    The server-side error text is not sent (it may hold the app's internals); the
+    server's log has it.
+
+    Attributes:
+        reason: the failure's kind, the name of the server's exception:
+            ``"StreamFailed"`` (the producer's source raised, the stream's storage was
+            lost, or its process shut down before it ended), ``"ProducerLost"`` (the
+            producer's process died) or ``"StreamTooLarge"`` (cut at
+            ``max_stream_bytes``; the status is then ``413``).
+        status: ``410`` or ``413``.
+        stream_id: the stream's id.
+    """
+
+    def __init__(self, message: str, *, reason: str, status: int, stream_id: str | None) -> None:
+        super().__init__(message, status=status, stream_id=stream_id)
+        self.reason = reason
 
 
 class _Interrupted(Exception):
@@ -251,6 +277,10 @@ class ResumableStreamClient:
                     self.stream_id = response.headers.get("x-stream-id")
                     if self.stream_id:
                         logger.info("stream id %s", self.stream_id)
+                if not starting and (status == 413 or (
+                    status == 410 and response.headers.get("x-stream-status") == "failed"
+                )):
+                    raise await self._failure(response)
                 if status == 410 and not starting:
                     logger.info("stream %s: nothing left (410): complete", self.stream_id)
                     self.completed = True
@@ -283,6 +313,20 @@ class ResumableStreamClient:
                     retry_ms = await self._backoff(f"connection broke: {exc}", retry_ms, None)
             finally:
                 await response.aclose()
+
+    async def _failure(self, response: httpx.Response) -> StreamFailedError:
+        """The typed error for a resume's ``410 failed`` or ``413``."""
+        await response.aread()
+        default = "StreamTooLarge" if response.status_code == 413 else "StreamFailed"
+        reason = response.headers.get("x-stream-error") or default
+        logger.warning(
+            "stream %s: failed on the server (%s, %d)", self.stream_id, reason,
+            response.status_code,
+        )
+        return StreamFailedError(
+            f"stream {self.stream_id} failed ({reason}): {response.text[:200]}",
+            reason=reason, status=response.status_code, stream_id=self.stream_id,
+        )
 
     async def _body(self, response: httpx.Response) -> AsyncIterator[StreamMessage]:
         decoder = EventDecoder() if self.sse else None

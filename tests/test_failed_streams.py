@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -27,10 +29,14 @@ from resumable_stream import (
 )
 from resumable_stream.asgi import ResumableStreamMiddleware
 from resumable_stream.backends.redis import RedisBackend
+from resumable_stream.client import ResumableStreamClient, ResumeFailed, StreamFailedError
 
+from .apps.restart_app import build, chunk_text, message_text
 from .asgi_driver import Reply, request
 from .helpers import ControlledSource, read_all
+from .http_servers import LiveServer, serving
 from .servers import RedisServer
+from .tcp_proxy import CuttingProxy, random_budgets
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -172,3 +178,96 @@ async def test_cut_stream_at_the_end_is_413_with_any_position(backend: Backend) 
 async def test_unknown_stream_is_still_404(ctx: ResumableStreamContext) -> None:
     reply = await resume(ctx, "never", query=b"resumeAt=3")
     assert ended(reply) == (404, None, None)
+
+
+# -- the Python client through a real uvicorn ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    async def make() -> tuple[object, object]:
+        ctx = create_resumable_stream_context(MemoryBackend(), options=OPTIONS)
+        return build(ctx), ctx.aclose
+
+    with serving("uvicorn", make) as live:  # type: ignore[arg-type]
+        yield live
+
+
+async def read_with_client(
+    client: ResumableStreamClient, url: str
+) -> tuple[list[str], BaseException | None]:
+    got: list[str] = []
+    try:
+        async with client.stream("POST", url) as messages:
+            async for message in messages:
+                got.append(message.data)
+    except ResumeFailed as exc:
+        return got, exc
+    return got, None
+
+
+@pytest.mark.parametrize("mode", ["sse", "text"])
+async def test_client_gets_the_clean_prefix_then_the_typed_failure(
+    server: LiveServer, mode: str
+) -> None:
+    """The source raises after 30 chunks: the response is aborted, the client resumes,
+    gets nothing more and a 410 marked failed: `StreamFailedError`, never a complete."""
+    sid = f"f{mode}{uuid.uuid4().hex[:8]}"
+    client = ResumableStreamClient(base_url=server.url, resume_path="/resume/{stream_id}",
+                                   retry_delay=0.01, max_retries=5)  # fmt: skip
+    got, error = await asyncio.wait_for(
+        read_with_client(client, f"/stream/{sid}?n=100&pace=0.001&mode={mode}&fail_at=30"), STEP
+    )
+    assert isinstance(error, StreamFailedError), error
+    assert (error.reason, error.status, error.stream_id) == ("StreamFailed", 410, sid)
+    assert "secret" not in str(error)
+    assert not client.completed
+    expected = [message_text(sid, i) if mode == "sse" else chunk_text(sid, i, mode)
+                for i in range(30)]  # fmt: skip
+    assert "".join(got) == "".join(expected)  # the clean prefix: no gap, no duplicate
+
+
+async def test_client_through_cuts_still_ends_in_the_failure(server: LiveServer) -> None:
+    """Cut at random as well: every resume continues exactly, the last one is the 410."""
+    for seed in range(5):
+        sid = f"fc{seed}{uuid.uuid4().hex[:8]}"
+        size = 30 * len(chunk_text(sid, 0, "sse")) + 30 * 8
+        async with CuttingProxy(server.port, random_budgets(seed, size)) as proxy:
+            client = ResumableStreamClient(base_url=proxy.url, resume_path="/resume/{stream_id}",
+                                           retry_delay=0.005, max_retries=10)  # fmt: skip
+            got, error = await asyncio.wait_for(
+                read_with_client(client, f"/stream/{sid}?n=100&pace=0.001&mode=sse&fail_at=30"),
+                STEP,
+            )
+        assert isinstance(error, StreamFailedError), (seed, error)
+        assert got == [message_text(sid, i) for i in range(30)], seed
+
+
+async def test_completed_stream_still_ends_normally(server: LiveServer) -> None:
+    sid = f"ok{uuid.uuid4().hex[:8]}"
+    client = ResumableStreamClient(base_url=server.url, resume_path="/resume/{stream_id}")
+    got, error = await asyncio.wait_for(read_with_client(client, f"/stream/{sid}?n=5&mode=sse"),
+                                        STEP)  # fmt: skip
+    assert error is None
+    assert got == [message_text(sid, i) for i in range(5)]
+    # Asked again from its last event: nothing left, a 410 marked done: a normal end.
+    again = ResumableStreamClient(base_url=server.url, resume_path="/resume/{stream_id}")
+    async with again.follow(sid, last_event_id="4") as messages:
+        assert [m async for m in messages] == []
+    assert again.completed
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        answer = await http.get(f"/resume/{sid}", headers={"Last-Event-ID": "4"})
+    assert (answer.status_code, answer.headers["x-stream-status"]) == (410, "done")
+
+
+async def test_callbacks_get_the_failure(server: LiveServer) -> None:
+    sid = f"cb{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+    completed: list[bool] = []
+    client = ResumableStreamClient(
+        base_url=server.url, resume_path="/resume/{stream_id}", retry_delay=0.01,
+        on_error=errors.append, on_complete=lambda: completed.append(True),
+    )  # fmt: skip
+    await asyncio.wait_for(client.start(f"/stream/{sid}?n=10&mode=text&fail_at=3"), STEP)
+    assert completed == []
+    assert [type(e) for e in errors] == [StreamFailedError]

@@ -24,7 +24,13 @@
  *   `?resumeAt=<characters received>`; an event stream of which no event arrived yet
  *   resumes with `?resumeAt=0` ("from the start").
  * - Answers to a resume: 200 the rest; 404 unknown stream and 403 refused are final
- *   (`onError`); 410 means nothing is left, so the stream is complete; 503, other 5xx,
+ *   (`onError`); 410 means nothing is left: the stream is complete (`onComplete`),
+ *   unless the answer carries `X-Stream-Status: failed`: the stream failed on the server
+ *   (its source raised, its producer's process died, its storage was lost), which is a
+ *   `StreamFailedError` (`onError`, status "error"), as is a 413 (the stream was cut at
+ *   its size limit). A response cut by such a failure is aborted by the server, never
+ *   ended, so the client resumes and gets the failure: a failed stream never reads as
+ *   complete. 503, other 5xx,
  *   429 and network errors are retried: up to `maxRetries` times in a row, about
  *   `retryDelay` ms apart, doubling each time (with +-20% jitter, at most
  *   `maxRetryDelay`), where an SSE `retry:` field replaces `retryDelay` and a
@@ -150,6 +156,27 @@ export class RetriesExhaustedError extends ResumableStreamError {}
 
 /** The connection dropped before the server named the stream (no `X-Stream-Id`). */
 export class NotResumableError extends ResumableStreamError {}
+
+/**
+ * The stream failed on the server (a resume's 410 with `X-Stream-Status: failed`, or a
+ * 413). Final. What was delivered before it is the stream's clean prefix.
+ */
+export class StreamFailedError extends ResumableStreamError {
+  /**
+   * @param {string} message
+   * @param {{ status?: number | null, streamId?: string | null, reason?: string }} [info]
+   */
+  constructor(message, info = {}) {
+    super(message, info);
+    /**
+     * The failure's kind (the server's `X-Stream-Error`): "StreamFailed" (the source
+     * raised, storage was lost, or the server shut down first), "ProducerLost" (the
+     * producer's process died) or "StreamTooLarge" (cut at its size limit; status 413).
+     * @type {string}
+     */
+    this.reason = info.reason ?? "StreamFailed";
+  }
+}
 
 // -- SSE parsing -------------------------------------------------------------------------
 
@@ -781,6 +808,12 @@ export class ResumableStreamClient {
     const text = await bodyText(res);
     const detail = `stream ${id}: resume answered ${res.status}${text ? " (" + text + ")" : ""}`;
     const info = { status: res.status, streamId: id };
+    if (res.status === 413 || (res.status === 410 &&
+        res.headers.get("x-stream-status") === "failed")) {
+      const reason = res.headers.get("x-stream-error") ||
+        (res.status === 413 ? "StreamTooLarge" : "StreamFailed");
+      return new StreamFailedError(`${detail}: the stream failed (${reason})`, { ...info, reason });
+    }
     if (res.status === 410) {
       this._log("info", `stream ${id}: nothing left (410): complete`);
       return "complete";

@@ -70,7 +70,9 @@ import { ResumableStreamClient } from "./resumable-stream.js";
  *   with no stream id, resumes the unfinished stream saved in sessionStorage, if any
  * @property {() => void} abort
  * @property {boolean} isStreaming
- * @property {ResumableStreamError | null} error  the last final error (cleared by a new start)
+ * @property {ResumableStreamError | null} error  the last final error (cleared by a new
+ *   start); a `StreamFailedError` when the stream failed on the server (its `reason` says
+ *   how), never a normal end
  * @property {string | null} streamId
  */
 
