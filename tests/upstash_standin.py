@@ -18,8 +18,9 @@ protocol Upstash documents and forwards every command to a real redis-server ove
 
 Controls for tests, outside Upstash's protocol (under ``/_standin/``, token required):
 ``POST /_standin/cut`` ends every open subscription, ``POST /_standin/subscribe/off``
-(and ``/on``) makes new subscriptions answer 503, ``GET /_standin/stats`` counts the
-requests served by kind.
+(and ``/on``) makes new subscriptions answer 503, ``POST /_standin/fail/<status>`` makes
+every later request of the protocol answer that HTTP status (``/fail/0`` ends it), and
+``GET /_standin/stats`` counts the requests served by kind.
 
 Usage: ``python -m tests.upstash_standin --port P --redis-port R --token T``; from tests,
 `UpstashStandin` starts and stops it.
@@ -188,6 +189,7 @@ class StandinApp:
         self.token = token
         self.stats: Counter[str] = Counter()
         self.subscribe_enabled = True
+        self.failing = 0  # an HTTP status every request of the protocol answers, or 0
         self.cut_event: asyncio.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -208,6 +210,10 @@ class StandinApp:
             return
         b64 = headers.get("upstash-encoding", "").lower() == "base64"
         path: str = scope["path"]
+        if self.failing and not path.startswith("/_standin/"):
+            await _body(receive)
+            await _json(send, self.failing, {"error": f"stand-in failing with {self.failing}"})
+            return
         if path.startswith("/subscribe/"):
             self.stats["subscribe"] += 1
             await self._subscribe(unquote(path[len("/subscribe/") :]), receive, send)
@@ -251,6 +257,8 @@ class StandinApp:
             self.subscribe_enabled = False
         elif path == "/_standin/subscribe/on":
             self.subscribe_enabled = True
+        elif path.startswith("/_standin/fail/"):
+            self.failing = int(path.rsplit("/", 1)[1])
         elif path != "/_standin/stats":
             await _json(send, 404, {"error": "unknown control"})
             return
