@@ -117,6 +117,7 @@ UIMessageChunk = dict[str, Any]
 """One chunk of the UI message stream protocol, as a JSON-ready dict with a ``type``."""
 
 FinishReason = Literal["stop", "length", "content-filter", "tool-calls", "error", "other"]
+"""Why a model stopped, as the ``finish`` chunk's ``finishReason`` says it."""
 
 UI_MESSAGE_STREAM_HEADERS: Mapping[str, str] = {
     "content-type": "text/event-stream",
