@@ -21,6 +21,11 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis_errors.ClusterError,  # CLUSTERDOWN, MASTERDOWN, "TTL exhausted" redirections
     redis_errors.TryAgainError,  # a multi-key command during a slot migration
     redis_errors.RedisClusterException,  # no reachable node, a slot not covered
+    # Full: maxmemory with noeviction (or nothing evictable). A new stream is refused
+    # typed (HTTP 503; the middleware then streams the response unstored, never a
+    # 500), and a producer retries for retry_window in case memory frees up (keys
+    # expire), then marks its stream failed with Redis' message.
+    redis_errors.OutOfMemoryError,
 )
 
 # Error replies that redis-py raises as a plain ResponseError.

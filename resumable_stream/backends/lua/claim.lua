@@ -11,10 +11,13 @@ if status then
   end
   return status
 end
+-- HSET is the first write: under maxmemory with nothing to evict, Redis refuses a
+-- script's first write that may grow memory (OOM) but lets any later one through, so
+-- a full Redis refuses the claim here instead of accepting a stream it cannot store.
+redis.call('HSET', KEYS[1], 'status', 'running', 'producer', ARGV[1], 'info', ARGV[4])
 -- A list left behind (its meta evicted under memory pressure) must not leak into
 -- the new stream.
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', 'running', 'producer', ARGV[1], 'info', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('SET', KEYS[3], ARGV[1], 'PX', tonumber(ARGV[3]))
 return false
