@@ -28,6 +28,19 @@ Design notes (facts from ``shared/NOTES.md`` and from the servers themselves):
 * Links are plain redis-py connections read with ``read_response``, not redis-py's
   ``PubSub``: its reconnect replays every sharded channel in one ``SSUBSCRIBE``,
   which a cluster refuses (``CROSSSLOT``) as soon as they span slots.
+* A link can stall without breaking: a half-open connection (a dead NAT entry, a
+  frozen server, a cable pulled) neither answers nor closes, and without a socket
+  timeout a read waits forever. redis-py's own ``health_check_interval`` does not
+  catch it on a pub/sub connection: ``PubSub`` only *sends* a ``PING`` when it is
+  next read and never checks that a reply comes. So each link has a watchdog task
+  with a health interval (the client's ``health_check_interval`` if it sets one,
+  else `HEALTH_INTERVAL`): a link quiet for half the interval is sent a ``PING``;
+  nothing at all back by the end of the interval, or a subscription left without
+  any command reply for a whole interval, drops the link, and its channels are
+  repaired on a new connection with a `RESYNC`. Any reply counts as life, messages
+  included, so a busy link under load is never pinged into a reconnect; a link whose
+  backlog delays a confirmation by a whole interval is reconnected, which costs its
+  readers a re-read, never a gap. Opening a link is bounded by the same interval.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+import anyio
 from redis import exceptions as redis_errors
 
 from .._exceptions import BackendUnavailable, describe
@@ -48,11 +62,14 @@ from ._redis_errors import UNAVAILABLE
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["CLASSIC", "REPAIR_TIMEOUT", "SHARDED", "Dialect", "PubSubHub", "Router"]
+__all__ = [
+    "CLASSIC", "HEALTH_INTERVAL", "REPAIR_TIMEOUT", "SHARDED", "Dialect", "PubSubHub", "Router"
+]
 
 logger = logging.getLogger("resumable_stream")
 
 SUBSCRIBE_TIMEOUT = 10.0
+HEALTH_INTERVAL = 3.0  # a stalled link is dropped within this long after its last reply
 REPAIR_TIMEOUT = 10.0  # a failover takes a few seconds (node timeout plus election)
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 
@@ -110,23 +127,35 @@ class _Channel:
 
 
 class _Link:
-    """One dedicated pub/sub connection to one server, and the task that reads it."""
+    """One dedicated pub/sub connection to one server, the task that reads it and the
+    watchdog that drops it when it stalls."""
 
-    __slots__ = ("channels", "connection", "lock", "pending", "server", "task")
+    __slots__ = (
+        "channels", "connection", "interval", "last_reply", "last_seen", "lock", "pending",
+        "server", "task", "waiter", "watchdog",
+    )
 
-    def __init__(self, server: str, connection: AbstractConnection) -> None:
+    def __init__(self, server: str, connection: AbstractConnection, interval: float) -> None:
         self.server = server
         self.connection = connection
+        self.interval = interval  # health interval: see the module notes
         self.channels: set[bytes] = set()  # subscribed here, or subscribing
-        self.pending: set[bytes] = set()  # subscribe sent, confirmation not seen yet
+        # Subscribe sent, confirmation not seen yet: when each was sent (loop time).
+        self.pending: dict[bytes, float] = {}
         self.lock = asyncio.Lock()  # one command written at a time
         self.task: asyncio.Task[None] | None = None
+        self.watchdog: asyncio.Task[None] | None = None
+        now = asyncio.get_running_loop().time()
+        self.last_seen = now  # anything read: a message, a confirmation, a PONG
+        self.last_reply = now  # a reply to one of our commands (not a message)
+        self.waiter: asyncio.Future[None] | None = None  # resolved by the next thing read
 
-    async def send(self, command: str, channel: bytes) -> None:
+    async def send(self, command: str, channel: bytes | None = None) -> None:
         """Write one command; its reply comes to the reading task."""
+        args = (command,) if channel is None else (command, channel)
         async with self.lock:
             # No health check: it would read a reply that belongs to the reading task.
-            await self.connection.send_command(command, channel, check_health=False)
+            await self.connection.send_command(*args, check_health=False)
 
 
 class PubSubHub:
@@ -137,6 +166,12 @@ class PubSubHub:
         decode: turns a message's payload into an `Event`.
         repair_timeout: seconds a lost channel may take to be subscribed again before
             its readers get `BackendUnavailable`.
+        health_interval: seconds after its last reply within which a stalled link is
+            dropped and its channels repaired (module notes), unless the client's
+            connections set their own ``health_check_interval``.
+
+    Raises:
+        ValueError: ``health_interval`` is not > 0.
     """
 
     def __init__(
@@ -145,9 +180,13 @@ class PubSubHub:
         decode: Callable[[bytes], Event],
         *,
         repair_timeout: float = REPAIR_TIMEOUT,
+        health_interval: float = HEALTH_INTERVAL,
     ) -> None:
+        if not health_interval > 0:
+            raise ValueError("health_interval must be > 0")
         self._router = router
         self._repair_timeout = repair_timeout
+        self._health_interval = health_interval
         self._dialect = router.dialect
         self._decode = decode
         self._channels: dict[bytes, _Channel] = {}
@@ -207,7 +246,7 @@ class PubSubHub:
             return  # released, or attached by someone else, meanwhile
         record.link = link
         link.channels.add(name)
-        link.pending.add(name)
+        link.pending[name] = asyncio.get_running_loop().time()
         try:
             await link.send(self._dialect.subscribe, name)
         except UNAVAILABLE as exc:
@@ -221,13 +260,25 @@ class PubSubHub:
             if link is not None:
                 return link
             connection = self._router.connection(server)
+            # The client's own interval if it set one (redis-py's default 0 means off).
+            interval = float(getattr(connection, "health_check_interval", 0) or 0)
+            interval = interval if interval > 0 else self._health_interval
             try:
-                await connection.connect()  # type: ignore[no-untyped-call]
+                # Bounded: a black-holed server accepts nothing and answers nothing, and
+                # the handshake has no timeout unless the client set socket timeouts.
+                with anyio.fail_after(interval):
+                    await connection.connect()  # type: ignore[no-untyped-call]
+            except TimeoutError:
+                await _disconnect(connection)
+                raise redis_errors.TimeoutError(
+                    f"no pub/sub connection to {server or 'Redis'} within {interval:g} s"
+                ) from None
             except BaseException:
                 await _disconnect(connection)
                 raise
-            link = self._links[server] = _Link(server, connection)
+            link = self._links[server] = _Link(server, connection, interval)
             link.task = asyncio.create_task(self._read(link))
+            link.watchdog = asyncio.create_task(self._watch(link))
             return link
 
     async def _read(self, link: _Link) -> None:
@@ -235,6 +286,7 @@ class PubSubHub:
         dialect = self._dialect
         channels = self._channels
         read = link.connection.read_response
+        clock = asyncio.get_running_loop().time
         try:
             while True:
                 try:
@@ -243,9 +295,16 @@ class PubSubHub:
                         disable_decoding=True, timeout=math.inf, push_request=True
                     )
                 except redis_errors.ResponseError as exc:
+                    link.last_seen = link.last_reply = clock()
                     self._on_error_reply(link, exc)
                     continue
+                # Life on the link, for the watchdog.
+                link.last_seen = clock()
+                waiter = link.waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
                 if not isinstance(reply, list) or len(reply) < 3:
+                    link.last_reply = link.last_seen  # a PONG (RESP2: ["pong", ""] or +PONG)
                     continue
                 kind, name = reply[0], reply[1]
                 if kind == dialect.message:
@@ -254,7 +313,9 @@ class PubSubHub:
                         event = self._decode(reply[2])
                         for sub in record.subscribers:
                             sub.push(event)
-                elif kind == dialect.confirmed:
+                    continue
+                link.last_reply = link.last_seen
+                if kind == dialect.confirmed:
                     self._on_confirmed(link, name)
                 elif kind == dialect.dropped:
                     self._on_dropped(link, name)
@@ -263,11 +324,60 @@ class PubSubHub:
         except Exception as exc:
             await self._lose(link, exc)
 
+    async def _watch(self, link: _Link) -> None:
+        """Drop ``link`` once it has stalled (module notes): nothing read for a whole
+        health interval though a ``PING`` was sent half way, or a subscription without
+        any command reply for a whole interval."""
+        loop = asyncio.get_running_loop()
+        interval = link.interval
+        half = interval / 2
+        while True:
+            now = loop.time()
+            wake = link.last_seen + half
+            if link.pending:
+                oldest = min(link.pending.values())
+                if link.last_reply < oldest:
+                    if now - oldest >= interval:
+                        await self._lose(link, redis_errors.TimeoutError(
+                            f"no confirmation of a subscription within {interval:g} s"
+                        ))
+                        return
+                    wake = min(wake, oldest + interval)
+            if now < wake:
+                await asyncio.sleep(wake - now)  # the next deadline; the link may live on
+                continue
+            # Quiet for half the interval: a PING must bring something back in the other.
+            asked = now
+            waiter = link.waiter = loop.create_future()
+            try:
+                try:
+                    with anyio.fail_after(half):
+                        await link.send("PING")
+                        await waiter
+                    continue
+                except TimeoutError:
+                    # A blocked event loop delays our reader as much as this timer: let
+                    # the reader take what arrived meanwhile before judging the link
+                    # (the waiter itself is cancelled by now, so ask the clock).
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    if link.last_seen >= asked:
+                        continue
+                    error: BaseException = redis_errors.TimeoutError(
+                        f"no reply to PING within {half:g} s, {interval:g} s after the last"
+                    )
+                except UNAVAILABLE as exc:
+                    error = exc  # the reader sees the broken connection too; either repairs
+            finally:
+                link.waiter = None
+            await self._lose(link, error)
+            return
+
     def _on_confirmed(self, link: _Link, name: bytes) -> None:
         record = self._channels.get(name)
         if record is None or record.link is not link or name not in link.pending:
             return  # a stale or duplicate confirmation
-        link.pending.discard(name)
+        del link.pending[name]
         record.lost_at = None
         record.attempts = 0
         record.confirmed.set()
@@ -292,7 +402,7 @@ class PubSubHub:
         logger.info("Redis refused a pub/sub command on %s: %s", link.server, describe(exc))
         for name in list(link.pending):
             record = self._channels.get(name)
-            link.pending.discard(name)
+            del link.pending[name]
             link.channels.discard(name)
             if record is not None and record.link is link:
                 self._mark_lost(name, record)
@@ -310,9 +420,10 @@ class PubSubHub:
                     self._mark_lost(name, record)
             link.channels.clear()
             link.pending.clear()
-        task = link.task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        current = asyncio.current_task()
+        for task in (link.task, link.watchdog):
+            if task is not None and task is not current:
+                task.cancel()
         await _disconnect(link.connection)
 
     def _mark_lost(self, name: bytes, record: _Channel) -> None:
@@ -377,7 +488,7 @@ class PubSubHub:
         link = record.link
         if link is not None:
             link.channels.discard(name)
-            link.pending.discard(name)
+            link.pending.pop(name, None)
 
     async def _release(self, sub: Subscription) -> None:
         name = sub.key.encode()
@@ -397,7 +508,7 @@ class PubSubHub:
         if link is None:
             return
         link.channels.discard(name)
-        link.pending.discard(name)
+        link.pending.pop(name, None)
         try:
             await link.send(self._dialect.unsubscribe, name)
         except UNAVAILABLE as exc:
@@ -409,7 +520,9 @@ class PubSubHub:
         `subscribe` opens links again, as a redis-py client reconnects."""
         links = list(self._links.values())
         self._links.clear()
-        tasks = [link.task for link in links if link.task is not None]
+        tasks = [
+            task for link in links for task in (link.task, link.watchdog) if task is not None
+        ]
         if self._repairer is not None:
             tasks.append(self._repairer)
         for task in tasks:
