@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._pubsub import SHARDED, Dialect
-
+# The guard comes first: ``_pubsub`` imports redis-py too.
 try:
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
@@ -35,6 +34,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the Redis Cluster backend needs redis-py: pip install 'resumable-stream[redis]'"
     ) from exc
 
+from ._pubsub import SHARDED, Dialect
 from .redis import RedisBackend
 
 if TYPE_CHECKING:
