@@ -19,10 +19,12 @@ class StreamOptions:
             `ProducerLost` within about ``lease + poll_interval`` after its process dies.
         poll_interval: how long a follower waits for a live message before it
             re-reads the stored state (this is also how it notices a lost producer).
-        write_interval: the least time between the starts of two writes of one
-            stream while its chunks keep coming. A fast source's chunks gather into
-            fewer, larger writes; followers in other processes see them up to this
-            much later. A source slower than this is written chunk by chunk at once.
+        write_interval: the tick of the write clock: a stream's chunks are written
+            at the next multiple of it (in loop time), so a fast source's chunks
+            gather into fewer, larger writes and every stream of the process writes
+            in the same loop turn (the Redis backend sends those as one pipeline).
+            Followers see chunks up to this much later; the original reader is not
+            delayed. 0 writes every chunk at once.
         max_batch_chunks: chunks per write; Redis' Lua ``unpack`` fails near 8,000.
         max_batch_bytes: bytes per write (a batch always holds at least one chunk).
         max_buffered_bytes: chunks waiting for the backend before the producer stops

@@ -26,7 +26,7 @@ import anyio
 
 from ._exceptions import BackendUnavailable, StreamTooLarge, describe
 from ._options import StreamOptions
-from ._subscription import Subscription
+from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer
 
@@ -38,6 +38,9 @@ STORAGE_LOST = (
     "storage lost: the backend lost this stream's stored chunks "
     "(a Redis restart without persistence, or eviction)"
 )
+
+
+_RENEW_TICK = 0.05  # seconds: lease renewals are rounded down to this clock
 
 
 class _Writer:
@@ -63,7 +66,7 @@ class _Writer:
         self._pending_bytes = 0
         self._stored = 0  # index of the first pending chunk
         self._end: Ended | None = None
-        self._wake = asyncio.Event()
+        self._wake = Bell()
         self._room = asyncio.Event()
         self._room.set()
         self.broken = False
@@ -106,24 +109,25 @@ class _Writer:
 
     async def run(self) -> None:
         renew_every = self._options.lease / 3
+        tick = min(_RENEW_TICK, renew_every / 2)
         interval = self._options.write_interval
         loop = asyncio.get_running_loop()
-        last_start = -interval
         while True:
             if not self._pending and self._end is None:
                 self._wake.clear()
-                timer = loop.call_later(renew_every, self._wake.set)
+                # Renewals fall on a coarse shared clock, so that a process' idle
+                # streams renew together (one pipeline, not one round trip each).
+                due = loop.time() + renew_every
+                timer = loop.call_at(due - due % tick, self._wake.set)
                 try:
                     await self._wake.wait()
                 finally:
                     timer.cancel()
-            elif self._end is None:
-                # Chunks keep coming: let them gather for the rest of the interval.
-                # A slow source never waits here (its chunks are further apart).
-                wait = last_start + interval - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            last_start = loop.time()
+            if self._end is None and interval > 0:
+                # Writes fall on a shared clock of ``write_interval``: chunks that come
+                # meanwhile join this write, and every stream of the process writes in
+                # the same loop turn, so the backend can send them all at once.
+                await asyncio.sleep(interval - loop.time() % interval)
             batch = self._take()
             end = self._end if not self._pending else None
             # An empty batch without an end only renews the lease.
@@ -139,7 +143,6 @@ class _Writer:
         """One write, retried while the backend is unreachable for up to ``retry_window``."""
         deadline = asyncio.get_running_loop().time() + self._options.retry_window
         delay = 0.05
-        retried = False
         while True:
             try:
                 stop = await self._backend.write(
@@ -151,8 +154,10 @@ class _Writer:
                     self._on_stop()  # requested from some process with stop_stream()
                 return True
             except StaleProducer as exc:
-                if retried and await self._landed(batch, end):
-                    return True  # an earlier try was applied but its reply was lost
+                # An earlier try (ours, or a resend inside the Redis client after a
+                # cut) may have been applied with its reply lost.
+                if await self._landed(batch, end):
+                    return True
                 self._give_up(exc)
                 await self._if_lost()
                 return False
@@ -161,7 +166,6 @@ class _Writer:
                     self._give_up(exc)
                     await self._mark_failed(f"persistence failed: {exc}")
                     return False
-                retried = True
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
             except Exception as exc:  # refused for good (e.g. Redis out of memory)

@@ -14,9 +14,45 @@ from collections.abc import Awaitable, Callable
 
 from ._types import Appended, Chunk, Event, Resync
 
-__all__ = ["RESYNC", "Subscription"]
+__all__ = ["RESYNC", "Bell", "Subscription"]
 
 RESYNC = Resync()
+
+
+class Bell:
+    """A cheaper `asyncio.Event` for one waiter at a time, rung once per chunk.
+
+    `set` is the producer's hot path (called for every chunk): it costs one
+    attribute check unless a task is actually waiting.
+    """
+
+    __slots__ = ("_is_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._is_set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if not self._is_set:
+            self._is_set = True
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._is_set = False
+
+    def is_set(self) -> bool:
+        return self._is_set
+
+    async def wait(self) -> None:
+        if self._is_set:
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
 
 
 def _event_size(event: Event) -> int:
@@ -45,7 +81,7 @@ class Subscription:
         self._limit = max_buffered_bytes
         self._overflowed = False
         self._error: BaseException | None = None
-        self._wakeup = asyncio.Event()
+        self._wakeup = Bell()
         self._on_close = on_close
         # The last queued Appended, still growable by push_chunk (None once taken).
         self._tail: list[Chunk] | None = None

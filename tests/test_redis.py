@@ -175,3 +175,140 @@ async def test_fast_producer_batches_its_writes(
     await ctx.aclose()
     replay = await ctx.resume_existing_stream("fast", after=-1)
     assert await read_all(replay) == text
+
+
+# --- Writes of every stream coalesced into pipelines (backends/redis.py _WriteBatcher) ---
+
+
+class CountingConnection(aioredis.Connection):
+    """Counts script requests written to the socket (a pipeline counts once), leaving
+    out connection handshakes."""
+
+    sends = 0
+
+    async def send_packed_command(self, command: object, check_health: bool = True) -> None:
+        data = command if isinstance(command, bytes) else b"".join(command)  # type: ignore[arg-type]
+        if b"EVALSHA" in data[:20]:
+            type(self).sends += 1
+        await super().send_packed_command(command, check_health)  # type: ignore[arg-type]
+
+
+async def test_writes_of_one_loop_turn_share_one_round_trip(
+    own_redis: RedisServer, key_prefix: str
+) -> None:
+    pool = aioredis.ConnectionPool(port=own_redis.port, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    backend = RedisBackend(client, key_prefix=key_prefix)
+    streams = 200
+    for s in range(streams):
+        assert await backend.claim(f"s{s}", "token", ttl=60, lease=5) is None
+    common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    await backend.write("s0", "token", 0, [], **common)  # loads the script (a fresh server)
+    CountingConnection.sends = 0
+    stops = await asyncio.gather(
+        *(backend.write(f"s{s}", "token", 0, [f"{s}"], **common) for s in range(streams))
+    )
+    assert stops == [False] * streams
+    assert CountingConnection.sends == 1
+    for s in range(streams):
+        snap = await backend.snapshot(f"s{s}", 0, 10)
+        assert snap is not None
+        assert snap.chunks == [f"{s}"]
+    await backend.aclose()
+    await client.aclose()
+
+
+async def test_streams_of_a_process_write_on_one_clock(
+    own_redis: RedisServer, key_prefix: str
+) -> None:
+    pool = aioredis.ConnectionPool(port=own_redis.port, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=FAST)
+    streams = 50
+    texts = [[f"{s}:{i};" for i in range(20)] for s in range(streams)]
+
+    async def one(s: int) -> str:
+        async def source() -> AsyncIterator[str]:
+            for chunk in texts[s]:
+                await asyncio.sleep(0)  # a chunk per loop turn, like a fast LLM client
+                yield chunk
+
+        stream = await ctx.create_new_resumable_stream(f"s{s}", source)
+        assert stream is not None
+        return await read_all(stream)
+
+    await client.ping()
+    CountingConnection.sends = 0
+    got = await asyncio.gather(*(one(s) for s in range(streams)))
+    sends = CountingConnection.sends
+    stats = await client.info("commandstats")
+    scripts = stats["cmdstat_evalsha"]["calls"]  # claims and writes (nobody subscribed)
+    assert got == ["".join(t) for t in texts]
+    for s in range(streams):
+        replay = await ctx.resume_existing_stream(f"s{s}", after=-1)
+        assert await read_all(replay) == "".join(texts[s])
+    # Claims go one by one; the streams' writes, due on the same ticks, share pipelines.
+    writes = scripts - streams
+    assert writes >= streams  # at least one write per stream
+    assert sends - streams <= writes / 4, (sends, scripts)
+    await ctx.aclose()
+    await client.aclose()
+
+
+async def test_a_refused_write_in_a_pipeline_fails_only_its_own_stream(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    backend = RedisBackend(redis_client, key_prefix=key_prefix)
+    for name in ("a", "b"):
+        assert await backend.claim(name, f"token-{name}", ttl=60, lease=5) is None
+    common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    # Issued in one loop turn, so they travel in one pipeline.
+    results = await asyncio.gather(
+        backend.write("a", "not-the-token", 0, ["x"], **common),
+        backend.write("b", "token-b", 0, ["y"], **common),
+        backend.write("a", "token-a", 0, ["z"], **common),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], StaleProducer)
+    assert results[1:] == [False, False]
+    for name, want in (("a", ["z"]), ("b", ["y"])):
+        snap = await backend.snapshot(name, 0, 10)
+        assert snap is not None
+        assert snap.chunks == want
+    await backend.aclose()
+
+
+async def test_scripts_flushed_mid_stream_are_loaded_again(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    ctx = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=FAST)
+    source = ControlledSource()
+    stream = await ctx.resumable_stream("flushed", source)
+    source.write("one ")
+    assert await read_n(stream, 1) == "one "
+    await redis_client.script_flush()
+    for word in ("two ", "three"):
+        source.write(word)
+    source.close()
+    assert await read_all(stream) == "two three"
+    replay = await ctx.resume_existing_stream("flushed", after=-1)
+    assert await read_all(replay) == "one two three"
+    await ctx.aclose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["k1", "k2", "k3", "token", 0, 86400000, b""],
+        ["{\u00e9}", "x", "y", "t\u00f6k", -1, 2**40, b"\x00\xff\r\n", "", b"a" * 70_000],
+    ],
+)
+def test_packed_commands_are_what_redis_py_would_send(args: list[object]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from resumable_stream.backends.redis import _pack
+
+    sha = "0" * 40
+    head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n3\r\n"
+    theirs = b"".join(Connection().pack_command("EVALSHA", sha, 3, *args))  # type: ignore[arg-type]
+    assert _pack(head, args) == theirs

@@ -17,7 +17,15 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   pool raises ``MaxConnectionsError`` instead of waiting, and a burst of 200
   resumes would otherwise exhaust the default pool of 100.
 * Writes go through ``write.lua``, capped at ``max_batch_chunks`` values per call
-  because ``unpack`` in Lua fails near 8,000 values.
+  because ``unpack`` in Lua fails near 8,000 values. On one server (or behind a
+  Sentinel) the writes of every stream of the process are coalesced: whatever was
+  asked while the previous batch was on the wire goes out as one pipeline, one round
+  trip, on one pooled connection (`_WriteBatcher`). A call through redis-py's
+  ``execute_command`` costs ~50 us of Python (the profile in benchmarks/README.md);
+  a pipelined script call a few. A batch is sent without redis-py's automatic retry:
+  a resent write could be applied twice, and the producer retries by itself, with
+  its index check (``write.lua`` refuses a write that does not start at the stored
+  length) telling it whether a lost reply's write landed.
 * Scripts run with binary replies whatever the client's ``decode_responses``: chunks
   are msgpack, and the user's client is used as it is.
 """
@@ -25,8 +33,9 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -82,18 +91,146 @@ class _Script:
 
     def __init__(self, client: aioredis.Redis | RedisCluster, name: str) -> None:
         self._client = client
-        self._text = resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
-        self._sha = hashlib.sha1(self._text.encode()).hexdigest()
+        self.text = resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         # NEVER_DECODE: binary replies even from a client that decodes responses.
         options: dict[str, Any] = {NEVER_DECODE: []}
         try:
             return await self._client.execute_command(*command, **options)
         except redis_errors.NoScriptError:
-            await self._client.script_load(self._text)
+            await self._client.script_load(self.text)
             return await self._client.execute_command(*command, **options)
+
+
+_Call = tuple[Sequence[Any], "asyncio.Future[Any]"]
+
+
+def _pack(head: bytes, args: Sequence[Any]) -> bytes:
+    """One command in RESP after its first arguments, pre-packed in ``head``.
+
+    redis-py's ``pack_command`` costs more than the rest of a batched write (it
+    re-joins its buffer once per argument); the arguments here are only bytes,
+    str (keys, token, channel: UTF-8) and int.
+    """
+    parts = [b"*%d\r\n" % (len(args) + 3), head]
+    append = parts.append
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = arg.encode() if type(arg) is str else str(int(arg)).encode()
+        append(b"$%d\r\n" % len(arg))
+        append(arg)
+        append(b"\r\n")
+    return b"".join(parts)
+
+_MAX_PIPELINE = 512  # script calls per pipeline: bounds one reply's size and latency
+
+
+class _WriteBatcher:
+    """Every stream's ``write.lua`` calls, coalesced into pipelines, one in flight.
+
+    A call made while a pipeline is on the wire waits for the next one, so the number
+    of round trips follows the number of loop turns, not the number of streams; a
+    lone slow stream still gets its write sent at once (the next loop turn).
+    """
+
+    def __init__(self, client: aioredis.Redis, script: _Script, slots: Callable[[], Any]) -> None:
+        self._pool = client.connection_pool
+        self._client = client
+        self._script = script
+        self._slots = slots
+        self._queue: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue one EVALSHA's arguments (after the SHA); the future gets its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return future
+
+    async def aclose(self) -> None:
+        """Stop sending; queued callers get `BackendUnavailable`."""
+        task = self._task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                calls = self._queue[:_MAX_PIPELINE]
+                del self._queue[:_MAX_PIPELINE]
+                calls = [call for call in calls if not call[1].done()]  # cancelled callers
+                if calls:
+                    await self._send(calls)
+        except BaseException as exc:
+            # Cancelled (aclose) or a bug: nobody may wait forever on a queued call.
+            for _, future in self._queue:
+                if not future.done():
+                    future.set_exception(BackendUnavailable(f"writes stopped: {exc!r}"))
+            self._queue.clear()
+            raise
+        finally:
+            self._task = None
+
+    async def _send(self, calls: list[_Call]) -> None:
+        try:
+            async with self._slots():
+                replies = await self._pipeline(calls)
+                if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
+                    # A fresh server or a promoted replica: nothing ran; load and resend.
+                    await self._client.script_load(self._script.text)
+                    missing = [
+                        n for n, r in enumerate(replies)
+                        if isinstance(r, redis_errors.NoScriptError)
+                    ]
+                    again = await self._pipeline([calls[n] for n in missing])
+                    for n, reply in zip(missing, again, strict=True):
+                        replies[n] = reply
+        except Exception as exc:
+            error: BaseException = exc
+            if unavailable(exc):
+                error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
+                error.__cause__ = exc
+            for _, future in calls:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), reply in zip(calls, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        """Send the calls back to back, then read every reply (an error reply is
+        returned in its place, so one refused write does not fail the others)."""
+        sha = self._script.sha
+        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n3\r\n"
+            packed = b"".join([_pack(head, args) for args, _ in calls])
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await connection.read_response(disable_decoding=True))
+                except redis_errors.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            # Replies may be left unread on the socket: never give it back as it is.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await self._pool.release(connection)
 
 
 class _ServerRouter:
@@ -131,6 +268,7 @@ class RedisBackend:
     """
 
     _publish = "PUBLISH"
+    _batcher: _WriteBatcher | None
 
     def __init__(self, client: aioredis.Redis, *, key_prefix: str = "resumable-stream") -> None:
         if not isinstance(client, aioredis.Redis):
@@ -139,6 +277,7 @@ class RedisBackend:
             )
         max_connections = getattr(client.connection_pool, "max_connections", None)
         self._setup(client, key_prefix, _ServerRouter(client), max_connections)
+        self._batcher = _WriteBatcher(client, self._write, self._slot)
 
     def _setup(
         self,
@@ -159,6 +298,8 @@ class RedisBackend:
         self._stop = _Script(client, "stop.lua")
         self._packer = msgpack.Packer()
         self._hub = PubSubHub(router, decode_event)
+        # Cluster pipelines split by slot and retry by themselves: writes go one by one.
+        self._batcher = None
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "resumable-stream") -> RedisBackend:
@@ -173,12 +314,16 @@ class RedisBackend:
     def _keys(self, stream_id: str) -> StreamKeys:
         return StreamKeys(self.key_prefix, stream_id)
 
-    async def _call(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script within the in-flight cap, mapping unavailability."""
+    def _slot(self) -> asyncio.Semaphore:
+        """The in-flight cap, made inside the running loop."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._limit)
+        return self._slots
+
+    async def _call(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script within the in-flight cap, mapping unavailability."""
         try:
-            async with self._slots:
+            async with self._slot():
                 await self._ready()
                 return await script(keys, args)
         except Exception as exc:
@@ -222,11 +367,17 @@ class RedisBackend:
             end_status, end_error, end_message, _APPEND + pack(start), self._publish,
         ]
         args.extend(pack(chunk) for chunk in chunks)
+        keys = [k.meta, k.chunks, k.lease]
         try:
-            _, stop = await self._call(self._write, [k.meta, k.chunks, k.lease], args)
+            if self._batcher is not None:
+                _, stop = await self._batcher.submit([*keys, *args])
+            else:
+                _, stop = await self._call(self._write, keys, args)
         except redis_errors.ResponseError as exc:
             if str(exc).startswith("STALE"):
                 raise StaleProducer(f"stream {stream_id!r}: {exc}") from exc
+            if unavailable(exc):
+                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
             raise
         return bool(stop)
 
@@ -262,6 +413,8 @@ class RedisBackend:
         return await self._hub.subscribe(self._keys(stream_id).events, max_buffered_bytes)
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         await self._hub.aclose()
         if self._owned is not None:
             await self._owned.aclose()
