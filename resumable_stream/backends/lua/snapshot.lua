@@ -3,11 +3,18 @@
 -- ARGV[1] start index, ARGV[2] at most this many chunks
 -- Returns nil if there is no such stream, else
 -- {status, error, length, lease_alive, chunks, metadata}.
-local fields = redis.call('HMGET', KEYS[1], 'status', 'error', 'info')
+local fields = redis.call('HMGET', KEYS[1], 'status', 'error', 'info', 'length')
 if not fields[1] then
   return false
 end
 local length = redis.call('LLEN', KEYS[2])
+if fields[1] ~= 'running' and fields[4] and length < tonumber(fields[4]) then
+  -- An ended stream whose chunks list was evicted (maxmemory): failed, never a
+  -- shorter stream that reads as whole. The text is _producer.py's STORAGE_LOST.
+  fields[1] = 'failed'
+  fields[2] = 'storage lost: the backend lost this stream\'s stored chunks ' ..
+    '(a Redis restart without persistence, or eviction)'
+end
 local start = tonumber(ARGV[1])
 local chunks = {}
 if start < length and tonumber(ARGV[2]) > 0 then

@@ -35,7 +35,9 @@ if length > 0 then
   redis.call('PEXPIRE', list, ttl)
 end
 if ended then
-  redis.call('HSET', meta, 'status', ARGV[7], 'error', ARGV[8])
+  -- The final length too: snapshot.lua compares it with the list's, so an ended
+  -- stream whose chunks were evicted never reads as a shorter, whole one.
+  redis.call('HSET', meta, 'status', ARGV[7], 'error', ARGV[8], 'length', length)
   redis.call('DEL', lease)
 else
   redis.call('SET', lease, ARGV[1], 'PX', tonumber(ARGV[5]))
