@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ class Totals:
         self.exact = 0
         self.lost_or_doubled = 0
         self.errors: list[str] = []
+        self.error_kinds: Counter[str] = Counter()  # what failed, by exception (and cause)
         self.followers = 0
         self.followers_left = 0
         self.characters = 0
@@ -160,8 +162,8 @@ async def _one_stream(
     stream: str,
     args: argparse.Namespace,
     rng: random.Random,
-    direct_url: str,
-    cut_url: str,
+    direct: Any,
+    through_proxy: Any,
 ) -> None:
     from resumable_stream.client import ResumableStreamClient
 
@@ -170,16 +172,19 @@ async def _one_stream(
     expected = expected_text(stream, args.chunks, args.size)
     joined = asyncio.Event()
 
-    def client(base: str) -> ResumableStreamClient:
+    def client(http: Any) -> ResumableStreamClient:
+        # One shared httpx client per route, not one per stream: each AsyncClient loads
+        # the CA bundle into an SSL context of its own (about 1 MB and a few ms of CPU),
+        # which at 1,000 streams a round starved the driver (1.2 GB, POSTs timing out).
         return ResumableStreamClient(
-            base_url=base, resume_path="/resume/{stream_id}", retry_delay=0.02,
-            max_retry_delay=0.2, max_retries=20, timeout=60,
+            client=http, resume_path="/resume/{stream_id}", retry_delay=0.02,
+            max_retry_delay=0.2, max_retries=20,
         )
 
     async def main() -> None:
         text = []
         query = f"n={args.chunks}&pace={args.pace}&size={args.size}"
-        async with client(cut_url if cut else direct_url).stream(
+        async with client(through_proxy if cut else direct).stream(
             "POST", f"/chat/{stream}?{query}"
         ) as messages:
             async for message in messages:
@@ -197,7 +202,7 @@ async def _one_stream(
         await joined.wait()
         totals.followers += 1
         text = []
-        async with client(direct_url).follow(stream, resume_at=0) as messages:
+        async with client(direct).follow(stream, resume_at=0) as messages:
             async for message in messages:
                 text.append(message.data)
                 if leave_after is not None and len(text) >= leave_after:
@@ -216,6 +221,10 @@ async def _one_stream(
         await asyncio.gather(*jobs)
     except Exception as exc:
         totals.errors.append(f"{stream}: {type(exc).__name__}: {exc}")
+        cause = exc.__cause__
+        kind = type(exc).__name__ + (f" ({type(cause).__name__})" if cause else "")
+        reason = getattr(exc, "reason", None)
+        totals.error_kinds[kind + (f" {reason}" if reason else "")] += 1
 
 
 async def _stats(http: Any, url: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -288,7 +297,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 except httpx.TransportError:
                     await asyncio.sleep(0.05)
             idle = await _stats(http, url)
-            async with CuttingProxy(port, random_budgets(args.seed, body_size, 0.7)) as proxy:
+            async with CuttingProxy(
+                port, random_budgets(args.seed, body_size, 0.7)
+            ) as proxy, httpx.AsyncClient(
+                base_url=url, timeout=args.client_timeout, limits=limits
+            ) as direct, httpx.AsyncClient(
+                base_url=proxy.url, timeout=args.client_timeout, limits=limits
+            ) as through_proxy:
                 n = 0
                 while True:
                     started = time.monotonic()
@@ -296,7 +311,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                                for i in range(args.streams)]
                     await asyncio.wait_for(
                         asyncio.gather(*(
-                            _one_stream(totals, s, args, rng, url, proxy.url) for s in streams
+                            _one_stream(totals, s, args, rng, direct, through_proxy)
+                            for s in streams
                         )),
                         args.round_timeout,
                     )
@@ -327,8 +343,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     # After the warm-up round the app holds one more task for good: the pub/sub
     # dispatcher, made on the first subscribe. A leak grows round after round.
     tasks_ok = all(r["tasks"] <= rounds[0]["tasks"] for r in rounds)
+    # The app's Redis pool keeps what its busiest moment opened, so a later round may
+    # add a couple (49, 51, 51, 51 in a full run); a leak grows with every round.
     connections = [r["redis_connections"] for r in rounds]
-    connections_ok = max(c for c in connections[1:] or connections) <= max(connections[:1])
+    connections_ok = max(connections) <= connections[0] + args.connections_slack
     report = {
         "benchmark": "soak",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
@@ -338,6 +356,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         "lost_or_doubled": totals.lost_or_doubled,
         "errors": totals.errors[:20],
         "error_count": len(totals.errors),
+        "error_kinds": dict(totals.error_kinds),
         "characters": totals.characters,
         "cut_clients": totals.cut_clients,
         "proxy_connections": proxy_connections,
@@ -382,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cut", type=float, default=0.3, help="share of clients cut")
     parser.add_argument("--followers", type=float, default=0.2, help="share with a follower")
     parser.add_argument("--rss-slack-mb", type=float, default=20.0)
+    parser.add_argument("--connections-slack", type=int, default=4,
+                        help="Redis connections the app may add after the first round")
+    parser.add_argument("--client-timeout", type=float, default=60.0,
+                        help="seconds a client waits for any one read")
     parser.add_argument("--round-timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="the short CI version")

@@ -407,7 +407,8 @@ class ResumableStreamContext:
             snap = await self.backend.snapshot(stream_id, start, _FIRST_PAGE)
             if snap is None:
                 raise StreamNotFound(stream_id)
-            ended = snap.status is not StreamStatus.RUNNING or not snap.lease_alive
+            alive = self._producer_alive(stream_id)
+            ended = snap.status is not StreamStatus.RUNNING or not (snap.lease_alive or alive())
             nothing_left = ended and start >= snap.length and not none_if_finished
             if (none_if_finished and snap.status is StreamStatus.DONE) or nothing_left:
                 release()
@@ -421,11 +422,31 @@ class ResumableStreamContext:
         reader = ResumableStream(
             stream_id, self.backend, self.options, feed=feed, start=start,
             first=snap, skip_characters=skip, metadata=_unpack_metadata(snap.metadata),
-            on_close=release,
+            on_close=release, producer_alive=alive,
         )
         # A reader dropped unread and unclosed still gives its place back.
         weakref.finalize(reader, release)
         return reader
+
+
+    def _producer_alive(self, stream_id: str) -> Callable[[], bool]:
+        """Whether this context's own producer of ``stream_id`` still runs and stores.
+
+        The lease tells other processes that a producer lives; this process knows it
+        first-hand. An event loop too busy to renew the lease in time (measured in the
+        1,000-stream soak: loop turns of seconds) must not end its own followers with
+        `ProducerLost` while the producer goes on writing. A producer whose writes
+        failed for good (``writer.broken``) counts as lost, as the lease says.
+        """
+        producer = self._local.get(stream_id)
+        if producer is None:
+            return _never
+        writer = producer.writer
+        return lambda: self._local.get(stream_id) is producer and not writer.broken
+
+
+def _never() -> bool:
+    return False
 
 
 class _Release:

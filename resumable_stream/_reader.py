@@ -77,9 +77,13 @@ class ResumableStream:
         origin_error: Callable[[], BaseException | None] | None = None,
         metadata: Mapping[str, Any] | None = None,
         on_close: Callable[[], None] | None = None,
+        producer_alive: Callable[[], bool] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._on_close = on_close
+        # True while this process's own producer of the stream runs and stores: then a
+        # lapsed lease means a loop too busy to renew it in time, not a dead producer.
+        self._producer_alive = producer_alive
         self._backend = backend
         self._options = options
         self._feed = feed
@@ -92,7 +96,7 @@ class ResumableStream:
         self._status = StreamStatus.RUNNING
         if first is not None:
             self._status = first.status
-            if first.status is StreamStatus.RUNNING and not first.lease_alive:
+            if first.status is StreamStatus.RUNNING and not self._lease_alive(first):
                 self._status = StreamStatus.FAILED
         # The batch being handed out: chunks with indices batch_start, batch_start + 1...
         self._batch: Sequence[Chunk] = ()
@@ -175,6 +179,9 @@ class ResumableStream:
         chunk = chunk[self._skip :]
         self._skip = 0
         return chunk
+
+    def _lease_alive(self, snap: Snapshot) -> bool:
+        return snap.lease_alive or (self._producer_alive is not None and self._producer_alive())
 
     def _failure(self, error: str | None) -> BaseException:
         if self._origin_error is not None:
@@ -270,7 +277,7 @@ class ResumableStream:
                     if snap.status is StreamStatus.FAILED:
                         self._status = StreamStatus.FAILED
                         raise self._failure(snap.error)
-                    if not snap.lease_alive:
+                    if not self._lease_alive(snap):
                         self._status = StreamStatus.FAILED
                         raise ProducerLost(self.stream_id)
                     snap = None

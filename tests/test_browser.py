@@ -26,9 +26,12 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +43,7 @@ from resumable_stream import browser as browser_module
 from resumable_stream.browser import CLIENT_FILES, browser_client_app, client_source
 
 from .app_process import AppProcess
+from .servers import RedisServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page
@@ -462,7 +466,7 @@ async () => {
   const status = (code, headers = {}) => new Response("x", { status: code, headers });
   async function run(answers, options = {}, how = (c) => c.start("/start", {})) {
     const calls = [], got = [], retries = [], lines = [];
-    let error = null, completed = 0;
+    let error = null, completed = 0, reason = null;
     const client = new m.ResumableStreamClient({
       fetch: async (url, init) => {
         calls.push([url, init.headers.get("last-event-id")]);
@@ -471,7 +475,10 @@ async () => {
         return next;
       },
       onMessage: (d, e) => got.push(e ? e.id + "=" + d : d),
-      onError: (e) => { error = [e.name, e.status, e instanceof m.ResumableStreamError]; },
+      onError: (e) => {
+        error = [e.name, e.status, e instanceof m.ResumableStreamError];
+        reason = e.reason ?? null;
+      },
       onComplete: () => completed++,
       onRetry: (r) => retries.push([r.attempt, r.delay]),
       retryDelay: 10, storageKey: null,
@@ -479,7 +486,7 @@ async () => {
       ...options,
     });
     const result = await how(client);
-    return { calls, got, retries, error, completed, status: result.status, lines };
+    return { calls, got, retries, error, reason, completed, status: result.status, lines };
   }
   const out = {};
   // Duplicates from a misbehaving resume are dropped; the resume names the last id.
@@ -507,6 +514,13 @@ async () => {
   out.resumeStart = await run([sse(["data: x\nid: 0\n\n"])], {}, (c) => c.resume("s1", null));
   // A server without the resumeAt=0 rule for event streams answers 400: ask with no position.
   out.oldServer = await run([sse([], true), status(400), sse(["data: x\nid: 0\n\n"])]);
+  // A 410 marked failed is an error, never a complete; one marked done (or unmarked, from
+  // an older server) is a complete; a 413 is the stream cut at its size limit.
+  const failed = { "x-stream-status": "failed", "x-stream-error": "ProducerLost" };
+  out.failed = await run([sse(["data: a\nid: 0\n\n"], true), status(410, failed)]);
+  out.done = await run([sse(["data: a\nid: 0\n\n"], true),
+                        status(410, { "x-stream-status": "done" })]);
+  out.tooLarge = await run([sse([], true), status(413)]);
   return out;
 }
 """
@@ -560,6 +574,17 @@ def test_client_rules_with_a_scripted_server(
     assert out["resumeStart"]["calls"] == [[resume + "?resumeAt=0", None]]
     assert out["oldServer"]["calls"][1:] == [[resume + "?resumeAt=0", None], [resume, None]]
     assert out["oldServer"]["got"] == ["0=x"]
+
+    failed = out["failed"]
+    assert (failed["status"], failed["completed"], failed["got"]) == ("error", 0, ["0=a"])
+    assert (failed["error"], failed["reason"]) == (["StreamFailedError", 410, True], "ProducerLost")
+    assert (out["done"]["status"], out["done"]["completed"], out["done"]["error"]) == (
+        "complete", 1, None
+    )  # fmt: skip
+    too_large = out["tooLarge"]
+    assert (too_large["error"], too_large["reason"]) == (
+        ["StreamFailedError", 413, True], "StreamTooLarge"
+    )  # fmt: skip
 
 
 def test_resume_errors_against_the_server(
@@ -730,6 +755,120 @@ def test_react_hook(page: tuple[Page, PageLog], chat_server: AppProcess) -> None
     tab.wait_for_function("!hook().isStreaming")
     assert tab.evaluate("window.started.then((r) => r.status)") == "aborted"
     assert tab.evaluate("sessionStorage.getItem('resumable-stream')") is None
+
+
+# -- failed streams: a typed error, never a complete ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workers_server(redis_server: RedisServer) -> Iterator[tuple[AppProcess, str]]:
+    """``tests/apps/restart_app.py`` under ``uvicorn --workers 2`` (the supervisor restarts
+    a worker that dies), streams on Redis with a 1 s lease."""
+    prefix = f"browser-{uuid.uuid4().hex[:8]}"
+    env = {"RS_REDIS_URL": redis_server.url, "RS_PREFIX": prefix, "RS_LEASE": "1.0",
+           "PYTHONPATH": str(ROOT)}  # fmt: skip
+    with tempfile.TemporaryFile() as log:
+        server = AppProcess("tests.apps.restart_app:app --workers 2", log, env=env)
+        server.start()
+        try:
+            yield server, prefix
+        finally:
+            server.stop()
+
+
+FAILED_STREAMS = r"""
+async (sid) => {
+  const m = await import("/_resumable/resumable-stream.js");
+  window.outcome = async (url) => {
+    const got = [];
+    let error = null, completed = 0;
+    const client = new m.ResumableStreamClient({
+      onMessage: (d) => got.push(d), onComplete: () => completed++,
+      onError: (e) => { error = [e.name, e.status, e.reason, e instanceof m.StreamFailedError]; },
+      resumeUrl: (id) => "/resume/" + encodeURIComponent(id),
+      retryDelay: 20, maxRetries: 20, storageKey: null,
+    });
+    const result = await client.start(url, {});
+    return { status: result.status, got, error, completed };
+  };
+  return window.outcome(`/stream/${sid}?n=100&pace=0.001&mode=sse&fail_at=30`);
+}
+"""
+
+
+def test_failed_stream_is_an_error_in_the_browser(
+    page: tuple[Page, PageLog], workers_server: tuple[AppProcess, str]
+) -> None:
+    """A source that raises mid-stream, and a producer whose worker is killed (SIGKILL):
+    the page gets the clean prefix, then `StreamFailedError` in ``onError``."""
+    import redis
+
+    server, prefix = workers_server
+    tab, _ = page
+    tab.goto(f"{server.url}/")
+    sid = f"b{uuid.uuid4().hex[:8]}"
+    raised = tab.evaluate(FAILED_STREAMS, sid)
+    assert raised["status"] == "error"
+    assert raised["error"] == ["StreamFailedError", 410, "StreamFailed", True]
+    assert raised["completed"] == 0
+    assert raised["got"] == [f"{sid}:{i:04d}|" for i in range(30)]
+
+    # A producer alive and quiet after 20 events; its worker is killed.
+    killed = f"k{uuid.uuid4().hex[:8]}"
+    tab.evaluate(
+        "(sid) => { window.got = null; "
+        "window.killed = window.outcome(`/stream/${sid}?n=1000&mode=sse&hang_at=20`)"
+        ".then((r) => { window.got = r; }); }",
+        killed,
+    )
+    store = redis.Redis.from_url(server.env["RS_REDIS_URL"])
+    try:
+        deadline = time.monotonic() + 15
+        while (pid := store.get(f"{prefix}:pid:{killed}")) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # the worker records its pid as it starts the stream: polled
+        # Wait until all 20 events are stored (and so on their way to the page).
+        while store.llen(f"{prefix}:{{{killed}}}:chunks") < 20:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        store.close()
+    os.kill(int(pid), signal.SIGKILL)  # a worker of the server this test started
+    tab.wait_for_function("window.got !== null")
+    lost = tab.evaluate("window.got")
+    assert lost["status"] == "error"
+    assert lost["error"] == ["StreamFailedError", 410, "ProducerLost", True]
+    assert lost["got"] == [f"{killed}:{i:04d}|" for i in range(20)]
+
+
+def test_react_hook_error_state_for_a_failed_stream(
+    page: tuple[Page, PageLog], workers_server: tuple[AppProcess, str]
+) -> None:
+    server, _ = workers_server
+    tab, _ = page
+    origin = server.url
+    hook_page = HOOK_PAGE.replace(
+        "retryDelay: 50,", "retryDelay: 50, resumeUrl: (id) => '/resume/' + id,"
+    )
+
+    def serve(route: Any) -> None:
+        if route.request.url.endswith("/react.js"):
+            route.fulfill(body=MINI_REACT, content_type="text/javascript")
+        else:
+            route.fulfill(body=hook_page, content_type="text/html")
+
+    tab.route(f"{origin}/_test/**", serve)
+    tab.goto(f"{origin}/_test/hook.html")
+    tab.wait_for_function("window.ready === true")
+    tab.evaluate("mount()")
+    sid = f"h{uuid.uuid4().hex[:8]}"
+    url = f"/stream/{sid}?n=50&pace=0.001&mode=sse&fail_at=10"
+    assert tab.evaluate(f"hook().startStream('{url}', {{}}).then((r) => r.status)") == "error"
+    tab.wait_for_function("hook().error !== null && !hook().isStreaming")
+    assert tab.evaluate("[hook().error.name, hook().error.reason, completed, errors]") == [
+        "StreamFailedError", "StreamFailed", 0, ["StreamFailedError"]
+    ]  # fmt: skip
+    assert tab.evaluate("got.length") == 10
 
 
 # -- the ASGI app serving the files (no browser) ---------------------------------------------

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from resumable_stream import (
     Backend,
     MemoryBackend,
+    ProducerLost,
     ResumableStreamContext,
     StreamOptions,
     StreamStatus,
@@ -271,3 +272,54 @@ async def test_callbacks_get_the_failure(server: LiveServer) -> None:
     await asyncio.wait_for(client.start(f"/stream/{sid}?n=10&mode=text&fail_at=3"), STEP)
     assert completed == []
     assert [type(e) for e in errors] == [StreamFailedError]
+
+
+# -- a lapsed lease in the producer's own process (found by the full soak) --------------------
+
+
+async def test_local_followers_outlive_a_lapsed_lease_of_a_live_producer(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """The 1,000-stream soak on two shared cores: event-loop turns of seconds let leases
+    lapse while their producers ran, and followers in the producers' own process ended
+    with `ProducerLost`, which clients then saw as failed streams. A context knows its own
+    producers are alive: its followers go on; another process's still go by the lease."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    # A long lease: renewed every 10 s, so the deleted key stays gone during the test.
+    options = StreamOptions(lease=30.0, poll_interval=0.1)
+    here = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+    elsewhere = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+    source = ControlledSource()
+    try:
+        original = await here.create_new_resumable_stream("busy", source)
+        source.write("a")
+        assert await original.__anext__() == "a"
+        local = await here.resume_existing_stream("busy")
+        assert local is not None
+        assert await asyncio.wait_for(local.__anext__(), STEP) == "a"
+        following = asyncio.create_task(read_all(local))  # it polls while it waits
+        # The lease lapses as an overloaded loop would let it (no renewal in time).
+        assert await client.delete(f"{key_prefix}:{{busy}}:lease") == 1
+        # Another process's follower concludes the producer is gone, as documented...
+        remote = await elsewhere.resume_existing_stream("busy")
+        assert remote is not None
+        with pytest.raises(ProducerLost):
+            await asyncio.wait_for(read_all(remote), STEP)
+        # ...while the local one, past several polls of the lapsed lease, gets the rest.
+        for _ in range(3):  # each poll re-reads storage and sees the lease gone
+            snap = await here.backend.snapshot("busy", 0, 0)
+            assert snap is not None
+            assert not snap.lease_alive
+            await asyncio.sleep(options.poll_interval)  # the follower's polls: its workload
+        assert not following.done()
+        source.write("b")
+        source.close()
+        assert await asyncio.wait_for(following, STEP) == "b"
+        assert await read_all(original) == "b"
+        # A resume from a position in this process is served, not a ProducerLost 410.
+        assert await here.resume_existing_stream("busy", after=1) is None  # done now
+        assert await here.get_status("busy") is StreamStatus.DONE
+    finally:
+        await here.aclose()
+        await elsewhere.aclose()
+        await client.aclose()
