@@ -16,12 +16,12 @@ subprocess), so REST and TCP reach the very same server. Reported:
   its original reader (medians over repeats). Write-behind batching is what makes the
   first far below 1; the second pays one write per chunk, plus the claim.
 * ``resume_first_chunk_ms``: from ``resume_existing_stream()`` to the first chunk of a
-  running stream that holds 2,000 chunks, from a second context (another process's
-  view: nothing local), over REST and over TCP. *cold*: a new backend (new connections)
-  per resume, as a fresh serverless instance has; *warm*: one backend for every resume,
-  its connections kept alive. A REST resume is two requests in sequence (the streaming
-  subscribe, confirmed, then the read of the list); TCP's is one ``SUBSCRIBE`` on a
-  shared connection and one script.
+  running stream that holds 2,000 chunks (written over TCP), from other contexts
+  (another process's view: nothing local), over REST and over TCP, taking turns.
+  *cold*: a new backend (new connections) per resume, as a fresh serverless instance
+  has; *warm*: one backend for every resume, its connections kept alive. A REST resume
+  is two requests in sequence (the streaming subscribe, confirmed, then the read of the
+  list); TCP's is one ``SUBSCRIBE`` on a shared connection and one script.
 
 On loopback the REST figures are the stand-in's own cost (a Python ASGI server that
 forwards to Redis); against Upstash add a network round trip per request. The stored
@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import ExitStack
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -123,61 +123,21 @@ class Bench:
             await ctx.aclose()
         return (after - before) / chunks
 
-    async def resumes(
-        self, make: Callable[[str], Awaitable[tuple[Backend, Callable[[], Awaitable[None]]]]],
-        trials: int, warm: bool,
-    ) -> list[float]:
-        """Seconds to the first chunk of ``trials`` resumes of a running stream."""
-        prefix = f"bench-{uuid.uuid4().hex[:8]}"
-        producer_backend, close_producer = await make(prefix)
-        producer = create_resumable_stream_context(producer_backend, options=OPTIONS)
-        gate = asyncio.Event()
-        shared = await make(prefix) if warm else None
-        times: list[float] = []
-        try:
-            original = await producer.create_new_resumable_stream(
-                "s", lambda: source(self.held, 0.0, gate)
-            )
-            assert original is not None
-            # A follower in another context reads only what is stored: once it has every
-            # chunk, the stream is ready to be resumed (and checked).
-            reader_backend, close_reader = await make(prefix)
-            reader = create_resumable_stream_context(reader_backend, options=OPTIONS)
-            try:
-                follower = await reader.resume_existing_stream("s")
-                assert follower is not None
-                for _ in range(self.held):
-                    await follower.__anext__()
-                await follower.aclose()
-                await self.check(reader_backend, "s", self.held)
-            finally:
-                await reader.aclose()
-                await close_reader()
-            if shared is not None:
-                await shared[0].status("s")  # open its connection before measuring
-            for _ in range(trials):
-                backend, close = shared if shared is not None else await make(prefix)
-                ctx = create_resumable_stream_context(backend, options=OPTIONS)
-                start = time.perf_counter()
-                stream = await ctx.resume_existing_stream("s")
-                assert stream is not None
-                first = await stream.__anext__()
-                times.append(time.perf_counter() - start)
-                await stream.aclose()
-                if first != make_chunk(0, 0, SIZE):
-                    self.exact = False
-                if shared is None:
-                    await close()
-            gate.set()
-            async for _ in original:
-                pass
-        finally:
-            gate.set()
-            await producer.aclose()
-            await close_producer()
-            if shared is not None:
-                await shared[1]()
-        return times
+    async def first_chunk(self, backend: Backend) -> float:
+        """Seconds from ``resume_existing_stream`` to the first chunk, on ``backend``."""
+        ctx = create_resumable_stream_context(backend, options=OPTIONS)
+        start = time.perf_counter()
+        stream = await ctx.resume_existing_stream("s")
+        assert stream is not None
+        first = await stream.__anext__()
+        elapsed = time.perf_counter() - start
+        await stream.aclose()
+        if first != make_chunk(0, 0, SIZE):
+            self.exact = False
+        return elapsed
+
+
+Maker = Callable[[str], Awaitable[tuple[Backend, Callable[[], Awaitable[None]]]]]
 
 
 async def benchmark(bench: Bench, repeats: int, trials: int) -> dict[str, Any]:
@@ -202,17 +162,52 @@ async def benchmark(bench: Bench, repeats: int, trials: int) -> dict[str, Any]:
 
         return backend, close
 
-    # The four kinds take turns, a few resumes each, so that a change in the machine's
-    # load (it is shared) falls on all of them alike.
-    makers = {"rest": rest, "tcp": tcp}
+    # One running stream holding `held` chunks, resumed over REST and over TCP alike.
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    makers: dict[str, Maker] = {"rest": rest, "tcp": tcp}
     times: dict[tuple[str, str], list[float]] = {
         (name, kind): [] for name in makers for kind in ("cold", "warm")
     }
-    rounds = min(5, trials)
-    for n in range(rounds):
-        log(f"time to first chunk of a resume: round {n + 1}/{rounds}")
-        for (name, kind), values in times.items():
-            values += await bench.resumes(makers[name], trials // rounds, kind == "warm")
+    async with AsyncExitStack() as stack:
+        owned: dict[str, Backend] = {}
+        for name, make in makers.items():
+            backend, close = await make(prefix)
+            stack.push_async_callback(close)
+            owned[name] = backend
+        producer = create_resumable_stream_context(owned["tcp"], options=OPTIONS)
+        stack.push_async_callback(producer.aclose)
+        gate = asyncio.Event()
+        stack.callback(gate.set)
+        original = await producer.create_new_resumable_stream(
+            "s", lambda: source(bench.held, 0.0, gate)
+        )
+        assert original is not None
+        # A follower over REST reads only what is stored: once it has every chunk, the
+        # stream is ready to be resumed (and is checked).
+        checker = create_resumable_stream_context(owned["rest"], options=OPTIONS)
+        stack.push_async_callback(checker.aclose)
+        follower = await checker.resume_existing_stream("s")
+        assert follower is not None
+        for _ in range(bench.held):
+            await follower.__anext__()
+        await follower.aclose()
+        await bench.check(owned["rest"], "s", bench.held)
+        # The four kinds take turns, one resume each, so that a change in the machine's
+        # load (it is shared) falls on all of them alike.
+        log(f"time to first chunk of a resume: {trials} of each kind")
+        for _ in range(trials):
+            for (name, kind), values in times.items():
+                if kind == "warm":
+                    values.append(await bench.first_chunk(owned[name]))
+                    continue
+                backend, close = await makers[name](prefix)
+                try:
+                    values.append(await bench.first_chunk(backend))
+                finally:
+                    await close()
+        gate.set()
+        async for _ in original:
+            pass
     first: dict[str, dict[str, Any]] = {"rest": {}, "tcp": {}}
     for (name, kind), values in times.items():
         first[name][kind] = ms(values)
