@@ -80,13 +80,15 @@ async def pair(
         await backend.aclose()
 
 
-async def paced(total: int, gate: asyncio.Event | None = None, at: int = 0) -> AsyncIterator[str]:
-    """``chunk_text(i)`` for i < total, a little apart; waits for ``gate`` before ``at``."""
+async def paced(
+    total: int, gate: asyncio.Event | None = None, at: int = 0, pace: float = 0.002
+) -> AsyncIterator[str]:
+    """``chunk_text(i)`` for i < total, ``pace`` apart; waits for ``gate`` before ``at``."""
     for i in range(total):
         if gate is not None and i == at:
             await gate.wait()
         yield chunk_text(i)
-        await asyncio.sleep(0.002)  # a live source, not synchronisation
+        await asyncio.sleep(pace)  # a live source, not synchronisation
 
 
 # -- the stand-in speaks Upstash's protocol --------------------------------------------
@@ -253,7 +255,7 @@ async def test_follower_in_another_process(
     joined = asyncio.Event()
     try:
         original = await producer.create_new_resumable_stream(
-            "s", lambda: paced(total, joined, total // 2)
+            "s", lambda: paced(total, joined, total // 2, pace=0)
         )
         assert original is not None
         await child.send("GO")
@@ -371,8 +373,10 @@ async def test_wrong_token(upstash_standin: UpstashStandin, key_prefix: str) -> 
         assert isinstance(info.value, BackendUnavailable)
         with pytest.raises(UpstashUnavailable, match="401"):
             await ctx.resume_existing_stream("s")
+        feed = await backend.subscribe("s", max_buffered_bytes=1 << 20)
         with pytest.raises(UpstashUnavailable, match="401"):
-            await backend.subscribe("s", max_buffered_bytes=1 << 20)
+            await feed.get(10.0)  # the refused subscription, not a timeout (None)
+        await feed.aclose()
     finally:
         await ctx.aclose()
 

@@ -21,7 +21,10 @@ Design notes (facts from ``shared/NOTES.md`` and Upstash's REST protocol):
   Upstash's protocol and not merely ours.
 * Live feed: ``POST {url}/subscribe/{channel}`` streams server-sent events
   (``subscribe,<channel>,<n>`` once active, then ``message,<channel>,<payload>``). One
-  such request per stream with readers in this process, shared by them. The payload is
+  such request per stream with readers in this process, shared by them, made in the
+  background: ``subscribe()`` returns at once and the confirmation tells the readers
+  that joined meanwhile to re-read, so a resume's first read of the list runs beside
+  the handshake (one round trip to the first chunk, not two in a row). The payload is
   only a doorbell: readers re-read the list from their position (sequence numbers, in
   ``_reader.py``) instead of trusting it. The payload is msgpack and may hold any byte,
   a newline included; SSE frames by lines, so a chunk's text could end an event early
@@ -80,7 +83,7 @@ logger = logging.getLogger("resumable_stream")
 _APPEND = msgpack.packb(0)
 _END = msgpack.packb(1)
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0  # backoff of polls and re-subscriptions, seconds
-_SUBSCRIBE_TIMEOUT = 5.0  # wait this long for the subscription before polling instead
+_SUBSCRIBE_TIMEOUT = 5.0  # a subscription not confirmed by then: poll meanwhile
 _ERROR_TEXT = 300  # characters of an unexpected response body kept in an error
 
 
@@ -189,13 +192,12 @@ class _Doorbell(Subscription):
 class _Feed:
     """The subscription of one stream's channel, shared by its readers here."""
 
-    __slots__ = ("channel", "error", "keys", "live", "lost", "observed", "readers", "ready", "task")
+    __slots__ = ("channel", "error", "keys", "live", "lost", "observed", "readers", "task")
 
     def __init__(self, keys: StreamKeys) -> None:
         self.keys = keys
         self.channel = keys.events
         self.readers: set[_Doorbell] = set()
-        self.ready = asyncio.Event()  # the subscription is active, or we poll instead
         self.live = False
         self.lost = False  # it was active once, so a return must make readers re-read
         self.error: BaseException | None = None  # fatal (credentials): readers fail
@@ -208,7 +210,6 @@ class _Feed:
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self.ready.set()
         for reader in self.readers:
             reader.fail(error)
 
@@ -454,37 +455,26 @@ class UpstashBackend:
         return snap.status
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
-        """Start receiving doorbells for ``stream_id``; returns once Upstash confirmed
-        the subscription, or once readers of it poll the list instead.
+        """Start receiving doorbells for ``stream_id``; returns at once.
 
-        Raises:
-            UpstashUnavailable: Upstash refused the credentials (401 or 403).
+        The streaming subscribe is made in the background, so that a reader's first read
+        of the list runs beside its handshake instead of after it (a resume costs one
+        round trip, not two in a row). Invariant 3 holds all the same: until Upstash
+        confirms, no announcement is trusted, and the confirmation rings every reader
+        that joined meanwhile, so each re-reads after the subscription became active.
+        A reader that joins a live feed needs nothing more; one that joins while the
+        feed polls is rung by the next poll that sees a change. If Upstash refuses the
+        credentials, the reader's `Subscription.get` raises `UpstashUnavailable`.
         """
         keys = self._keys(stream_id)
         reader = _Doorbell(
             keys.events, max_buffered_bytes=max_buffered_bytes, on_close=self._release
         )
         feed = self._feeds.get(keys.events)
-        if feed is None or feed.error is not None:
+        if feed is None:
             feed = self._feeds[keys.events] = _Feed(keys)
             feed.task = asyncio.create_task(self._follow(feed))
         feed.readers.add(reader)
-        try:
-            try:
-                await asyncio.wait_for(feed.ready.wait(), _SUBSCRIBE_TIMEOUT)
-            except asyncio.TimeoutError:
-                # No confirmation yet (a proxy that holds the response back): poll.
-                logger.warning(
-                    "Upstash did not confirm the subscription to %s within %g s: polling",
-                    feed.channel, _SUBSCRIBE_TIMEOUT,
-                )
-                self._fall_back(feed)
-        except BaseException:
-            await reader.aclose()
-            raise
-        if feed.error is not None:
-            await reader.aclose()
-            raise feed.error
         return reader
 
     async def _release(self, sub: Subscription) -> None:
@@ -516,7 +506,11 @@ class UpstashBackend:
         delay = _RETRY_FIRST
         url = f"{self.url}/subscribe/{quote(feed.channel, safe='')}"
         prefix = f"{feed.channel},"
+        loop = asyncio.get_running_loop()
         while True:
+            # A response held back (a proxy that buffers it) would never confirm: poll
+            # meanwhile, and keep waiting for it.
+            watchdog = loop.call_later(_SUBSCRIBE_TIMEOUT, self._unconfirmed, feed)
             try:
                 async with self._streaming().stream(
                     "POST", url, headers={**self._headers(), "Accept": "text/event-stream"}
@@ -545,16 +539,26 @@ class UpstashBackend:
                 self._lost(feed, exc)
             except (httpx.HTTPError, OSError) as exc:
                 self._lost(feed, _network_error(exc, "subscribe"))
+            finally:
+                watchdog.cancel()
             await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
             delay = min(delay * 2, _RETRY_MAX)
 
     def _confirmed(self, feed: _Feed) -> None:
         feed.live = True
+        feed.lost = False
         feed.observed = None
-        feed.ready.set()
-        if feed.lost:
-            feed.lost = False
-            feed.ring()  # messages may have been published while it was down
+        # Readers that joined before now may have read the list before now; and after
+        # a loss, messages may have been published while it was down.
+        feed.ring()
+
+    def _unconfirmed(self, feed: _Feed) -> None:
+        if not feed.live and not feed.lost and feed.error is None:
+            logger.warning(
+                "Upstash did not confirm the subscription to %s within %g s: polling",
+                feed.channel, _SUBSCRIBE_TIMEOUT,
+            )
+            self._fall_back(feed)
 
     def _lost(self, feed: _Feed, exc: UpstashUnavailable) -> None:
         if feed.live or not feed.lost:
@@ -569,7 +573,6 @@ class UpstashBackend:
         was_live = feed.live
         feed.live = False
         feed.lost = True
-        feed.ready.set()
         if was_live:
             feed.ring()  # a message may have been lost with the connection
         if self._poll_wakeup is None:
@@ -586,7 +589,7 @@ class UpstashBackend:
         delay = _RETRY_FIRST
         while True:
             wakeup.clear()
-            feeds = [f for f in self._feeds.values() if not f.live and f.error is None]
+            feeds = [f for f in self._feeds.values() if f.lost and f.error is None]
             if not feeds:
                 return
             changed = False
