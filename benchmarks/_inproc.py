@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -187,6 +188,39 @@ async def _raw_batched_stream(
         await client.pexpire(key, int(TTL * 1000))
 
 
+async def _handed_over(src: AsyncIterator[str], got: list[tuple[int, str | bytes, int]]) -> None:
+    """Read ``src`` through a producer task, the way a resumable stream must."""
+    loop = asyncio.get_running_loop()
+    queue: deque[str | None] = deque()
+    waiter: list[asyncio.Future[None] | None] = [None]
+
+    def wake() -> None:
+        future = waiter[0]
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def produce() -> None:
+        async for chunk in src:
+            queue.append(chunk)
+            wake()
+        queue.append(None)
+        wake()
+
+    task = asyncio.create_task(produce())
+    index = 0
+    while True:
+        while not queue:
+            waiter[0] = loop.create_future()
+            await waiter[0]
+            waiter[0] = None
+        chunk = queue.popleft()
+        if chunk is None:
+            break
+        got.append((index, chunk, now()))
+        index += 1
+    await task
+
+
 async def w1(spec: dict[str, Any]) -> dict[str, Any]:
     """N streams x chunks x size, producer and original reader in this process."""
     impl, url = spec["impl"], spec["url"]
@@ -218,6 +252,14 @@ async def w1(spec: dict[str, Any]) -> dict[str, Any]:
                 async for chunk in source(s, chunks, size, stamps[s]):
                     got[s].append((index, chunk, now()))
                     index += 1
+
+        elif impl == "plain_task":
+            # The floor for any design whose producer must outlive its reader: the
+            # source runs in a task of its own and hands chunks over (a deque and a
+            # future), nothing stored. Resumability costs at least this much.
+
+            async def one(s: int) -> None:
+                await _handed_over(source(s, chunks, size, stamps[s]), got[s])
 
         elif impl in ("raw", "raw_batched"):
             client = raw_client(url)

@@ -67,6 +67,8 @@ class _Writer:
         self._stored = 0  # index of the first pending chunk
         self._end: Ended | None = None
         self._wake = Bell()
+        self._tick: asyncio.TimerHandle | None = None  # the next write, if scheduled
+        self._due = False  # a tick fired and its write has not started
         self._room = asyncio.Event()
         self._room.set()
         self.broken = False
@@ -78,8 +80,26 @@ class _Writer:
             return False
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
-        self._wake.set()
+        if self._tick is None:
+            self._schedule()
         return self._pending_bytes > self._options.max_buffered_bytes
+
+    def _schedule(self) -> None:
+        """Wake the writer at the next tick of the write clock (a multiple of
+        ``write_interval`` in loop time): chunks that come meanwhile join that write,
+        and every stream of the process writes in the same loop turn, so the backend
+        can send them all at once. A timer, not a task switch per chunk."""
+        interval = self._options.write_interval
+        if interval <= 0:
+            self._fire()
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._tick = loop.call_at(now + interval - now % interval, self._fire)
+
+    def _fire(self) -> None:
+        self._due = True
+        self._wake.set()
 
     async def wait_for_room(self) -> None:
         """Backpressure on the source, only when the backend is far behind."""
@@ -109,35 +129,40 @@ class _Writer:
 
     async def run(self) -> None:
         renew_every = self._options.lease / 3
-        tick = min(_RENEW_TICK, renew_every / 2)
-        interval = self._options.write_interval
+        # Renewals fall on a coarse shared clock, so that a process' idle streams
+        # renew together (one pipeline, not one round trip each).
+        clock = min(_RENEW_TICK, renew_every / 2)
         loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending and self._end is None:
-                self._wake.clear()
-                # Renewals fall on a coarse shared clock, so that a process' idle
-                # streams renew together (one pipeline, not one round trip each).
+        try:
+            while True:
                 due = loop.time() + renew_every
-                timer = loop.call_at(due - due % tick, self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    timer.cancel()
-            if self._end is None and interval > 0:
-                # Writes fall on a shared clock of ``write_interval``: chunks that come
-                # meanwhile join this write, and every stream of the process writes in
-                # the same loop turn, so the backend can send them all at once.
-                await asyncio.sleep(interval - loop.time() % interval)
-            batch = self._take()
-            end = self._end if not self._pending else None
-            # An empty batch without an end only renews the lease.
-            if not await self._write(batch, end):
-                return
-            self._stored += len(batch)
-            if self._pending_bytes <= self._options.max_buffered_bytes:
-                self._room.set()
-            if end is not None:
-                return
+                renew_at = due - due % clock
+                while self._end is None and not self._due:
+                    self._wake.clear()
+                    timer = loop.call_at(renew_at, self._wake.set)
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        timer.cancel()
+                    if loop.time() >= renew_at:
+                        break  # an empty batch only renews the lease
+                if self._due:
+                    self._due = False
+                    self._tick = None  # chunks from now on schedule the next tick
+                batch = self._take()
+                end = self._end if not self._pending else None
+                if self._pending and self._tick is None:
+                    self._schedule()  # more than one batch's worth is waiting
+                if not await self._write(batch, end):
+                    return
+                self._stored += len(batch)
+                if self._pending_bytes <= self._options.max_buffered_bytes:
+                    self._room.set()
+                if end is not None:
+                    return
+        finally:
+            if self._tick is not None:
+                self._tick.cancel()
 
     async def _write(self, batch: list[Chunk], end: Ended | None) -> bool:
         """One write, retried while the backend is unreachable for up to ``retry_window``."""

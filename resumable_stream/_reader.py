@@ -102,6 +102,9 @@ class ResumableStream:
         self._batch: Sequence[Chunk] = ()
         self._batch_start = 0
         self._batch_pos = 0
+        # True while `_run` waits at a yield whose next step is taking the feed's next
+        # event: then `__anext__` takes an `Appended` that continues at ``_pos`` itself.
+        self._following = False
         self._gen = self._run(first)
 
     @property
@@ -128,8 +131,15 @@ class ResumableStream:
         pos = self._batch_pos
         batch = self._batch
         if pos >= len(batch):
-            self._batch_start, batch = await self._gen.__anext__()
-            self._batch = batch
+            taken = self._feed.take_at(self._pos) if self._following else None
+            if taken:
+                # Straight from the live feed: the generator would do just this.
+                self._batch_start = self._pos
+                self._pos += len(taken)
+                batch = self._batch = taken
+            else:
+                self._batch_start, batch = await self._gen.__anext__()
+                self._batch = batch
             pos = 0
         self._batch_pos = pos + 1
         self._last_index = self._batch_start + pos
@@ -303,8 +313,17 @@ class ResumableStream:
                     if fresh:
                         start = self._pos
                         self._pos += len(fresh)
-                        for batch in self._batches(start, fresh):
-                            yield batch
+                        if self._skip:
+                            for batch in self._batches(start, fresh):
+                                yield batch
+                        else:
+                            # Until resumed, the next step is the feed's next event,
+                            # which __anext__ may take itself (see `_following`).
+                            self._following = True
+                            try:
+                                yield start, fresh
+                            finally:
+                                self._following = False
                     continue
                 assert isinstance(event, Ended)
                 if event.length > self._pos:

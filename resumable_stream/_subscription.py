@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from ._types import Appended, Chunk, Event, Resync
 
@@ -144,8 +144,10 @@ class Subscription:
                 return RESYNC
             if self._events:
                 event = self._events.popleft()
-                self._size -= _event_size(event)
-                if not self._events:
+                if self._events:
+                    self._size -= _event_size(event)
+                else:
+                    self._size = 0
                     self._tail = None  # the reader owns it now: never grow it again
                 return event
             if self._error is not None:
@@ -165,6 +167,23 @@ class Subscription:
                 timer.cancel()
             if not (self._events or self._overflowed or self._error) and loop.time() >= deadline:
                 return None
+
+    def take_at(self, index: int) -> Sequence[Chunk] | None:
+        """The chunks of the next event if it is an `Appended` starting at ``index``
+        (the reader's fast path, without waiting); None for anything else."""
+        events = self._events
+        if not events or self._overflowed:
+            return None
+        event = events[0]
+        if type(event) is not Appended or event.start != index:
+            return None
+        events.popleft()
+        if events:
+            self._size -= _event_size(event)
+        else:
+            self._size = 0
+            self._tail = None
+        return event.chunks
 
     async def aclose(self) -> None:
         if self.closed:
