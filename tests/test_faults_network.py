@@ -352,7 +352,7 @@ async def test_delayed_jittered_link_loses_and_doubles_nothing(
                     assert reading.whole(expected), (len(reading.got), reading.error)
             took = loop.time() - began
             figure(
-                "jittered 5-50 ms link", streams=streams, readers=streams * 4,
+                "jittered 5-50 ms link", streams=streams, readers=streams * 5,
                 chunks_each=total, seconds=round(took, 2), bytes_forwarded=proxy.forwarded,
             )
             assert took < 30
