@@ -354,6 +354,8 @@ class UpstashStandin:
         self.process: subprocess.Popen[bytes] | None = None
         # The stand-in's own errors, see `output`; closed by `close`.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
+        # For the controls; plain HTTP, so no certificate store to load (60 ms a client).
+        self._http = httpx.Client(verify=False, timeout=5.0)
 
     @property
     def url(self) -> str:
@@ -394,15 +396,15 @@ class UpstashStandin:
                 self.control("stats")
                 return True
             except httpx.TransportError:
-                time.sleep(0.05)  # polling a process we cannot get an event from
+                time.sleep(0.02)  # polling a process we cannot get an event from
         return False
 
     def control(self, name: str) -> dict[str, int]:
         """Call one of the ``/_standin/`` controls; the request counts so far."""
         method = "GET" if name == "stats" else "POST"
-        response = httpx.request(
+        response = self._http.request(
             method, f"{self.url}/_standin/{name}",
-            headers={"Authorization": f"Bearer {self.token}"}, timeout=5.0,
+            headers={"Authorization": f"Bearer {self.token}"},
         )
         response.raise_for_status()
         counts: dict[str, int] = response.json()
@@ -425,6 +427,7 @@ class UpstashStandin:
 
     def close(self) -> None:
         self.stop()
+        self._http.close()
         self.log.close()
 
 

@@ -29,7 +29,7 @@ Design notes (facts from ``shared/NOTES.md`` and Upstash's REST protocol):
   ``_reader.py``) instead of trusting it. The payload is msgpack and may hold any byte,
   a newline included; SSE frames by lines, so a chunk's text could end an event early
   and even forge the next one. Storage is the only source of chunks. Doorbells rung
-  before a reader takes them collapse into one re-read.
+  before a reader takes them collapse (at most two re-reads are pending).
 * If the subscription breaks or is refused (a proxy that drops long responses, a
   plan without it), readers fall back to the list: one ``/pipeline`` request per
   interval for every such stream of this backend reads each one's status and length,
@@ -65,7 +65,7 @@ import msgpack
 
 from .._exceptions import BackendUnavailable, InvalidArgument, describe
 from .._keys import StreamKeys, validate_prefix
-from .._subscription import Subscription
+from .._subscription import RESYNC, Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
 from ._protocol import StaleProducer
 
@@ -85,6 +85,10 @@ _END = msgpack.packb(1)
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0  # backoff of polls and re-subscriptions, seconds
 _SUBSCRIBE_TIMEOUT = 5.0  # a subscription not confirmed by then: poll meanwhile
 _ERROR_TEXT = 300  # characters of an unexpected response body kept in an error
+# A reader's feed holds only doorbells (`RESYNC`). With a budget below one of them, a
+# second ring before the reader took the first overflows the queue, which the reader
+# sees as a single `RESYNC`: rings collapse into at most two re-reads.
+_DOORBELL_BUDGET = 1
 
 
 @functools.cache
@@ -175,20 +179,6 @@ class _Script:
         return ["EVAL", self.text, *command[2:]]
 
 
-class _Doorbell(Subscription):
-    """A reader's live feed that only ever says "re-read from storage".
-
-    Rings that arrive before the reader takes one collapse into a single `Resync`,
-    through the overflow flag that `Subscription.get` already turns into one.
-    """
-
-    def ring(self) -> None:
-        if self.closed:
-            return
-        self._overflowed = True
-        self._wakeup.set()
-
-
 class _Feed:
     """The subscription of one stream's channel, shared by its readers here."""
 
@@ -197,7 +187,7 @@ class _Feed:
     def __init__(self, keys: StreamKeys) -> None:
         self.keys = keys
         self.channel = keys.events
-        self.readers: set[_Doorbell] = set()
+        self.readers: set[Subscription] = set()
         self.live = False
         self.lost = False  # it was active once, so a return must make readers re-read
         self.error: BaseException | None = None  # fatal (credentials): readers fail
@@ -205,8 +195,9 @@ class _Feed:
         self.task: asyncio.Task[None] | None = None
 
     def ring(self) -> None:
+        """Tell every reader to re-read the list from its position."""
         for reader in self.readers:
-            reader.ring()
+            reader.push(RESYNC)
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -467,8 +458,9 @@ class UpstashBackend:
         credentials, the reader's `Subscription.get` raises `UpstashUnavailable`.
         """
         keys = self._keys(stream_id)
-        reader = _Doorbell(
-            keys.events, max_buffered_bytes=max_buffered_bytes, on_close=self._release
+        # ``max_buffered_bytes`` bounds live data; doorbells carry none.
+        reader = Subscription(
+            keys.events, max_buffered_bytes=_DOORBELL_BUDGET, on_close=self._release
         )
         feed = self._feeds.get(keys.events)
         if feed is None:
