@@ -395,16 +395,21 @@ async def test_unreachable_url(key_prefix: str) -> None:
         await ctx.aclose()
 
 
-async def test_server_error(upstash_standin: UpstashStandin, key_prefix: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [(502, "stand-in failing with 502"), (400, "ERR max requests limit exceeded")],
+)
+async def test_server_error_or_quota(
+    status: int, text: str, upstash_standin: UpstashStandin, key_prefix: str
+) -> None:
     backend = UpstashBackend(upstash_standin.url, upstash_standin.token, key_prefix=key_prefix)
     ctx = create_resumable_stream_context(backend, options=FAST)
-    await asyncio.to_thread(upstash_standin.control, "fail/502")
+    await asyncio.to_thread(upstash_standin.control, f"fail/{status}")
     try:
         with pytest.raises(UpstashUnavailable) as info:
             await ctx.resumable_stream("s", never)
-        assert info.value.status_code == 502
-        assert info.value.error == "stand-in failing with 502"
-        assert "HTTP 502: stand-in failing with 502" in str(info.value)
+        assert (info.value.status_code, info.value.error) == (status, text)
+        assert text in str(info.value)
     finally:
         await asyncio.to_thread(upstash_standin.control, "fail/0")
         await ctx.aclose()

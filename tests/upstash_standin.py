@@ -212,7 +212,11 @@ class StandinApp:
         path: str = scope["path"]
         if self.failing and not path.startswith("/_standin/"):
             await _body(receive)
-            await _json(send, self.failing, {"error": f"stand-in failing with {self.failing}"})
+            # 400 is how Upstash answers a database over its quota.
+            text = "ERR max requests limit exceeded" if self.failing == 400 else (
+                f"stand-in failing with {self.failing}"
+            )
+            await _json(send, self.failing, {"error": text})
             return
         if path.startswith("/subscribe/"):
             self.stats["subscribe"] += 1

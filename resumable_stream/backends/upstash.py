@@ -63,7 +63,7 @@ from urllib.parse import quote
 
 import msgpack
 
-from .._exceptions import BackendUnavailable, InvalidArgument, describe
+from .._exceptions import BackendUnavailable, InvalidArgument, ResumableStreamError, describe
 from .._keys import StreamKeys, validate_prefix
 from .._subscription import RESYNC, Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
@@ -113,8 +113,16 @@ class UpstashUnavailable(BackendUnavailable):
         self.error = error
 
 
-class _CommandError(Exception):
-    """Upstash ran the request and the command answered with an error (HTTP 400)."""
+class _CommandError(ResumableStreamError):
+    """Upstash ran the request and the command answered with an error (HTTP 400) that
+    no retry fixes, as redis-py's ``ResponseError`` is for the Redis backend."""
+
+
+def _unavailable_text(text: str) -> bool:
+    """Error replies that mean "cannot serve this now": Upstash's quotas (``ERR max
+    requests limit exceeded``, daily or concurrency limits) and, as for the Redis
+    backend, ``NOREPLICAS``."""
+    return text.startswith("NOREPLICAS") or "limit exceeded" in text.lower()
 
 
 def _ms(seconds: float) -> int:
@@ -324,7 +332,12 @@ class UpstashBackend:
                 error="unexpected answer",
             )
         if "error" in answer:
-            raise _CommandError(str(answer["error"]))
+            text = str(answer["error"])
+            if _unavailable_text(text):
+                raise UpstashUnavailable(
+                    f"Upstash cannot serve the command: {text}", status_code=400, error=text
+                )
+            raise _CommandError(text)
         return _decode(answer.get("result"))
 
     async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
