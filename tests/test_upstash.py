@@ -355,6 +355,40 @@ async def test_subscription_refused_from_the_start(
         await follower.aclose()
 
 
+async def test_subscription_never_confirmed(
+    upstash_standin: UpstashStandin, key_prefix: str
+) -> None:
+    """A proxy that buffers the streaming response: the subscription is never confirmed,
+    and after ``subscribe_timeout`` followers poll the list meanwhile."""
+    producer_backend = UpstashBackend(
+        upstash_standin.url, upstash_standin.token, key_prefix=key_prefix
+    )
+    follower_backend = UpstashBackend(
+        upstash_standin.url, upstash_standin.token, key_prefix=key_prefix,
+        subscribe_timeout=0.3,
+    )  # fmt: skip
+    producer = create_resumable_stream_context(producer_backend, options=FAST)
+    follower = create_resumable_stream_context(follower_backend, options=DEAF)
+    await asyncio.to_thread(upstash_standin.control, "subscribe/hold")
+    try:
+        gate = asyncio.Event()
+        original = await producer.create_new_resumable_stream("s", lambda: paced(100, gate, 10))
+        assert original is not None
+        stream = await follower.resume_existing_stream("s")
+        assert stream is not None
+        gate.set()
+        start = time.monotonic()
+        assert await read_all(stream) == expected_text(100)
+        assert time.monotonic() - start < 10.0  # not DEAF's 30 s poll: the backend polled
+        assert await read_all(original) == expected_text(100)
+    finally:
+        await asyncio.to_thread(upstash_standin.control, "subscribe/on")
+        await producer.aclose()
+        await follower.aclose()
+        await producer_backend.aclose()
+        await follower_backend.aclose()
+
+
 # -- errors: typed, with the status and Upstash's text, never a hang ----------------------
 
 

@@ -18,7 +18,8 @@ protocol Upstash documents and forwards every command to a real redis-server ove
 
 Controls for tests, outside Upstash's protocol (under ``/_standin/``, token required):
 ``POST /_standin/cut`` ends every open subscription, ``POST /_standin/subscribe/off``
-(and ``/on``) makes new subscriptions answer 503, ``POST /_standin/fail/<status>`` makes
+makes new subscriptions answer 503 and ``/hold`` never confirms them (a proxy that
+buffers the response; ``/on`` serves them again), ``POST /_standin/fail/<status>`` makes
 every later request of the protocol answer that HTTP status (``/fail/0`` ends it), and
 ``GET /_standin/stats`` counts the requests served by kind.
 
@@ -188,7 +189,7 @@ class StandinApp:
         self.pool = _Pool(redis_port)
         self.token = token
         self.stats: Counter[str] = Counter()
-        self.subscribe_enabled = True
+        self.subscribe_mode = "on"  # "off": refused with 503; "hold": never confirmed
         self.failing = 0  # an HTTP status every request of the protocol answers, or 0
         self.cut_event: asyncio.Event | None = None
 
@@ -257,10 +258,9 @@ class StandinApp:
         if path == "/_standin/cut":
             self.cut_event.set()
             self.cut_event = asyncio.Event()
-        elif path == "/_standin/subscribe/off":
-            self.subscribe_enabled = False
-        elif path == "/_standin/subscribe/on":
-            self.subscribe_enabled = True
+        elif path in ("/_standin/subscribe/on", "/_standin/subscribe/off",
+                      "/_standin/subscribe/hold"):
+            self.subscribe_mode = path.rsplit("/", 1)[1]
         elif path.startswith("/_standin/fail/"):
             self.failing = int(path.rsplit("/", 1)[1])
         elif path != "/_standin/stats":
@@ -269,11 +269,23 @@ class StandinApp:
         await _json(send, 200, dict(self.stats))
 
     async def _subscribe(self, channel: str, receive: Receive, send: Send) -> None:
-        if not self.subscribe_enabled:
+        if self.subscribe_mode == "off":
             await _json(send, 503, {"error": "subscriptions are disabled in this stand-in"})
             return
         assert self.cut_event is not None
         cut = self.cut_event
+        if self.subscribe_mode == "hold":
+            # As a proxy that buffers the response: headers, then nothing at all.
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            waits = [asyncio.ensure_future(c) for c in (_disconnected(receive), cut.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+                await asyncio.gather(*waits, return_exceptions=True)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         conn = await self.pool.open()
         try:
             await conn.send([b"SUBSCRIBE", channel.encode()])
@@ -302,11 +314,9 @@ class StandinApp:
                         "more_body": True,
                     })
 
-            async def disconnected() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-
-            tasks = [asyncio.ensure_future(c) for c in (pump(), disconnected(), cut.wait())]
+            tasks = [
+                asyncio.ensure_future(c) for c in (pump(), _disconnected(receive), cut.wait())
+            ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -319,6 +329,11 @@ class StandinApp:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             conn.close()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body(receive: Receive) -> bytes:

@@ -83,7 +83,6 @@ logger = logging.getLogger("resumable_stream")
 _APPEND = msgpack.packb(0)
 _END = msgpack.packb(1)
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0  # backoff of polls and re-subscriptions, seconds
-_SUBSCRIBE_TIMEOUT = 5.0  # a subscription not confirmed by then: poll meanwhile
 _ERROR_TEXT = 300  # characters of an unexpected response body kept in an error
 # A reader's feed holds only doorbells (`RESYNC`). With a budget below one of them, a
 # second ring before the reader took the first overflows the queue, which the reader
@@ -224,10 +223,12 @@ class UpstashBackend:
             same prefix as a `RedisBackend` on the same database to share streams.
         timeout: seconds any one request may take (connecting, sending, waiting for the
             answer) before it fails with `UpstashUnavailable`.
+        subscribe_timeout: seconds a streaming subscribe may go unconfirmed (a proxy
+            that buffers the response) before its readers poll the list meanwhile.
 
     Raises:
-        InvalidArgument: an empty ``url`` or ``token``, a URL that is not http(s), or a
-            bad ``key_prefix``.
+        InvalidArgument: an empty ``url`` or ``token``, a URL that is not http(s), a
+            duration that is not positive, or a bad ``key_prefix``.
     """
 
     def __init__(
@@ -237,17 +238,19 @@ class UpstashBackend:
         *,
         key_prefix: str = "resumable-stream",
         timeout: float = 10.0,
+        subscribe_timeout: float = 5.0,
     ) -> None:
         if not url or not url.startswith(("https://", "http://")):
             raise InvalidArgument(f"the Upstash REST URL must start with https://, not {url!r}")
         if not token:
             raise InvalidArgument("the Upstash REST token is empty")
-        if not timeout > 0:
-            raise InvalidArgument("timeout must be > 0")
+        if not timeout > 0 or not subscribe_timeout > 0:
+            raise InvalidArgument("timeout and subscribe_timeout must be > 0")
         self.key_prefix = validate_prefix(key_prefix)
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._subscribe_timeout = subscribe_timeout
         lua = resources.files(__package__).joinpath("lua")
         prelude = lua.joinpath("rest_args.lua").read_text("utf-8")
         self._claim = _Script("claim.lua", prelude)
@@ -515,7 +518,7 @@ class UpstashBackend:
         while True:
             # A response held back (a proxy that buffers it) would never confirm: poll
             # meanwhile, and keep waiting for it.
-            watchdog = loop.call_later(_SUBSCRIBE_TIMEOUT, self._unconfirmed, feed)
+            watchdog = loop.call_later(self._subscribe_timeout, self._unconfirmed, feed)
             try:
                 async with self._streaming().stream(
                     "POST", url, headers={**self._headers(), "Accept": "text/event-stream"}
@@ -561,7 +564,7 @@ class UpstashBackend:
         if not feed.live and not feed.lost and feed.error is None:
             logger.warning(
                 "Upstash did not confirm the subscription to %s within %g s: polling",
-                feed.channel, _SUBSCRIBE_TIMEOUT,
+                feed.channel, self._subscribe_timeout,
             )
             self._fall_back(feed)
 
