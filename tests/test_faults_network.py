@@ -415,6 +415,73 @@ async def test_delayed_link_with_pubsub_cuts_loses_and_doubles_nothing(
             await direct.aclose()
 
 
+@pytest.mark.timeout(60)
+async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Producer and followers on one slow link (5-30 ms each way) whose connections,
+    command and pub/sub alike, are cut (RST) at random moments, about every 150 ms:
+    a write whose reply is lost is retried (redis-py resends it; the index fences it),
+    readers re-subscribe and re-read, and every reader gets exactly the stream's text.
+    The schedule of cuts is seeded, so a failing run can be replayed."""
+    import random
+
+    rng = random.Random(23)
+    async with FaultProxy(redis_server.port, latency=jitter(5, 0.005, 0.03)) as proxy:
+        options = StreamOptions(lease=2.0, poll_interval=0.5, shutdown_grace=5.0)
+        producer_client = aioredis.Redis(host="127.0.0.1", port=proxy.port)
+        follower_client = aioredis.Redis(host="127.0.0.1", port=proxy.port)
+        producer = create_resumable_stream_context(
+            producer_client, key_prefix=key_prefix, options=options
+        )
+        follower_ctx = create_resumable_stream_context(
+            follower_client, key_prefix=key_prefix, options=options
+        )
+        total, pace = 600, 0.004
+        expected: list[Chunk] = [text(i) for i in range(total)]
+        cuts = 0
+
+        async def cutter(stop: asyncio.Event) -> None:
+            nonlocal cuts
+            while not stop.is_set():
+                await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault schedule
+                victims = proxy.open()
+                if victims:
+                    chosen = rng.choice(victims)
+                    cuts += proxy.cut(lambda c, chosen=chosen: c is chosen)
+
+        try:
+            original = Reading(mark_at=total // 10)
+            stream = await producer.create_new_resumable_stream("s", lambda: paced(total, pace))
+            reading = asyncio.create_task(original.run(stream))
+            followers = [Reading() for _ in range(3)]
+            following = [
+                asyncio.create_task(
+                    f.run(await follower_ctx.resume_existing_stream("s", after=-1))
+                )
+                for f in followers
+            ]
+            await asyncio.wait_for(original.mark.wait(), STEP)
+            stop = asyncio.Event()
+            cutting = asyncio.create_task(cutter(stop))
+            await asyncio.wait_for(reading, STEP * 2)
+            stop.set()
+            await cutting
+            await asyncio.wait_for(asyncio.gather(*following), STEP * 2)
+            late = await Reading().run(await follower_ctx.resume_existing_stream("s", after=-1))
+            figure("random cuts of every connection", cuts=cuts, connections=len(proxy.opened))
+            assert cuts >= 5
+            assert original.whole(expected)
+            for reading_ in (*followers, late):
+                assert reading_.whole(expected), (len(reading_.got), reading_.error)
+            assert await producer.get_status("s") is StreamStatus.DONE
+        finally:
+            await asyncio.wait_for(follower_ctx.aclose(), STEP)
+            await asyncio.wait_for(producer.aclose(), STEP)
+            await follower_client.aclose()
+            await producer_client.aclose()
+
+
 # -- real memory pressure: maxmemory and each eviction policy ------------------------------
 
 TYPED = (StreamFailed, StreamNotFound, ProducerLost, BackendUnavailable)
