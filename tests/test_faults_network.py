@@ -14,12 +14,14 @@ Every wait is bounded; the pace of a source is its workload, never a synchronisa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 
 import msgpack
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from resumable_stream import (
     BackendUnavailable,
@@ -34,8 +36,10 @@ from resumable_stream import (
 )
 from resumable_stream._types import Appended, Resync
 from resumable_stream.backends._pubsub import PubSubHub
+from resumable_stream.backends.cluster import _ShardRouter
 from resumable_stream.backends.redis import _ServerRouter, decode_event
 
+from .cluster_servers import PrivateCluster
 from .servers import RedisServer
 from .tcp_proxy import FaultProxy, ProxiedConnection, jitter
 
@@ -284,6 +288,55 @@ async def test_follower_on_a_stalled_pubsub_connection_gets_every_chunk_exactly(
             await asyncio.wait_for(producer.aclose(), STEP)
             await proxied.aclose()
             await direct.aclose()
+
+
+@pytest.mark.timeout(60)
+async def test_stalled_sharded_link_is_replaced_and_the_others_are_untouched(
+    redis_cluster: PrivateCluster,
+) -> None:
+    """On a Redis Cluster the hub keeps one sharded pub/sub link per master. Every node
+    is reached through its own proxy (redis-py's ``address_remap``); one master's link
+    goes half-open: its channels get a `Resync` within the health interval and live
+    messages again, while the channels on the other masters see nothing at all."""
+    interval = 1.0
+    proxies = {port: FaultProxy(port) for port in redis_cluster.ports}
+    async with contextlib.AsyncExitStack() as stack:
+        for proxy in proxies.values():
+            await stack.enter_async_context(proxy)
+        remap = {port: proxy.port for port, proxy in proxies.items()}
+        cluster = RedisCluster(
+            host="127.0.0.1", port=redis_cluster.ports[0],
+            address_remap=lambda address: (address[0], remap.get(address[1], address[1])),
+        )
+        stack.push_async_callback(cluster.aclose)
+        await cluster.initialize()
+        hub = PubSubHub(_ShardRouter(cluster), decode_event, health_interval=interval)
+        stack.push_async_callback(hub.aclose)
+        names = [f"x:{{n{i}}}:events" for i in range(24)]
+        subs = {name: await asyncio.wait_for(hub.subscribe(name, BUDGET), STEP) for name in names}
+        assert hub.connections == 3
+        victim_port = next(p for p, proxy in proxies.items() if proxy.stall(pubsub) == 1)
+        victim = f"127.0.0.1:{remap[victim_port]}"
+        on_victim = [n for n in names if cluster.get_node_from_key(n).name == victim]
+        elsewhere = [n for n in names if n not in on_victim]
+        assert on_victim
+        assert elsewhere
+        loop = asyncio.get_running_loop()
+        stalled_at = loop.time()
+        for name in on_victim:
+            assert isinstance(await asyncio.wait_for(subs[name].get(None), STEP), Resync)
+        elapsed = loop.time() - stalled_at
+        figure("stalled sharded link to resync", interval=interval, seconds=round(elapsed, 3),
+               channels_moved=len(on_victim), channels_untouched=len(elsewhere))
+        assert elapsed < interval + SLACK, elapsed
+        for i, name in enumerate(names):
+            await cluster.execute_command("SPUBLISH", name, appended(i, name))
+        for i, name in enumerate(names):
+            # The untouched channels' first event is this message: no Resync came.
+            assert await asyncio.wait_for(subs[name].get(None), STEP) == Appended(i, (name,))
+        assert hub.connections == 3
+        for sub in subs.values():
+            await sub.aclose()
 
 
 # -- delayed links --------------------------------------------------------------------------
