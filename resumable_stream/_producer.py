@@ -69,6 +69,12 @@ class _Writer:
         self._wake = Bell()
         self._tick: asyncio.TimerHandle | None = None  # the next write, if scheduled
         self._due = False  # a tick fired and its write has not started
+        # Backends that can start a write without a task (`write_soon`) are written
+        # from the tick's timer: the writer task then only renews, retries and ends.
+        self._soon = getattr(backend, "write_soon", None)
+        self._in_flight = False  # a write is out (from a tick, or the task's own)
+        self._retry: list[Chunk] | None = None  # a failed tick write, for the task
+        self._last_write = 0.0
         self._room = asyncio.Event()
         self._room.set()
         self.broken = False
@@ -80,7 +86,7 @@ class _Writer:
             return False
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
-        if self._tick is None:
+        if self._tick is None and not self._in_flight:
             self._schedule()
         return self._pending_bytes > self._options.max_buffered_bytes
 
@@ -98,8 +104,54 @@ class _Writer:
         self._tick = loop.call_at(now + interval - now % interval, self._fire)
 
     def _fire(self) -> None:
-        self._due = True
-        self._wake.set()
+        self._tick = None
+        if self.broken or self._in_flight:
+            return  # a failed writer, or the write in flight schedules the next tick
+        if self._soon is None or self._end is not None or self._due:
+            # The task writes: a backend without `write_soon`, the end (it rides on
+            # the last write), or a write the task is already busy with.
+            self._due = True
+            self._wake.set()
+            return
+        size = self._pending_bytes
+        batch = self._take()
+        if not batch:
+            return
+        future = self._soon(
+            self._stream_id, self._token, self._stored, batch, end=None,
+            ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+        )
+        if future is None:  # not this time (or never): the task writes
+            self._soon = None
+            self._pending[:0] = batch
+            self._pending_bytes = size
+            self._due = True
+            self._wake.set()
+            return
+        self._in_flight = True
+        future.add_done_callback(lambda f: self._written(f, batch))
+
+    def _written(self, future: asyncio.Future[bool], batch: list[Chunk]) -> None:
+        """A tick's write completed: account for it, or hand it to the task to retry."""
+        error: BaseException | None = (
+            asyncio.CancelledError() if future.cancelled() else future.exception()
+        )
+        if error is not None:
+            self._retry = batch  # the task retries it; nothing else is written meanwhile
+            self._wake.set()
+            return
+        self._in_flight = False
+        self._stored += len(batch)
+        self.writes += 1
+        self._last_write = future.get_loop().time()
+        if future.result() and self._end is None:
+            self._on_stop()  # requested from some process with stop_stream()
+        if self._pending_bytes <= self._options.max_buffered_bytes:
+            self._room.set()
+        if self._end is not None:
+            self._wake.set()  # the task writes the rest and the end
+        elif self._pending and self._tick is None:
+            self._schedule()
 
     async def wait_for_room(self) -> None:
         """Backpressure on the source, only when the backend is far behind."""
@@ -133,29 +185,48 @@ class _Writer:
         # renew together (one pipeline, not one round trip each).
         clock = min(_RENEW_TICK, renew_every / 2)
         loop = asyncio.get_running_loop()
+        self._last_write = loop.time()
         try:
             while True:
-                due = loop.time() + renew_every
-                renew_at = due - due % clock
-                while self._end is None and not self._due:
+                while self._retry is None and (
+                    self._in_flight or (self._end is None and not self._due)
+                ):
+                    due = self._last_write + renew_every
+                    renew_at = due - due % clock
+                    if not self._in_flight and loop.time() >= renew_at:
+                        break  # an empty batch only renews the lease
                     self._wake.clear()
                     timer = loop.call_at(renew_at, self._wake.set)
                     try:
                         await self._wake.wait()
                     finally:
                         timer.cancel()
-                    if loop.time() >= renew_at:
-                        break  # an empty batch only renews the lease
-                if self._due:
-                    self._due = False
-                    self._tick = None  # chunks from now on schedule the next tick
+                if self._retry is not None:
+                    # A tick's write failed: retry it here, with the usual window.
+                    batch, self._retry = self._retry, None
+                    if not await self._write(batch, None):
+                        return
+                    self._in_flight = False
+                    self._stored += len(batch)
+                    self._last_write = loop.time()
+                    if self._pending_bytes <= self._options.max_buffered_bytes:
+                        self._room.set()
+                    if self._pending and self._tick is None and self._end is None:
+                        self._schedule()
+                    continue
+                self._due = False
                 batch = self._take()
                 end = self._end if not self._pending else None
-                if self._pending and self._tick is None:
-                    self._schedule()  # more than one batch's worth is waiting
-                if not await self._write(batch, end):
-                    return
+                self._in_flight = True  # no tick writes meanwhile: one write at a time
+                try:
+                    if not await self._write(batch, end):
+                        return
+                finally:
+                    self._in_flight = False
                 self._stored += len(batch)
+                self._last_write = loop.time()
+                if self._pending and self._tick is None and self._end is None:
+                    self._schedule()  # chunks came during the write
                 if self._pending_bytes <= self._options.max_buffered_bytes:
                     self._room.set()
                 if end is not None:

@@ -194,10 +194,12 @@ async def test_redis_restart_without_persistence_marks_the_stream_failed(
 
 
 @pytest.mark.timeout(30)
-async def test_retried_write_that_landed_is_not_a_refusal(key_prefix: str) -> None:
+@pytest.mark.parametrize("path", ["task", "tick"])
+async def test_retried_write_that_landed_is_not_a_refusal(key_prefix: str, path: str) -> None:
     """A write applied by the backend whose reply was lost (a cut after the command ran)
     is retried; the retry is refused (the index moved on), and the producer must see
-    that its own first try landed instead of giving the stream up."""
+    that its own first try landed instead of giving the stream up. Both for writes the
+    writer task makes and for those started from the write clock (``write_soon``)."""
     from resumable_stream import MemoryBackend
 
     class LostReplies(MemoryBackend):
@@ -210,6 +212,16 @@ async def test_retried_write_that_landed_is_not_a_refusal(key_prefix: str) -> No
             self.lost += 1  # every write is applied, then its reply is lost
             raise BackendUnavailable("the reply was lost")
 
+        def write_soon(self, *args: object, **kwargs: object) -> asyncio.Future[bool]:
+            applied = super().write_soon(*args, **kwargs)  # type: ignore[arg-type]
+            assert applied.result() is False
+            self.lost += 1
+            lost: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            lost.set_exception(BackendUnavailable("the reply was lost"))
+            return lost
+
+    if path == "task":
+        LostReplies.write_soon = None  # type: ignore[assignment,method-assign]
     backend = LostReplies()
     ctx = create_resumable_stream_context(backend, options=OPTIONS)
     try:

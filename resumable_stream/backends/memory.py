@@ -8,6 +8,7 @@ at most once per second on `claim`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,48 @@ class MemoryBackend:
         return None
 
     async def write(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> bool:
+        return self._write(
+            stream_id, token, start, chunks, end=end, ttl=ttl, finished_ttl=finished_ttl,
+            lease=lease,
+        )
+
+    def write_soon(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> asyncio.Future[bool]:
+        """`write`, done at once; the future holds its result (see `Backend`)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(
+                self._write(
+                    stream_id, token, start, chunks, end=end, ttl=ttl,
+                    finished_ttl=finished_ttl, lease=lease,
+                )
+            )
+        except StaleProducer as exc:
+            future.set_exception(exc)
+        return future
+
+    def _write(
         self,
         stream_id: str,
         token: str,

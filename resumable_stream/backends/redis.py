@@ -20,7 +20,7 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   because ``unpack`` in Lua fails near 8,000 values. On one server (or behind a
   Sentinel) the writes of every stream of the process are coalesced: whatever was
   asked while the previous batch was on the wire goes out as one pipeline, one round
-  trip, on one pooled connection (`_WriteBatcher`). A call through redis-py's
+  trip, on one pooled connection (`_Batcher`; claims go the same way). A call through redis-py's
   ``execute_command`` costs ~50 us of Python (the profile in benchmarks/README.md);
   a pipelined script call a few. A batch is sent without redis-py's automatic retry:
   a resent write could be applied twice, and the producer retries by itself, with
@@ -93,6 +93,8 @@ class _Script:
         self._client = client
         self.text = resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        # EVALSHA <sha> 3, packed once: every script here takes three keys.
+        self.head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n$1\r\n3\r\n"
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
@@ -105,7 +107,7 @@ class _Script:
             return await self._client.execute_command(*command, **options)
 
 
-_Call = tuple[Sequence[Any], "asyncio.Future[Any]"]
+_Call = tuple["_Script", Sequence[Any], "asyncio.Future[Any]"]
 
 
 def _pack(head: bytes, args: Sequence[Any]) -> bytes:
@@ -128,26 +130,26 @@ def _pack(head: bytes, args: Sequence[Any]) -> bytes:
 _MAX_PIPELINE = 512  # script calls per pipeline: bounds one reply's size and latency
 
 
-class _WriteBatcher:
-    """Every stream's ``write.lua`` calls, coalesced into pipelines, one in flight.
+class _Batcher:
+    """Every stream's claims and writes, coalesced into pipelines, one in flight.
 
     A call made while a pipeline is on the wire waits for the next one, so the number
     of round trips follows the number of loop turns, not the number of streams; a
     lone slow stream still gets its write sent at once (the next loop turn).
     """
 
-    def __init__(self, client: aioredis.Redis, script: _Script, slots: Callable[[], Any]) -> None:
+    def __init__(self, client: aioredis.Redis, slots: Callable[[], Any]) -> None:
         self._pool = client.connection_pool
         self._client = client
-        self._script = script
         self._slots = slots
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
 
-    def submit(self, args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Queue one EVALSHA's arguments (after the SHA); the future gets its reply."""
+    def submit(self, script: _Script, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue one call of a three-key ``script`` (keys, then arguments); the future
+        gets its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((args, future))
+        self._queue.append((script, args, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return future
@@ -165,12 +167,12 @@ class _WriteBatcher:
             while self._queue:
                 calls = self._queue[:_MAX_PIPELINE]
                 del self._queue[:_MAX_PIPELINE]
-                calls = [call for call in calls if not call[1].done()]  # cancelled callers
+                calls = [call for call in calls if not call[2].done()]  # cancelled callers
                 if calls:
                     await self._send(calls)
         except BaseException as exc:
             # Cancelled (aclose) or a bug: nobody may wait forever on a queued call.
-            for _, future in self._queue:
+            for _, _, future in self._queue:
                 if not future.done():
                     future.set_exception(BackendUnavailable(f"writes stopped: {exc!r}"))
             self._queue.clear()
@@ -182,13 +184,13 @@ class _WriteBatcher:
         try:
             async with self._slots():
                 replies = await self._pipeline(calls)
-                if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
+                missing = [
+                    n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+                ]
+                if missing:
                     # A fresh server or a promoted replica: nothing ran; load and resend.
-                    await self._client.script_load(self._script.text)
-                    missing = [
-                        n for n, r in enumerate(replies)
-                        if isinstance(r, redis_errors.NoScriptError)
-                    ]
+                    for script in {calls[n][0] for n in missing}:
+                        await self._client.script_load(script.text)
                     again = await self._pipeline([calls[n] for n in missing])
                     for n, reply in zip(missing, again, strict=True):
                         replies[n] = reply
@@ -197,11 +199,11 @@ class _WriteBatcher:
             if unavailable(exc):
                 error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
                 error.__cause__ = exc
-            for _, future in calls:
+            for _, _, future in calls:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, future), reply in zip(calls, replies, strict=True):
+        for (_, _, future), reply in zip(calls, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
@@ -212,11 +214,9 @@ class _WriteBatcher:
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """Send the calls back to back, then read every reply (an error reply is
         returned in its place, so one refused write does not fail the others)."""
-        sha = self._script.sha
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n3\r\n"
-            packed = b"".join([_pack(head, args) for args, _ in calls])
+            packed = b"".join([_pack(script.head, args) for script, args, _ in calls])
             await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
             for _ in calls:
@@ -231,6 +231,15 @@ class _WriteBatcher:
             raise
         finally:
             await self._pool.release(connection)
+
+
+def _write_error(stream_id: str, exc: redis_errors.ResponseError) -> Exception:
+    """What a refused ``write.lua`` call means to the producer."""
+    if str(exc).startswith("STALE"):
+        return StaleProducer(f"stream {stream_id!r}: {exc}")
+    if unavailable(exc):
+        return BackendUnavailable(f"Redis unavailable: {describe(exc)}")
+    return exc
 
 
 class _ServerRouter:
@@ -268,7 +277,7 @@ class RedisBackend:
     """
 
     _publish = "PUBLISH"
-    _batcher: _WriteBatcher | None
+    _batcher: _Batcher | None
 
     def __init__(self, client: aioredis.Redis, *, key_prefix: str = "resumable-stream") -> None:
         if not isinstance(client, aioredis.Redis):
@@ -277,7 +286,7 @@ class RedisBackend:
             )
         max_connections = getattr(client.connection_pool, "max_connections", None)
         self._setup(client, key_prefix, _ServerRouter(client), max_connections)
-        self._batcher = _WriteBatcher(client, self._write, self._slot)
+        self._batcher = _Batcher(client, self._slot)
 
     def _setup(
         self,
@@ -335,9 +344,16 @@ class RedisBackend:
         self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
         k = self._keys(stream_id)
-        status = await self._call(
-            self._claim, [k.meta, k.chunks, k.lease], [token, _ms(ttl), _ms(lease), metadata]
-        )
+        keys, args = [k.meta, k.chunks, k.lease], [token, _ms(ttl), _ms(lease), metadata]
+        if self._batcher is not None:
+            try:
+                status = await self._batcher.submit(self._claim, [*keys, *args])
+            except redis_errors.ResponseError as exc:
+                if unavailable(exc):
+                    raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
+                raise
+        else:
+            status = await self._call(self._claim, keys, args)
         return None if status is None else StreamStatus(status.decode())
 
     async def write(
@@ -370,16 +386,58 @@ class RedisBackend:
         keys = [k.meta, k.chunks, k.lease]
         try:
             if self._batcher is not None:
-                _, stop = await self._batcher.submit([*keys, *args])
+                _, stop = await self._batcher.submit(self._write, [*keys, *args])
             else:
                 _, stop = await self._call(self._write, keys, args)
         except redis_errors.ResponseError as exc:
-            if str(exc).startswith("STALE"):
-                raise StaleProducer(f"stream {stream_id!r}: {exc}") from exc
-            if unavailable(exc):
-                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-            raise
+            error = _write_error(stream_id, exc)
+            if error is exc:
+                raise
+            raise error from exc
         return bool(stop)
+
+    def write_soon(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> asyncio.Future[bool] | None:
+        """`write`, queued for the next pipeline without a task of its own (see
+        `Backend`); None on a cluster, whose writes go one by one."""
+        if self._batcher is None or end is not None:
+            return None
+        k = self._keys(stream_id)
+        pack = self._packer.pack
+        args: list[Any] = [
+            k.meta, k.chunks, k.lease, token, start, _ms(ttl), _ms(finished_ttl), _ms(lease),
+            k.events, b"", b"", b"", _APPEND + pack(start), self._publish,
+        ]
+        args.extend(pack(chunk) for chunk in chunks)
+        reply = self._batcher.submit(self._write, args)
+        result: asyncio.Future[bool] = reply.get_loop().create_future()
+
+        def done(reply: asyncio.Future[Any]) -> None:
+            if result.done():
+                return
+            if reply.cancelled():
+                result.cancel()
+                return
+            exc = reply.exception()
+            if exc is None:
+                result.set_result(bool(reply.result()[1]))
+            elif isinstance(exc, redis_errors.ResponseError):
+                result.set_exception(_write_error(stream_id, exc))
+            else:
+                result.set_exception(exc)
+
+        reply.add_done_callback(done)
+        return result
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         k = self._keys(stream_id)
