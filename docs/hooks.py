@@ -49,9 +49,8 @@ def _relink(text: str) -> str:
         name = match["name"]
         if name.endswith(".png"):
             return f"{match[1]}[{match['text']}](benchmarks/{name})"
-        return f"{match['text']} (`benchmarks/results/{name}` in the repository)"
+        return f"`benchmarks/results/{name}` (in the repository)"
 
-    # The report's own sub-headings are one level too deep once nested in the page.
     return _LINK.sub(replace, text)
 
 
