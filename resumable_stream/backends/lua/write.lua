@@ -35,10 +35,13 @@ if length > 0 then
   redis.call('PEXPIRE', list, ttl)
 end
 if ended then
+  -- DEL first: under maxmemory with nothing to evict, Redis refuses only a script's
+  -- first write that may grow memory, so a full Redis still takes the end of a
+  -- stream (a few bytes) once its chunks are in, or once they were refused.
+  redis.call('DEL', lease)
   -- The final length too: snapshot.lua compares it with the list's, so an ended
   -- stream whose chunks were evicted never reads as a shorter, whole one.
   redis.call('HSET', meta, 'status', ARGV[7], 'error', ARGV[8], 'length', length)
-  redis.call('DEL', lease)
 else
   redis.call('SET', lease, ARGV[1], 'PX', tonumber(ARGV[5]))
 end
