@@ -694,3 +694,44 @@ async def test_finished_stream_whose_chunks_were_evicted_reads_failed_never_shor
         assert await ctx.resume_existing_stream("s", after=5) is None
     finally:
         await ctx.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_full_redis_marks_a_stream_failed_even_with_nothing_stored(
+    redis_factory: list[RedisServer], key_prefix: str
+) -> None:
+    """``noeviction`` and Redis over its limit right after a stream was created: its
+    first write is refused (OOM), retried for ``retry_window``, and the stream is then
+    marked failed with Redis' reason, though not one chunk could be stored (the end
+    is a script's first write only after a DEL, which Redis always allows). A follower
+    gets `StreamFailed` saying why, not `ProducerLost` a lease later."""
+    server = start(redis_factory, "--maxmemory", "64mb", "--maxmemory-policy", "noeviction")
+    client = aioredis.Redis.from_url(server.url)
+    options = StreamOptions(lease=5.0, poll_interval=0.25, retry_window=0.5)
+    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+    gate = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        await gate.wait()
+        yield "refused"
+
+    try:
+        stream = await ctx.create_new_resumable_stream("s", source)
+        follower = Reading()
+        following = asyncio.create_task(
+            follower.run(await ctx.resume_existing_stream("s", after=-1))
+        )
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory", used // 2)  # full from now on
+        gate.set()
+        original = await Reading().run(stream)
+        assert original.whole(["refused"])  # fed by its producer, as always
+        await asyncio.wait_for(following, STEP)
+        assert follower.got == []
+        assert isinstance(follower.error, StreamFailed), follower.error
+        assert "maxmemory" in str(follower.error)
+        assert await ctx.get_status("s") is StreamStatus.FAILED
+    finally:
+        await client.config_set("maxmemory", "64mb")
+        await asyncio.wait_for(ctx.aclose(), STEP)
+        await client.aclose()
