@@ -153,6 +153,42 @@ async def test_standin_encoding_and_status(
 # -- streams over REST -------------------------------------------------------------------
 
 
+async def test_arguments_survive_the_base64_prelude(
+    pair: tuple[UpstashBackend, UpstashBackend], redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """Every byte value, every padding length: what a script stores over REST is what
+    the caller passed, as Redis itself holds it."""
+    backend = pair[0]
+    every_byte = bytes(range(256))
+    for n in (0, 1, 2, 3, 4, 5, 256, 257, 258):
+        value = (every_byte * 2)[:n]
+        assert await backend.claim(f"s{n}", "token", ttl=60, lease=60, metadata=value) is None
+        snap = await backend.snapshot(f"s{n}", 0, 0)
+        assert snap is not None
+        assert snap.metadata == value
+        meta = StreamKeys(key_prefix, f"s{n}").meta
+        assert await redis_client.hget(meta, "info") == value
+
+
+def test_backend_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidArgument):
+        UpstashBackend("redis://127.0.0.1:6379", "t")
+    with pytest.raises(InvalidArgument):
+        UpstashBackend("https://a.upstash.io", "")
+    with pytest.raises(InvalidArgument):
+        UpstashBackend("https://a.upstash.io", "t", timeout=0)
+    for name in (*UPSTASH, *VERCEL):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InvalidArgument, match="UPSTASH_REDIS_REST_URL"):
+        UpstashBackend.from_env()
+    for name, value in VERCEL.items():
+        monkeypatch.setenv(name, value)
+    assert UpstashBackend.from_env().url == VERCEL["KV_REST_API_URL"]
+    for name, value in UPSTASH.items():
+        monkeypatch.setenv(name, value)
+    assert UpstashBackend.from_env().url == UPSTASH["UPSTASH_REDIS_REST_URL"]
+
+
 async def test_chunks_that_look_like_events_cannot_forge_any(
     pair: tuple[UpstashBackend, UpstashBackend], key_prefix: str
 ) -> None:
