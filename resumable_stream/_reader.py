@@ -131,7 +131,15 @@ class ResumableStream:
         pos = self._batch_pos
         batch = self._batch
         if pos >= len(batch):
-            taken = self._feed.take_at(self._pos) if self._following else None
+            taken = None
+            if self._following:
+                feed = self._feed
+                taken = feed.take_at(self._pos)
+                if taken is None and self._local and feed.idle():
+                    # The original reader waits for its producer right here: no
+                    # generator frames to resume per chunk (it never polls).
+                    await feed.wait_ready()
+                    taken = feed.take_at(self._pos)
             if taken:
                 # Straight from the live feed: the generator would do just this.
                 self._batch_start = self._pos

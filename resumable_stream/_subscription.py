@@ -168,6 +168,16 @@ class Subscription:
             if not (self._events or self._overflowed or self._error) and loop.time() >= deadline:
                 return None
 
+    def idle(self) -> bool:
+        """Nothing to take: no event, no overflow, no error."""
+        return not (self._events or self._overflowed or self._error is not None)
+
+    async def wait_ready(self) -> None:
+        """Wait until something can be taken (`get` would not wait)."""
+        while not (self._events or self._overflowed or self._error is not None):
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
     def take_at(self, index: int) -> Sequence[Chunk] | None:
         """The chunks of the next event if it is an `Appended` starting at ``index``
         (the reader's fast path, without waiting); None for anything else."""
