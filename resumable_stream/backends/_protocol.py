@@ -21,6 +21,13 @@ to keep these invariants:
 5. ``request_stop`` sets a flag that every later ``write`` of that stream reports.
 6. Every stored record expires: ``ttl`` while running (renewed by each write),
    ``finished_ttl`` once ended; the lease expires ``lease`` seconds after the last write.
+
+Optionally, a backend may offer ``write_soon(...)`` with `write`'s arguments, which
+starts the write at once, without a task, and returns a future that resolves as
+`write` would (or None: "not now, use `write`"). The producer then writes from its
+write clock's timer, and its task sleeps unless it renews, retries or ends; writes
+started this way must be applied in the order they were started. `MemoryBackend`
+and `RedisBackend` (through its pipelines) have it.
 """
 
 from __future__ import annotations
