@@ -86,6 +86,17 @@ def test_wait_until_finishes_the_stream_before_the_function_returns(
     assert stored(upstash_standin, stream_id) == (StreamStatus.DONE, module.ANSWER)
 
 
+def test_a_warm_instance_serves_invocations_in_loops_of_their_own(
+    upstash_standin: UpstashStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts that run each invocation with its own ``asyncio.run`` keep the module (its
+    context and backend) between them: the second must not use the first's connections."""
+    module = load(upstash_standin, monkeypatch)
+    first, second = invocation(module.app), invocation(module.app)
+    assert stored(upstash_standin, first) == (StreamStatus.DONE, module.ANSWER)
+    assert stored(upstash_standin, second) == (StreamStatus.DONE, module.ANSWER)
+
+
 def test_without_it_a_frozen_function_leaves_the_stream_unfinished(
     upstash_standin: UpstashStandin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -258,7 +258,9 @@ class UpstashBackend:
         self._snapshot = _Script("snapshot.lua", prelude)
         self._stop = _Script("stop.lua", prelude)
         self._packer = msgpack.Packer()
-        # Made on first use, inside the running loop (a context is often made at import).
+        # Made on first use, inside the running loop (a context is often made at import),
+        # and made again in another loop (see `_bind`).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._streams: httpx.AsyncClient | None = None
         self._sync_token = ""
@@ -295,7 +297,26 @@ class UpstashBackend:
             headers["Upstash-Sync-Token"] = self._sync_token
         return headers
 
+    def _bind(self) -> None:
+        """Forget connections and tasks of an event loop other than the running one.
+
+        Some hosts run each invocation in an event loop of its own (``asyncio.run`` per
+        request) while the context, made at import, lives on: an httpx connection or a
+        task of a finished loop can never be used again, and waiting on one would hang.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None:
+            logger.debug("UpstashBackend: a new event loop, new connections")
+            self._client = self._streams = None
+            self._feeds = {}
+            self._poller = None
+            self._poll_wakeup = None
+        self._loop = loop
+
     def _commands(self) -> httpx.AsyncClient:
+        self._bind()
         if self._client is None:
             self._client = httpx.AsyncClient(
                 verify=_tls(),
@@ -473,6 +494,7 @@ class UpstashBackend:
         feed polls is rung by the next poll that sees a change. If Upstash refuses the
         credentials, the reader's `Subscription.get` raises `UpstashUnavailable`.
         """
+        self._bind()
         keys = self._keys(stream_id)
         # ``max_buffered_bytes`` bounds live data; doorbells carry none.
         reader = Subscription(
@@ -498,6 +520,7 @@ class UpstashBackend:
     # --- the live feed --------------------------------------------------------
 
     def _streaming(self) -> httpx.AsyncClient:
+        self._bind()
         if self._streams is None:
             # No read timeout (a quiet stream sends nothing for as long as it likes) and
             # no cap on connections: one per followed stream, as many as readers need.
