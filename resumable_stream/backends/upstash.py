@@ -333,7 +333,9 @@ class UpstashBackend:
         """
         try:
             response = await self._commands().post(
-                self.url + path, content=json.dumps(body), headers=self._headers()
+                self.url + path,
+                content=json.dumps(body),
+                headers={**self._headers(), "Content-Type": "application/json"},
             )
         except httpx.HTTPError as exc:
             raise _network_error(exc, what) from exc
