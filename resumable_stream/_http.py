@@ -187,6 +187,9 @@ def encode(item: IndexedChunk, mode: str) -> bytes:
     return data
 
 
+_JOIN = 256  # chunks at most per body message
+
+
 async def pump(
     reader: ResumableStream,
     send: Send,
@@ -247,7 +250,13 @@ async def pump(
                 await write(encode(first, mode))
             if body is None:
                 async for item in reader.indexed():
-                    await write(encode(item, mode))
+                    more = reader._ready(_JOIN)
+                    if more:
+                        # Chunks that are here already go out in one message: a
+                        # send costs the server ~10 us whatever its size.
+                        await write(b"".join([encode(i, mode) for i in (item, *more)]))
+                    else:
+                        await write(encode(item, mode))
             else:
                 async for piece in body:
                     await write(piece)

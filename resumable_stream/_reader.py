@@ -153,6 +153,19 @@ class ResumableStream:
         self._last_index = self._batch_start + pos
         return batch[pos]
 
+    def _ready(self, limit: int) -> list[IndexedChunk]:
+        """Up to ``limit`` more chunks that are here already (the rest of the batch in
+        hand), taken without waiting: the HTTP pump sends them in one message."""
+        batch = self._batch
+        pos = self._batch_pos
+        end = min(len(batch), pos + limit)
+        if pos >= end:
+            return []
+        start = self._batch_start
+        self._batch_pos = end
+        self._last_index = start + end - 1
+        return [IndexedChunk(start + i, batch[i]) for i in range(pos, end)]
+
     def indexed(self) -> AsyncIterator[IndexedChunk]:
         """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
         return self._indexed()
