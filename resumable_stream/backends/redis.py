@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -67,6 +68,13 @@ __all__ = ["RedisBackend"]
 
 _APPEND = msgpack.packb(0)
 _END = msgpack.packb(1)
+
+
+@functools.lru_cache(maxsize=8192)
+def _stream_keys(prefix: str, stream_id: str) -> StreamKeys:
+    """A running stream's keys, made once (escaping the id costs more than a write's
+    other arguments)."""
+    return StreamKeys(prefix, stream_id)
 
 
 def _ms(seconds: float) -> int:
@@ -321,7 +329,7 @@ class RedisBackend:
         """Before every command: nothing to prepare on one server."""
 
     def _keys(self, stream_id: str) -> StreamKeys:
-        return StreamKeys(self.key_prefix, stream_id)
+        return _stream_keys(self.key_prefix, stream_id)
 
     def _slot(self) -> asyncio.Semaphore:
         """The in-flight cap, made inside the running loop."""
