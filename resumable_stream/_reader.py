@@ -105,6 +105,8 @@ class ResumableStream:
         # True while `_run` waits at a yield whose next step is taking the feed's next
         # event: then `__anext__` takes an `Appended` that continues at ``_pos`` itself.
         self._following = False
+        self._quiet = False  # __anext__ waited a whole poll_interval for nothing
+        self._poll = options.poll_interval
         self._gen = self._run(first)
 
     @property
@@ -135,11 +137,14 @@ class ResumableStream:
             if self._following:
                 feed = self._feed
                 taken = feed.take_at(self._pos)
-                if taken is None and self._local and feed.idle():
-                    # The original reader waits for its producer right here: no
-                    # generator frames to resume per chunk (it never polls).
-                    await feed.wait_ready()
-                    taken = feed.take_at(self._pos)
+                if taken is None and feed.idle():
+                    # Wait for the next event right here: no generator frames to
+                    # resume per chunk. The original reader never polls; a follower
+                    # that heard nothing for poll_interval has `_run` re-read.
+                    if await feed.wait_ready(None if self._local else self._poll):
+                        taken = feed.take_at(self._pos)
+                    else:
+                        self._quiet = True
             if taken:
                 # Straight from the live feed: the generator would do just this.
                 self._batch_start = self._pos
@@ -313,7 +318,11 @@ class ResumableStream:
                         raise ProducerLost(self.stream_id)
                     snap = None
                 try:
-                    event = await self._feed.get(None if self._local else poll)
+                    if self._quiet:  # __anext__ already waited poll_interval for it
+                        self._quiet = False
+                        event = None
+                    else:
+                        event = await self._feed.get(None if self._local else poll)
                 except BackendUnavailable:
                     # The live feed broke (a Redis restart, a cut, a dropped slow
                     # subscriber): subscribe again and re-read, for up to retry_window.

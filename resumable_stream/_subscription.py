@@ -172,11 +172,26 @@ class Subscription:
         """Nothing to take: no event, no overflow, no error."""
         return not (self._events or self._overflowed or self._error is not None)
 
-    async def wait_ready(self) -> None:
-        """Wait until something can be taken (`get` would not wait)."""
-        while not (self._events or self._overflowed or self._error is not None):
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until something can be taken (`get` would not wait); False if
+        ``timeout`` passed first."""
+        if timeout is None:
+            while self.idle():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.idle():
+            if loop.time() >= deadline:
+                return False
             self._wakeup.clear()
-            await self._wakeup.wait()
+            timer = loop.call_at(deadline, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
+        return True
 
     def take_at(self, index: int) -> Sequence[Chunk] | None:
         """The chunks of the next event if it is an `Appended` starting at ``index``
