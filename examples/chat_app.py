@@ -108,7 +108,7 @@ async def fake_agent(text: str) -> AsyncIterator[str]:
     yield sse("[DONE]")
 
 
-ctx = resumable_stream.create_resumable_stream_context(None)  # REDIS_URL, else memory
+ctx = resumable_stream.create_resumable_stream_context(None)  # Redis, Upstash or memory
 
 
 @asynccontextmanager
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     host = f"[{args.host}]" if ":" in args.host else args.host
-    backend = "Redis" if os.environ.get("REDIS_URL") or os.environ.get("KV_URL") else "memory"
+    backend = type(ctx.backend).__name__
     print(f"Resumable chat on http://{host}:{args.port} (streams in {backend})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
