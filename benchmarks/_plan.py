@@ -126,7 +126,7 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
     for streams in sizes.w1_streams:
         repeats = sizes.w1_big_repeats if streams >= 1000 else sizes.w1_repeats
         for repeat in range(repeats):
-            impls = ["plain", "ours", "ours_memory", "raw_batched"]
+            impls = ["plain", "plain_task", "ours", "ours_memory", "raw_batched"]
             if streams <= sizes.w1_raw_max_streams:
                 impls.append("raw")
             for impl in impls:

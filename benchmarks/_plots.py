@@ -12,6 +12,7 @@ COLORS = {
     "ours_memory": "tab:cyan",
     "npm": "tab:red",
     "plain": "tab:gray",
+    "plain_task": "dimgray",
     "node_plain": "silver",
     "raw": "tab:olive",
     "raw_batched": "tab:green",
@@ -24,6 +25,7 @@ LABELS = {
     "ours_memory": "ours (in memory)",
     "npm": "npm original",
     "plain": "plain (Python)",
+    "plain_task": "plain, producer task (Python)",
     "node_plain": "plain (Node)",
     "raw": "raw redis-py, per chunk",
     "raw_batched": "raw redis-py, batched",
@@ -80,7 +82,8 @@ def draw(summary: dict[str, Any], out_dir: Path, stem: str, subtitle: str) -> di
     if w1:
         sizes = sorted(w1, key=int)
         fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-        impls = ["ours", "ours_memory", "npm", "plain", "node_plain", "raw_batched", "raw"]
+        impls = ["ours", "ours_memory", "npm", "plain", "plain_task", "node_plain",
+                 "raw_batched", "raw"]
         for ax, (path, title) in zip(axes, (
             ("chunks_per_s", "chunks/s (log)"),
             ("redis.round_trips_per_chunk", "Redis round trips per chunk"),

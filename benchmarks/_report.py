@@ -76,6 +76,8 @@ def summarize(records: list[Record]) -> dict[str, Any]:
             "ours/npm": ratio(cps.get("ours"), cps.get("npm")),
             "ours/raw_batched": ratio(cps.get("ours"), cps.get("raw_batched")),
             "ours_memory/plain": ratio(cps.get("ours_memory"), cps.get("plain")),
+            "ours/plain_task": ratio(cps.get("ours"), cps.get("plain_task")),
+            "plain_task/plain": ratio(cps.get("plain_task"), cps.get("plain")),
             "npm/node_plain": ratio(cps.get("npm"), cps.get("node_plain")),
         }
     s["w1"] = w1
@@ -195,6 +197,15 @@ def table(summary: dict[str, Any]) -> str:
         ))
     if "100" in w1:
         m = w1["100"]
+        r = m["ratios"]
+        rows.append((
+            "W1 chunks/s, 100 streams, plain with a producer task (nothing stored)",
+            _fmt(m.get("ours", {}).get("chunks_per_s")), "",
+            _fmt(m.get("plain_task", {}).get("chunks_per_s")), "", "",
+            f"{_fmt(r.get('ours/plain_task'), 'x')} of it; it is "
+            f"{_fmt(r.get('plain_task/plain'), 'x')} plain",
+            "",
+        ))
         rt = "redis.round_trips_per_chunk"
         rows.append((
             "W1 Redis round trips/chunk, 100 streams",
