@@ -307,6 +307,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 n = 0
                 while True:
                     started = time.monotonic()
+                    errors_before = len(totals.errors)
                     streams = [f"r{len(rounds)}s{i}-{uuid.uuid4().hex[:6]}"
                                for i in range(args.streams)]
                     await asyncio.wait_for(
@@ -324,6 +325,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         "rss_mb": round(stats["rss_kb"] / 1024, 1),
                         "tasks": stats["tasks"],
                         "redis_connections": await _redis_connections(redis),
+                        "errors": len(totals.errors) - errors_before,
                     })
                     print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
                     done = len(rounds) >= args.rounds if args.rounds else (
