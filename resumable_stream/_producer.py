@@ -264,7 +264,7 @@ class _Writer:
                     return False
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
-            except Exception as exc:  # refused for good (e.g. Redis out of memory)
+            except Exception as exc:  # refused for good (an error reply that no retry fixes)
                 self._give_up(exc)
                 await self._mark_failed(f"persistence failed: {exc}")
                 return False
