@@ -67,5 +67,8 @@ def on_page_markdown(markdown: str, page: Page, **_: Any) -> str:
     """Put the report's sections where the performance page asks for them."""
     if page.file.src_uri != _PAGE:
         return markdown
+    if not _REPORT.is_file():  # an sdist ships the docs but not the benchmarks
+        note = "*(The benchmark report is in the repository: `benchmarks/README.md`.)*"
+        return _MARKER.sub(note, markdown)
     report = _REPORT.read_text("utf-8")
     return _MARKER.sub(lambda m: _relink(_section(report, m["title"])), markdown)
