@@ -280,7 +280,6 @@ class ResumeEndpoint:
             first=first,
         )
 
-
     async def _ended(self, send: Send, stream_id: str, *, known_done: bool) -> None:
         """Answer for a stream that ended with nothing left for this client.
 
