@@ -61,6 +61,15 @@ class EventSplitter:
         if not data:
             return []
         buf = self._buf
+        if (
+            not buf
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and data[0] != _LF
+            and _CR not in data
+        ):
+            # The common case, one whole event per write (LF line ends): no scan.
+            return [bytes(data)]
         buf += data
         blocks: list[bytes] = []
         start = 0  # where the current block starts
