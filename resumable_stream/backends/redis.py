@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -146,10 +146,12 @@ class _Batcher:
     lone slow stream still gets its write sent at once (the next loop turn).
     """
 
-    def __init__(self, client: aioredis.Redis, slots: Callable[[], Any]) -> None:
+    def __init__(self, client: aioredis.Redis) -> None:
+        # One connection at a time, outside the in-flight cap of the other commands
+        # (which leaves half the pool free): a crowd of readers' snapshots must never
+        # hold up the writes, whose lease renewals keep their streams alive.
         self._pool = client.connection_pool
         self._client = client
-        self._slots = slots
         self._queue: list[_Call] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -190,18 +192,17 @@ class _Batcher:
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
-            async with self._slots():
-                replies = await self._pipeline(calls)
-                missing = [
-                    n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
-                ]
-                if missing:
-                    # A fresh server or a promoted replica: nothing ran; load and resend.
-                    for script in {calls[n][0] for n in missing}:
-                        await self._client.script_load(script.text)
-                    again = await self._pipeline([calls[n] for n in missing])
-                    for n, reply in zip(missing, again, strict=True):
-                        replies[n] = reply
+            replies = await self._pipeline(calls)
+            missing = [
+                n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+            ]
+            if missing:
+                # A fresh server or a promoted replica: nothing ran; load and resend.
+                for script in {calls[n][0] for n in missing}:
+                    await self._client.script_load(script.text)
+                again = await self._pipeline([calls[n] for n in missing])
+                for n, reply in zip(missing, again, strict=True):
+                    replies[n] = reply
         except Exception as exc:
             error: BaseException = exc
             if unavailable(exc):
@@ -294,7 +295,7 @@ class RedisBackend:
             )
         max_connections = getattr(client.connection_pool, "max_connections", None)
         self._setup(client, key_prefix, _ServerRouter(client), max_connections)
-        self._batcher = _Batcher(client, self._slot)
+        self._batcher = _Batcher(client)
 
     def _setup(
         self,
