@@ -193,7 +193,11 @@ class _Writer:
                 ):
                     due = self._last_write + renew_every
                     renew_at = due - due % clock
-                    if not self._in_flight and loop.time() >= renew_at:
+                    now = loop.time()
+                    if self._in_flight:
+                        # A tick's write is out; its completion moves the lease on.
+                        renew_at = max(renew_at, now + clock)
+                    elif now >= renew_at:
                         break  # an empty batch only renews the lease
                     self._wake.clear()
                     timer = loop.call_at(renew_at, self._wake.set)
