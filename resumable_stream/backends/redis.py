@@ -36,10 +36,12 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 from collections.abc import Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import msgpack
 
 from .._exceptions import BackendUnavailable, describe
@@ -70,10 +72,9 @@ _APPEND = msgpack.packb(0)
 _END = msgpack.packb(1)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def _stream_keys(prefix: str, stream_id: str) -> StreamKeys:
-    """A running stream's keys, made once (escaping the id costs more than a write's
-    other arguments)."""
+    """A stream's keys, for readers and one-off commands."""
     return StreamKeys(prefix, stream_id)
 
 
@@ -226,13 +227,17 @@ class _Batcher:
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             packed = b"".join([_pack(script.head, args) for script, args, _ in calls])
-            await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in calls:
-                try:
-                    replies.append(await connection.read_response(disable_decoding=True))
-                except redis_errors.ResponseError as exc:
-                    replies.append(exc)
+            # The client's socket timeout bounds the whole pipeline, not each reply (a
+            # timer per reply costs more than reading it); none means none, as in redis-py.
+            with anyio.fail_after(connection.socket_timeout or None):
+                await connection.send_packed_command(packed, check_health=False)
+                replies: list[Any] = []
+                read = connection.read_response
+                for _ in calls:
+                    try:
+                        replies.append(await read(disable_decoding=True, timeout=math.inf))
+                    except redis_errors.ResponseError as exc:
+                        replies.append(exc)
             return replies
         except BaseException:
             # Replies may be left unread on the socket: never give it back as it is.
@@ -318,6 +323,9 @@ class RedisBackend:
         self._hub = PubSubHub(router, decode_event)
         # Cluster pipelines split by slot and retry by themselves: writes go one by one.
         self._batcher = None
+        # Keys of the streams this process produces, made once: a write's other
+        # arguments cost less than escaping the id again (module-level LRU for the rest).
+        self._live: dict[str, StreamKeys] = {}
 
     @classmethod
     def from_url(cls, url: str, *, key_prefix: str = "resumable-stream") -> RedisBackend:
@@ -330,7 +338,8 @@ class RedisBackend:
         """Before every command: nothing to prepare on one server."""
 
     def _keys(self, stream_id: str) -> StreamKeys:
-        return _stream_keys(self.key_prefix, stream_id)
+        keys = self._live.get(stream_id)
+        return keys if keys is not None else _stream_keys(self.key_prefix, stream_id)
 
     def _slot(self) -> asyncio.Semaphore:
         """The in-flight cap, made inside the running loop."""
@@ -363,6 +372,8 @@ class RedisBackend:
                 raise
         else:
             status = await self._call(self._claim, keys, args)
+        if status is None:
+            self._live[stream_id] = k  # until its end is written
         return None if status is None else StreamStatus(status.decode())
 
     async def write(
@@ -378,6 +389,8 @@ class RedisBackend:
         lease: float,
     ) -> bool:
         k = self._keys(stream_id)
+        if end is not None:
+            self._live.pop(stream_id, None)  # the last write of this producer
         pack = self._packer.pack
         if end is None:
             end_status = end_error = end_message = b""
