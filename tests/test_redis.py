@@ -203,7 +203,9 @@ async def test_writes_of_one_loop_turn_share_one_round_trip(
     for s in range(streams):
         assert await backend.claim(f"s{s}", "token", ttl=60, lease=5) is None
     common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
-    await backend.write("s0", "token", 0, [], **common)  # loads the script (a fresh server)
+    # Load the script on this fresh server first (a write of a chunk, not a renewal).
+    assert await backend.claim("warm", "token", ttl=60, lease=5) is None
+    await backend.write("warm", "token", 0, ["w"], **common)
     CountingConnection.sends = 0
     stops = await asyncio.gather(
         *(backend.write(f"s{s}", "token", 0, [f"{s}"], **common) for s in range(streams))
@@ -252,6 +254,41 @@ async def test_streams_of_a_process_write_on_one_clock(
     assert writes >= streams  # at least one write per stream
     assert sends - streams <= writes / 4, (sends, scripts)
     await ctx.aclose()
+    await client.aclose()
+
+
+async def test_idle_streams_renew_their_leases_in_one_call(
+    own_redis: RedisServer, key_prefix: str
+) -> None:
+    pool = aioredis.ConnectionPool(port=own_redis.port, connection_class=CountingConnection)
+    client = aioredis.Redis(connection_pool=pool)
+    backend = RedisBackend(client, key_prefix=key_prefix)
+    streams = 300
+    for s in range(streams):
+        assert await backend.claim(f"s{s}", "token", ttl=60, lease=5) is None
+    common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    assert await backend.write("s1", "token", 0, ["x"], **common) is False
+    await client.set(f"{key_prefix}:{{s2}}:meta", "gone")  # not a hash: refused
+    assert await backend.request_stop("s3")
+    await client.delete(f"{key_prefix}:{{s1}}:chunks")  # a stored chunk lost
+    assert await backend.write("s0", "token", 0, [], **common) is False  # loads renew.lua
+    await client.execute_command("CONFIG", "RESETSTAT")
+    CountingConnection.sends = 0
+    starts = {1: 1}
+    results = await asyncio.gather(
+        *(backend.write(f"s{s}", "token", starts.get(s, 0), [], **common) for s in range(streams)),
+        return_exceptions=True,
+    )
+    stats = await client.info("commandstats")
+    assert CountingConnection.sends == 1  # one pipeline
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # one script call for 300 streams
+    assert isinstance(results[1], StaleProducer)  # its stored chunk is gone
+    assert isinstance(results[2], StaleProducer)  # its record is not ours to renew
+    assert results[3] is True  # renewed, and told to stop
+    assert [r for n, r in enumerate(results) if n not in (1, 2, 3)] == [False] * (streams - 3)
+    ttl = await client.pttl(f"{key_prefix}:{{s0}}:lease")
+    assert 4000 < ttl <= 5000
+    await backend.aclose()
     await client.aclose()
 
 

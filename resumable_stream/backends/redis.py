@@ -102,8 +102,15 @@ class _Script:
         self._client = client
         self.text = resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-        # EVALSHA <sha> 3, packed once: every script here takes three keys.
-        self.head = b"$7\r\nEVALSHA\r\n$40\r\n" + self.sha.encode() + b"\r\n$1\r\n3\r\n"
+        # EVALSHA <sha> 3, packed once: a stream's three keys.
+        self.head = self.head_for(3)
+
+    def head_for(self, keys: int) -> bytes:
+        """``EVALSHA <sha> <keys>`` in RESP, the first three parts of a call."""
+        n = str(keys).encode()
+        return b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%s\r\n" % (
+            self.sha.encode(), len(n), n
+        )
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
@@ -116,7 +123,9 @@ class _Script:
             return await self._client.execute_command(*command, **options)
 
 
-_Call = tuple["_Script", Sequence[Any], "asyncio.Future[Any]"]
+_Call = tuple[bytes, "_Script", Sequence[Any], "asyncio.Future[Any]"]
+# A lease renewal: keys, token, stored length, ttl ms, lease ms, the caller's future.
+_Renewal = tuple[Sequence[str], str, int, int, int, "asyncio.Future[Any]"]
 
 
 def _pack(head: bytes, args: Sequence[Any]) -> bytes:
@@ -137,6 +146,7 @@ def _pack(head: bytes, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 _MAX_PIPELINE = 512  # script calls per pipeline: bounds one reply's size and latency
+_MAX_RENEWALS = 1000  # streams per renew.lua call
 
 
 class _Batcher:
@@ -147,23 +157,59 @@ class _Batcher:
     lone slow stream still gets its write sent at once (the next loop turn).
     """
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, renew: _Script) -> None:
         # One connection at a time, outside the in-flight cap of the other commands
         # (which leaves half the pool free): a crowd of readers' snapshots must never
         # hold up the writes, whose lease renewals keep their streams alive.
         self._pool = client.connection_pool
         self._client = client
+        self._renew = renew
         self._queue: list[_Call] = []
+        self._renewals: list[_Renewal] = []
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, script: _Script, args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one call of a three-key ``script`` (keys, then arguments); the future
         gets its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script, args, future))
+        self._queue.append((script.head, script, args, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return future
+
+    def renew(
+        self, keys: Sequence[str], token: str, stored: int, ttl: int, lease: int
+    ) -> asyncio.Future[Any]:
+        """Queue a lease renewal (a write of no chunks); renewals due together go out
+        as one ``renew.lua`` call (10,000 idle streams cost a few calls, not 10,000).
+        The future gets what ``write.lua`` would answer, or its STALE error."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._renewals.append((keys, token, stored, ttl, lease, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        return future
+
+    def _renewal_calls(self) -> list[_Call]:
+        """The queued renewals as ``renew.lua`` calls, by expiry settings, each call's
+        future fanning its reply out to the renewals' own."""
+        groups: dict[tuple[int, int], list[_Renewal]] = {}
+        for renewal in self._renewals:
+            if not renewal[5].done():
+                groups.setdefault((renewal[3], renewal[4]), []).append(renewal)
+        self._renewals.clear()
+        calls: list[_Call] = []
+        loop = asyncio.get_running_loop()
+        for (ttl, lease), group in groups.items():
+            for first in range(0, len(group), _MAX_RENEWALS):
+                part = group[first : first + _MAX_RENEWALS]
+                args: list[Any] = [key for renewal in part for key in renewal[0]]
+                args += [ttl, lease]
+                for renewal in part:
+                    args += [renewal[1], renewal[2]]
+                future: asyncio.Future[Any] = loop.create_future()
+                future.add_done_callback(functools.partial(_fan_out, renewals=part))
+                calls.append((self._renew.head_for(3 * len(part)), self._renew, args, future))
+        return calls
 
     async def aclose(self) -> None:
         """Stop sending; queued callers get `BackendUnavailable`."""
@@ -175,18 +221,22 @@ class _Batcher:
 
     async def _run(self) -> None:
         try:
-            while self._queue:
+            while self._queue or self._renewals:
                 calls = self._queue[:_MAX_PIPELINE]
                 del self._queue[:_MAX_PIPELINE]
-                calls = [call for call in calls if not call[2].done()]  # cancelled callers
+                calls = [call for call in calls if not call[3].done()]  # cancelled callers
+                if self._renewals:
+                    calls += self._renewal_calls()
                 if calls:
                     await self._send(calls)
         except BaseException as exc:
             # Cancelled (aclose) or a bug: nobody may wait forever on a queued call.
-            for _, _, future in self._queue:
+            futures = [call[3] for call in self._queue] + [r[5] for r in self._renewals]
+            for future in futures:
                 if not future.done():
                     future.set_exception(BackendUnavailable(f"writes stopped: {exc!r}"))
             self._queue.clear()
+            self._renewals.clear()
             raise
         finally:
             self._task = None
@@ -199,7 +249,7 @@ class _Batcher:
             ]
             if missing:
                 # A fresh server or a promoted replica: nothing ran; load and resend.
-                for script in {calls[n][0] for n in missing}:
+                for script in {calls[n][1] for n in missing}:
                     await self._client.script_load(script.text)
                 again = await self._pipeline([calls[n] for n in missing])
                 for n, reply in zip(missing, again, strict=True):
@@ -209,11 +259,11 @@ class _Batcher:
             if unavailable(exc):
                 error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
                 error.__cause__ = exc
-            for _, _, future in calls:
-                if not future.done():
-                    future.set_exception(error)
+            for call in calls:
+                if not call[3].done():
+                    call[3].set_exception(error)
             return
-        for (_, _, future), reply in zip(calls, replies, strict=True):
+        for (_, _, _, future), reply in zip(calls, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
@@ -226,7 +276,7 @@ class _Batcher:
         returned in its place, so one refused write does not fail the others)."""
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            packed = b"".join([_pack(script.head, args) for script, args, _ in calls])
+            packed = b"".join([_pack(head, args) for head, _, args, _ in calls])
             # The client's socket timeout bounds the whole pipeline, not each reply (a
             # timer per reply costs more than reading it); none means none, as in redis-py.
             with anyio.fail_after(connection.socket_timeout or None):
@@ -245,6 +295,28 @@ class _Batcher:
             raise
         finally:
             await self._pool.release(connection)
+
+
+def _fan_out(reply: asyncio.Future[Any], renewals: list[_Renewal]) -> None:
+    """Hand each renewal its part of a ``renew.lua`` reply, in ``write.lua``'s terms."""
+    error: BaseException | None = (
+        BackendUnavailable("renewal cancelled") if reply.cancelled() else reply.exception()
+    )
+    for n, (_, _, stored, _, _, future) in enumerate(renewals):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        elif (code := reply.result()[n]) >= 0:
+            future.set_result([stored, code])
+        elif code == -1:
+            future.set_exception(
+                redis_errors.ResponseError("STALE not the producer of a running stream")
+            )
+        else:
+            future.set_exception(
+                redis_errors.ResponseError(f"STALE renewal at {stored}: stored length differs")
+            )
 
 
 def _write_error(stream_id: str, exc: redis_errors.ResponseError) -> Exception:
@@ -300,7 +372,7 @@ class RedisBackend:
             )
         max_connections = getattr(client.connection_pool, "max_connections", None)
         self._setup(client, key_prefix, _ServerRouter(client), max_connections)
-        self._batcher = _Batcher(client)
+        self._batcher = _Batcher(client, _Script(client, "renew.lua"))
 
     def _setup(
         self,
@@ -407,7 +479,9 @@ class RedisBackend:
         args.extend(pack(chunk) for chunk in chunks)
         keys = [k.meta, k.chunks, k.lease]
         try:
-            if self._batcher is not None:
+            if self._batcher is not None and not chunks and end is None:
+                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _ms(lease))
+            elif self._batcher is not None:
                 _, stop = await self._batcher.submit(self._write, [*keys, *args])
             else:
                 _, stop = await self._call(self._write, keys, args)
