@@ -16,7 +16,8 @@ class StreamOptions:
     Attributes:
         finished_ttl: expiry of a stream's keys once it has ended; ``None`` keeps ``ttl``.
         lease: how long a producer's claim lives without renewal. Followers end with
-            `ProducerLost` within about ``lease + poll_interval`` after its process dies.
+            `ProducerLost` within about ``lease + 2 * poll_interval`` after its process dies
+            (a lapsed lease is confirmed a ``poll_interval`` later: a stalled loop renews late).
         poll_interval: how long a follower waits for a live message before it
             re-reads the stored state (this is also how it notices a lost producer).
         write_interval: the tick of the write clock: a stream's chunks are written

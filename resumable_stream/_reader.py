@@ -57,7 +57,8 @@ class ResumableStream:
             source's own exception instead), or the backend lost the stream's
             stored chunks (a Redis restart without persistence: "storage lost").
         StreamTooLarge: the stream was cut at ``max_stream_bytes`` (a StreamFailed).
-        ProducerLost: the producer's process stopped renewing its lease.
+        ProducerLost: the producer's process stopped renewing its lease (seen twice,
+            ``poll_interval`` apart, with no chunk in between).
         BackendUnavailable: storage could not be reached for ``retry_window`` seconds.
         StreamNotFound: the stream expired from storage while being read (or vanished
             in a restart, before its producer marked it failed).
@@ -106,6 +107,7 @@ class ResumableStream:
         # event: then `__anext__` takes an `Appended` that continues at ``_pos`` itself.
         self._following = False
         self._quiet = False  # __anext__ waited a whole poll_interval for nothing
+        self._lapsed = False  # the last snapshot found the producer's lease lapsed
         self._poll = options.poll_interval
         self._gen = self._run(first)
 
@@ -147,6 +149,7 @@ class ResumableStream:
                         self._quiet = True
             if taken:
                 # Straight from the live feed: the generator would do just this.
+                self._lapsed = False
                 self._batch_start = self._pos
                 self._pos += len(taken)
                 batch = self._batch = taken
@@ -314,8 +317,16 @@ class ResumableStream:
                         self._status = StreamStatus.FAILED
                         raise self._failure(snap.error)
                     if not self._lease_alive(snap):
-                        self._status = StreamStatus.FAILED
-                        raise ProducerLost(self.stream_id)
+                        if self._lapsed:
+                            self._status = StreamStatus.FAILED
+                            raise ProducerLost(self.stream_id)
+                        # Seen once: confirmed a poll_interval later, unless the producer
+                        # shows life meanwhile. A process whose loop stalls (a full GC
+                        # pass over 10,000 streams, a burst of work) renews late, and a
+                        # follower ended for that would lose a live stream.
+                        self._lapsed = True
+                    else:
+                        self._lapsed = False
                     snap = None
                 try:
                     if self._quiet:  # __anext__ already waited poll_interval for it
@@ -341,6 +352,7 @@ class ResumableStream:
                     offset = self._pos - event.start
                     fresh = event.chunks[offset:] if offset else event.chunks
                     if fresh:
+                        self._lapsed = False  # the producer lives
                         start = self._pos
                         self._pos += len(fresh)
                         if self._skip:
