@@ -5,7 +5,7 @@
 * The API reference lists every name in every public module's ``__all__`` (read from
   the built site's ``objects.inv``), each with a docstring, and every parameter a
   docstring documents exists in its signature.
-* Every ``python`` block of the pages compiles and passes mypy
+* Every ``python`` block of the pages (and of the README) compiles and passes mypy
   against the imported package (in one mypy run); a block preceded by
   ``<!-- docs-test: run -->`` also runs, on the in-memory backend, and must exit 0.
 
@@ -86,7 +86,7 @@ class Sample:
 
 
 def _pages() -> list[Path]:
-    return sorted(DOCS.rglob("*.md"))
+    return [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]
 
 
 def _samples() -> list[Sample]:
@@ -139,7 +139,7 @@ def _as_module(sample: Sample) -> str:
     ]
     code = sample.code
     try:
-        compile(code, sample.name, "exec", flags=ast.PyCF_ONLY_AST)
+        compile(code, sample.name, "exec")  # to bytecode: the parser alone allows `await`
     except SyntaxError:  # top-level await
         code = "async def _sample() -> None:\n" + textwrap.indent(code, "    ")
     return "\n".join(prelude) + "\n" + code
