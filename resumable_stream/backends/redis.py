@@ -463,6 +463,34 @@ class RedisBackend:
         k = self._keys(stream_id)
         if end is not None:
             self._live.pop(stream_id, None)  # the last write of this producer
+        keys = [k.meta, k.chunks, k.lease]
+        args = self._write_args(k, token, start, chunks, end, ttl, finished_ttl, lease)
+        try:
+            if self._batcher is not None and not chunks and end is None:
+                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _ms(lease))
+            elif self._batcher is not None:
+                _, stop = await self._batcher.submit(self._write, [*keys, *args])
+            else:
+                _, stop = await self._call(self._write, keys, args)
+        except redis_errors.ResponseError as exc:
+            error = _write_error(stream_id, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return bool(stop)
+
+    def _write_args(
+        self,
+        k: StreamKeys,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> list[Any]:
+        """``write.lua``'s arguments after its keys (see the script's header)."""
         pack = self._packer.pack
         if end is None:
             end_status = end_error = end_message = b""
@@ -477,20 +505,7 @@ class RedisBackend:
             end_status, end_error, end_message, _APPEND + pack(start), self._publish,
         ]
         args.extend(pack(chunk) for chunk in chunks)
-        keys = [k.meta, k.chunks, k.lease]
-        try:
-            if self._batcher is not None and not chunks and end is None:
-                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _ms(lease))
-            elif self._batcher is not None:
-                _, stop = await self._batcher.submit(self._write, [*keys, *args])
-            else:
-                _, stop = await self._call(self._write, keys, args)
-        except redis_errors.ResponseError as exc:
-            error = _write_error(stream_id, exc)
-            if error is exc:
-                raise
-            raise error from exc
-        return bool(stop)
+        return args
 
     def write_soon(
         self,
@@ -509,13 +524,8 @@ class RedisBackend:
         if self._batcher is None or end is not None:
             return None
         k = self._keys(stream_id)
-        pack = self._packer.pack
-        args: list[Any] = [
-            k.meta, k.chunks, k.lease, token, start, _ms(ttl), _ms(finished_ttl), _ms(lease),
-            k.events, b"", b"", b"", _APPEND + pack(start), self._publish,
-        ]
-        args.extend(pack(chunk) for chunk in chunks)
-        reply = self._batcher.submit(self._write, args)
+        args = self._write_args(k, token, start, chunks, None, ttl, finished_ttl, lease)
+        reply = self._batcher.submit(self._write, [k.meta, k.chunks, k.lease, *args])
         result: asyncio.Future[bool] = reply.get_loop().create_future()
 
         def done(reply: asyncio.Future[Any]) -> None:
