@@ -35,6 +35,7 @@ from resumable_stream import (
 from resumable_stream._producer import STORAGE_LOST
 
 from .servers import RedisServer
+from .tcp_proxy import FaultProxy
 
 STEP = 15.0
 ROOT = Path(__file__).parent.parent
@@ -354,72 +355,6 @@ async def test_evicted_keys_fail_the_stream_never_a_silent_hole(
 # -- a stalled (half-open) connection between a follower's process and Redis ---------------
 
 
-class StallingProxy:
-    """A loopback TCP proxy to Redis that can go silent without closing (half-open).
-
-    ``stall(pubsub_only=True)`` stops forwarding Redis' replies on the connection that
-    sent SUBSCRIBE; ``stall()`` on every connection: a black hole, as a dead NAT entry
-    or a frozen server looks to a client.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self.stalled_all = False
-        self.stalled_pubsub = False
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def __aenter__(self) -> StallingProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def stall(self, *, pubsub_only: bool = False) -> None:
-        if pubsub_only:
-            self.stalled_pubsub = True
-        else:
-            self.stalled_all = True
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_r, upstream_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        state = {"pubsub": False}
-
-        async def up() -> None:
-            while data := await reader.read(65536):
-                if b"SUBSCRIBE" in data.upper():
-                    state["pubsub"] = True
-                if self.stalled_all:
-                    await asyncio.Event().wait()  # a black hole: never forwarded, never closed
-                upstream_w.write(data)
-                await upstream_w.drain()
-
-        async def down() -> None:
-            while data := await upstream_r.read(65536):
-                if self.stalled_all or (self.stalled_pubsub and state["pubsub"]):
-                    await asyncio.Event().wait()
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(up()), asyncio.create_task(down())]
-        self._tasks.update(tasks)
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-                self._tasks.discard(task)
-            writer.transport.abort()
-            upstream_w.transport.abort()
-
-
 @pytest.mark.timeout(30)
 async def test_stalled_pubsub_connection_follower_still_gets_everything_exactly(
     redis_server: RedisServer, key_prefix: str
@@ -428,7 +363,7 @@ async def test_stalled_pubsub_connection_follower_still_gets_everything_exactly(
     re-reading the list every ``poll_interval`` and gets every chunk exactly once."""
     direct = aioredis.Redis.from_url(redis_server.url)
     producer = create_resumable_stream_context(direct, key_prefix=key_prefix, options=OPTIONS)
-    async with StallingProxy(redis_server.port) as proxy:
+    async with FaultProxy(redis_server.port) as proxy:
         proxied = aioredis.Redis(host="127.0.0.1", port=proxy.port)
         follower_ctx = create_resumable_stream_context(
             proxied, key_prefix=key_prefix, options=OPTIONS
@@ -443,7 +378,7 @@ async def test_stalled_pubsub_connection_follower_still_gets_everything_exactly(
                 follower.run(await follower_ctx.resume_existing_stream("s", after=-1))
             )
             await asyncio.wait_for(original.half.wait(), STEP)
-            proxy.stall(pubsub_only=True)
+            proxy.stall(lambda c: c.subscribed)  # the pub/sub link goes half-open
             await asyncio.wait_for(asyncio.gather(reading, following), STEP)
             assert original.whole(total)
             assert follower.whole(total), (len(follower.got), follower.error)
@@ -467,7 +402,7 @@ async def test_black_holed_redis_ends_a_follower_with_a_typed_error(
     direct = aioredis.Redis.from_url(redis_server.url)
     producer = create_resumable_stream_context(direct, key_prefix=key_prefix, options=OPTIONS)
     short = StreamOptions(lease=2.0, poll_interval=0.25, retry_window=1.0)
-    async with StallingProxy(redis_server.port) as proxy:
+    async with FaultProxy(redis_server.port) as proxy:
         # redis-py 8 retries a timed-out command 3 times with backoff (about 9 s here);
         # no retries, so the library's own bound shows.
         proxied = aioredis.Redis(
@@ -487,6 +422,7 @@ async def test_black_holed_redis_ends_a_follower_with_a_typed_error(
                 follower.run(await follower_ctx.resume_existing_stream("s", after=-1))
             )
             await asyncio.wait_for(original.half.wait(), STEP)
+            proxy.stall_new = True  # a black hole: new connections too
             proxy.stall()
             loop = asyncio.get_running_loop()
             stalled_at = loop.time()
