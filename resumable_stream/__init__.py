@@ -26,7 +26,7 @@ from ._reader import ResumableStream
 from ._types import Chunk, IndexedChunk, StreamStatus
 from .backends import Backend, MemoryBackend
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "Backend",
