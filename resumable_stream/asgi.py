@@ -105,6 +105,7 @@ __all__ = [
 logger = logging.getLogger("resumable_stream")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""Any ASGI application: what the middleware wraps and what the helpers are."""
 Authorize = Callable[[Scope, str], bool | Awaitable[bool]]
 """``authorize(scope, stream_id)``: may this request read (or stop) this stream?"""
 
