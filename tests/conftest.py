@@ -45,6 +45,16 @@ def own_redis() -> Iterator[RedisServer]:
         server.close()
 
 
+@pytest.fixture
+def redis_factory() -> Iterator[list[RedisServer]]:
+    """Private redis-servers with options of the test's choosing (`start` them), stopped
+    at the end of the test."""
+    servers: list[RedisServer] = []
+    yield servers
+    for server in servers:
+        server.close()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[PrivateCluster]:
     """A private 3-master, 3-replica Redis Cluster for the session (about 8 s to form).

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -77,14 +77,6 @@ async def paced(total: int, pace: float) -> AsyncIterator[str]:
         if i:
             await asyncio.sleep(pace)  # the source's pace: its workload
         yield text(i)
-
-
-@pytest.fixture
-def redis_factory() -> Iterator[list[RedisServer]]:
-    servers: list[RedisServer] = []
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def start(servers: list[RedisServer], *args: str) -> RedisServer:

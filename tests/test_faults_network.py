@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -42,15 +42,13 @@ from resumable_stream.backends.redis import _ServerRouter, decode_event
 from .cluster_servers import PrivateCluster
 from .servers import RedisServer
 from .tcp_proxy import FaultProxy, ProxiedConnection, jitter
+from .test_faults import paced, start, text
 
 STEP = 15.0
 BUDGET = 1 << 20
 # Slack on top of a computed bound, for a 2-core machine shared with other test runs.
 SLACK = 1.5
 
-
-def text(i: int) -> str:
-    return f"{i:05d}|"
 
 
 def appended(start: int, chunk: str) -> bytes:
@@ -94,26 +92,6 @@ class Reading:
         return self.got == list(enumerate(expected))[: len(self.got)]
 
 
-async def paced(total: int, pace: float) -> AsyncIterator[str]:
-    for i in range(total):
-        if i:
-            await asyncio.sleep(pace)  # the source's pace: its workload
-        yield text(i)
-
-
-@pytest.fixture
-def redis_factory() -> Iterator[list[RedisServer]]:
-    servers: list[RedisServer] = []
-    yield servers
-    for server in servers:
-        server.close()
-
-
-def start(servers: list[RedisServer], *args: str) -> RedisServer:
-    server = RedisServer(*args)
-    servers.append(server)
-    server.start()
-    return server
 
 
 # -- a stalled pub/sub connection: the hub's health check ----------------------------------
