@@ -32,6 +32,8 @@ and `RedisBackend` (through its pipelines) have it.
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -39,7 +41,7 @@ from .._exceptions import ResumableStreamError
 from .._subscription import Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
 
-__all__ = ["Backend", "StaleProducer"]
+__all__ = ["Backend", "StaleProducer", "WritesSoon"]
 
 
 class StaleProducer(ResumableStreamError):
@@ -111,3 +113,28 @@ class Backend(Protocol):
     async def aclose(self) -> None:
         """Release connections and tasks the backend owns (not the user's client)."""
         ...
+
+
+@runtime_checkable
+class WritesSoon(Protocol):
+    """Optional: a backend that can start a write without a task of its own.
+
+    The producer checks ``isinstance(backend, WritesSoon)``. `write_soon` takes
+    `Backend.write`'s arguments and either returns a future that resolves as `write`
+    would (writes started this way are applied in the order they were started), or
+    None: "not now, use `write`". It may raise synchronously (an unencodable chunk):
+    then nothing was sent.
+    """
+
+    def write_soon(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> asyncio.Future[bool] | None: ...
