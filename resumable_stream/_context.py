@@ -436,13 +436,13 @@ class ResumableStreamContext:
         first-hand. An event loop too busy to renew the lease in time (measured in the
         1,000-stream soak: loop turns of seconds) must not end its own followers with
         `ProducerLost` while the producer goes on writing. A producer whose writes
-        failed for good (``writer.broken``) counts as lost, as the lease says.
+        failed for good (``not writer.stores``) counts as lost, as the lease says.
         """
         producer = self._local.get(stream_id)
         if producer is None:
             return _never
         writer = producer.writer
-        return lambda: self._local.get(stream_id) is producer and not writer.broken
+        return lambda: self._local.get(stream_id) is producer and writer.stores
 
 
 def _never() -> bool:

@@ -19,6 +19,7 @@ Ordering invariants:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -28,9 +29,9 @@ from ._exceptions import BackendUnavailable, StreamTooLarge, describe
 from ._options import StreamOptions
 from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
-from .backends._protocol import Backend, StaleProducer
+from .backends._protocol import Backend, StaleProducer, WritesSoon
 
-__all__ = ["STORAGE_LOST", "Producer"]
+__all__ = ["STORAGE_LOST", "Producer", "WriterState"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -41,10 +42,37 @@ STORAGE_LOST = (
 
 
 _RENEW_TICK = 0.05  # seconds: lease renewals are rounded down to this clock
+_LEAST_ATTEMPT = 1.0  # seconds one try may take even at the end of the retry window
+_SHUT_DOWN = "CancelledError: the producer was shut down"
+_CLEANUP = 1.0  # seconds the source's own cleanup (aclose) may take
+
+
+class WriterState(enum.Enum):
+    """Where a stream's write-behind is. Every change of state is one method below."""
+
+    IDLE = "idle"  # nothing pending, no write out: the task sleeps until a renewal is due
+    SCHEDULED = "scheduled"  # chunks pending, the write clock's timer is set
+    DUE = "due"  # chunks (or the end) to write now, by the task
+    WRITING = "writing"  # one write is out (`_out` holds its chunks until it lands)
+    RETRYING = "retrying"  # the write out failed in a way a retry may fix: the task retries it
+    ENDED = "ended"  # the end is stored
+    BROKEN = "broken"  # storage refused for good: nothing more is written
+
+
+_FINAL = (WriterState.ENDED, WriterState.BROKEN)
 
 
 class _Writer:
-    """Write-behind of one stream's chunks, one write in flight at a time."""
+    """Write-behind of one stream's chunks, one write in flight at a time.
+
+    Two paths issue writes, and both report to the same transitions: the write
+    clock's timer (`_on_tick`, through `WritesSoon.write_soon`: no task switch per
+    write) and the writer's task (`run`: backends without `write_soon`, retries,
+    lease renewals, the end). A chunk leaves ``_pending`` only into ``_out``, the
+    write in flight, and leaves ``_out`` only in `_landed` (the one place that records
+    a stored write) or `_give_up` (storage refused for good; the stream is marked
+    failed). So a batch can be retried or failed, never dropped.
+    """
 
     def __init__(
         self,
@@ -62,232 +90,323 @@ class _Writer:
         self._options = options
         self._ttl = ttl
         self._finished_ttl = options.finished_ttl or ttl
+        self._soon = backend if isinstance(backend, WritesSoon) else None
+        self.state = WriterState.IDLE
         self._pending: list[Chunk] = []
+        self._sizes: list[int] = []  # UTF-8 bytes of each pending chunk
         self._pending_bytes = 0
-        self._stored = 0  # index of the first pending chunk
-        self._end: Ended | None = None
+        self._out: list[Chunk] = []  # the chunks of the write in flight (or to retry)
+        self._out_sizes: list[int] = []
+        self._out_bytes = 0
+        self._out_at = 0.0  # when a timer-issued write went out
+        self._out_end: Ended | None = None  # the end, if the write in flight carries it
+        self._out_future: asyncio.Future[bool] | None = None  # a timer-issued write
+        self._stored = 0  # chunks stored: the index of the first chunk of `_out`
+        self._end: Ended | None = None  # what `close` asked for
+        self._error: BaseException | None = None  # why a write failed (RETRYING, BROKEN)
+        self._tick: asyncio.TimerHandle | None = None
         self._wake = Bell()
-        self._tick: asyncio.TimerHandle | None = None  # the next write, if scheduled
-        self._due = False  # a tick fired and its write has not started
-        # Backends that can start a write without a task (`write_soon`) are written
-        # from the tick's timer: the writer task then only renews, retries and ends.
-        self._soon = getattr(backend, "write_soon", None)
-        self._in_flight = False  # a write is out (from a tick, or the task's own)
-        self._retry: list[Chunk] | None = None  # a failed tick write, for the task
-        self._last_write = 0.0
         self._room = asyncio.Event()
         self._room.set()
-        self.broken = False
+        self._last_write = 0.0
         self.writes = 0
 
-    def add(self, chunk: Chunk) -> bool:
-        """Queue ``chunk``; True if the source should wait (`wait_for_room`)."""
-        if self.broken:
+    @property
+    def stores(self) -> bool:
+        """False once storage refused for good: the stream's stored copy is failed."""
+        return self.state is not WriterState.BROKEN
+
+    # -- transitions, called from the producer ---------------------------------------
+
+    def add(self, chunk: Chunk, size: int) -> bool:
+        """Queue ``chunk`` (``size`` UTF-8 bytes); True if the source should wait
+        (`wait_for_room`)."""
+        if self.state in _FINAL:
             return False
         self._pending.append(chunk)
-        self._pending_bytes += len(chunk)
-        if self._tick is None and not self._in_flight:
+        self._sizes.append(size)
+        self._pending_bytes += size
+        if self.state is WriterState.IDLE:
             self._schedule()
-        return self._pending_bytes > self._options.max_buffered_bytes
-
-    def _schedule(self) -> None:
-        """Wake the writer at the next tick of the write clock (a multiple of
-        ``write_interval`` in loop time): chunks that come meanwhile join that write,
-        and every stream of the process writes in the same loop turn, so the backend
-        can send them all at once. A timer, not a task switch per chunk."""
-        interval = self._options.write_interval
-        if interval <= 0:
-            self._fire()
-            return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        self._tick = loop.call_at(now + interval - now % interval, self._fire)
-
-    def _fire(self) -> None:
-        self._tick = None
-        if self.broken or self._in_flight:
-            return  # a failed writer, or the write in flight schedules the next tick
-        if self._soon is None or self._end is not None or self._due:
-            # The task writes: a backend without `write_soon`, the end (it rides on
-            # the last write), or a write the task is already busy with.
-            self._due = True
-            self._wake.set()
-            return
-        size = self._pending_bytes
-        batch = self._take()
-        if not batch:
-            return
-        future = self._soon(
-            self._stream_id, self._token, self._stored, batch, end=None,
-            ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
-        )
-        if future is None:  # not this time (or never): the task writes
-            self._soon = None
-            self._pending[:0] = batch
-            self._pending_bytes = size
-            self._due = True
-            self._wake.set()
-            return
-        self._in_flight = True
-        future.add_done_callback(lambda f: self._written(f, batch))
-
-    def _written(self, future: asyncio.Future[bool], batch: list[Chunk]) -> None:
-        """A tick's write completed: account for it, or hand it to the task to retry."""
-        error: BaseException | None = (
-            asyncio.CancelledError() if future.cancelled() else future.exception()
-        )
-        if error is not None:
-            self._retry = batch  # the task retries it; nothing else is written meanwhile
-            self._wake.set()
-            return
-        self._in_flight = False
-        self._stored += len(batch)
-        self.writes += 1
-        self._last_write = future.get_loop().time()
-        if future.result() and self._end is None:
-            self._on_stop()  # requested from some process with stop_stream()
-        if self._pending_bytes <= self._options.max_buffered_bytes:
-            self._room.set()
-        if self._end is not None:
-            self._wake.set()  # the task writes the rest and the end
-        elif self._pending and self._tick is None:
-            self._schedule()
+        return self._pending_bytes + self._out_bytes > self._options.max_buffered_bytes
 
     async def wait_for_room(self) -> None:
         """Backpressure on the source, only when the backend is far behind."""
-        self._room.clear()
-        await self._room.wait()
+        if self._pending_bytes + self._out_bytes > self._options.max_buffered_bytes:
+            self._room.clear()
+            await self._room.wait()
 
     def close(self, end: Ended) -> None:
-        self._end = end
+        """The source ended: write what is pending, then ``end``, and stop."""
+        if self._end is None:
+            self._end = end
+        if self.state in (WriterState.IDLE, WriterState.SCHEDULED):
+            self._cancel_tick()
+            self.state = WriterState.DUE
         self._wake.set()
 
-    def _take(self) -> list[Chunk]:
+    # -- transitions, called from the timer and the write's callback -----------------
+
+    def _schedule(self) -> None:
+        """IDLE -> SCHEDULED: wake at the next tick of the write clock (a multiple of
+        ``write_interval`` in loop time). Chunks that come meanwhile join that write,
+        and every stream of the process writes in the same loop turn, so the backend
+        can send them all in one pipeline."""
+        self.state = WriterState.SCHEDULED
+        loop = asyncio.get_running_loop()
+        interval = self._options.write_interval
+        if interval <= 0:
+            self._tick = loop.call_soon(self._on_tick)  # type: ignore[assignment]
+            return
+        now = loop.time()
+        self._tick = loop.call_at(now + interval - now % interval, self._on_tick)
+
+    def _cancel_tick(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+
+    def _on_tick(self) -> None:
+        """SCHEDULED -> WRITING (issued here, through `write_soon`) or DUE (the task)."""
+        self._tick = None
+        if self.state is not WriterState.SCHEDULED:
+            return
+        if self._soon is None:
+            self._due()
+            return
+        self._take()
+        try:
+            future = self._soon.write_soon(
+                self._stream_id, self._token, self._stored, self._out, end=None,
+                ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+            )
+        except Exception:  # nothing was sent: the task writes it, and meets the error
+            future = None
+        if future is None:
+            # Not now, or never (it raised): from here on the task writes this stream.
+            self._soon = None
+            self._untake()
+            self._due()
+            return
+        self.state = WriterState.WRITING
+        self._out_future = future
+        self._out_at = asyncio.get_running_loop().time()
+        future.add_done_callback(self._on_soon_done)
+
+    def _on_soon_done(self, future: asyncio.Future[bool]) -> None:
+        """A timer-issued write completed: WRITING -> landed, or RETRYING."""
+        if future is not self._out_future:
+            return  # abandoned by the task as overdue: its retry decides
+        self._out_future = None
+        if future.cancelled():
+            self._failed(BackendUnavailable("the write was cancelled"))
+            return
+        error = future.exception()
+        if error is not None:
+            self._failed(error)
+            return
+        self._landed(future.result())
+
+    def _due(self) -> None:
+        """-> DUE: the task writes now."""
+        self.state = WriterState.DUE
+        self._wake.set()
+
+    def _failed(self, error: BaseException) -> None:
+        """WRITING -> RETRYING: the task retries ``_out`` (or gives up) with the usual
+        window; nothing else is written meanwhile."""
+        self._error = error
+        self.state = WriterState.RETRYING
+        self._wake.set()
+
+    def _landed(self, stop: bool) -> None:
+        """The write in flight is stored: the one place that records it."""
+        self._stored += len(self._out)
+        self._out = []
+        self._out_bytes = 0
+        self.writes += 1
+        self._last_write = asyncio.get_running_loop().time()
+        self._error = None
+        ended = self._out_end is not None
+        self._out_end = None
+        if self._pending_bytes <= self._options.max_buffered_bytes:
+            self._room.set()
+        if ended:
+            self.state = WriterState.ENDED
+            self._wake.set()
+            return
+        if stop:
+            self._on_stop()  # requested from some process with stop_stream()
+        if self._end is not None:
+            self._due()  # the rest, then the end
+        elif self._pending:
+            self._schedule()
+        else:
+            self.state = WriterState.IDLE
+
+    def _give_up(self, exc: BaseException) -> None:
+        """-> BROKEN: storage refused for good. The original reader goes on (it is fed
+        by the producer); other readers get an error from the failed record."""
+        logger.error(
+            "stream %r: cannot store chunks from index %d (%s); the original reader goes on, "
+            "other readers will get an error",
+            self._stream_id, self._stored, describe(exc),
+        )
+        self._cancel_tick()
+        self.state = WriterState.BROKEN
+        self._error = exc
+        self._pending.clear()
+        self._sizes.clear()
+        self._pending_bytes = 0
+        self._out = []
+        self._out_bytes = 0
+        self._room.set()
+        self._wake.set()
+
+    # -- the batch ---------------------------------------------------------------------
+
+    def _take(self) -> None:
+        """Move the next batch from ``_pending`` to ``_out`` (at least one chunk if any
+        is pending; at most ``max_batch_chunks`` and, past one, ``max_batch_bytes``)."""
         options = self._options
-        pending = self._pending
-        batch = pending[: options.max_batch_chunks]
-        size = sum(map(len, batch))
-        if size > options.max_batch_bytes and len(batch) > 1:
-            # Cut at the byte limit (a batch always holds at least one chunk).
+        sizes = self._sizes
+        n = min(len(self._pending), options.max_batch_chunks)
+        size = sum(sizes[:n])
+        if size > options.max_batch_bytes and n > 1:
             size = 0
-            for n, chunk in enumerate(batch):
-                if n and size + len(chunk) > options.max_batch_bytes:
-                    batch = batch[:n]
+            for i in range(n):
+                if i and size + sizes[i] > options.max_batch_bytes:
+                    n = i
                     break
-                size += len(chunk)
-        del pending[: len(batch)]
+                size += sizes[i]
+        self._out = self._pending[:n]
+        self._out_sizes = sizes[:n]
+        self._out_bytes = size
+        del self._pending[:n], sizes[:n]
         self._pending_bytes -= size
-        return batch
+
+    def _untake(self) -> None:
+        """Put ``_out`` back in front of ``_pending`` (nothing of it was sent)."""
+        out = self._out
+        self._pending[:0] = out
+        self._sizes[:0] = self._out_sizes
+        self._pending_bytes += self._out_bytes
+        self._out = []
+        self._out_bytes = 0
+
+    # -- the task ----------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Write what the timer does not, renew the lease, write the end.
+
+        Returns once the end is stored or storage refused for good (then the stream
+        is marked failed, or left to its lease).
+        """
         renew_every = self._options.lease / 3
         # Renewals fall on a coarse shared clock, so that a process' idle streams
-        # renew together (one pipeline, not one round trip each).
+        # renew together (one call, not one round trip each).
         clock = min(_RENEW_TICK, renew_every / 2)
+        overdue = max(self._options.retry_window, _LEAST_ATTEMPT)
         loop = asyncio.get_running_loop()
         self._last_write = loop.time()
         try:
-            while True:
-                while self._retry is None and (
-                    self._in_flight or (self._end is None and not self._due)
-                ):
+            while self.state not in _FINAL:
+                state = self.state
+                if state is WriterState.DUE:
+                    self._take()
+                    self._out_end = self._end if not self._pending else None
+                    self.state = WriterState.WRITING
+                    await self._write()
+                elif state is WriterState.RETRYING:
+                    self.state = WriterState.WRITING
+                    await self._write()
+                elif state is WriterState.WRITING:
+                    # A timer-issued write is out: its callback moves us on. Past the
+                    # deadline it is abandoned and retried here (a backend whose
+                    # future never resolves must not hold the stream forever).
+                    issued = self._out_future
+                    if not await self._sleep(self._out_at + overdue) and self._out_future is issued:
+                        self._out_future = None
+                        self._failed(BackendUnavailable(f"no answer within {overdue} s"))
+                else:
                     due = self._last_write + renew_every
                     renew_at = due - due % clock
-                    now = loop.time()
-                    if self._in_flight:
-                        # A tick's write is out; its completion moves the lease on.
-                        renew_at = max(renew_at, now + clock)
-                    elif now >= renew_at:
-                        break  # an empty batch only renews the lease
-                    self._wake.clear()
-                    timer = loop.call_at(renew_at, self._wake.set)
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        timer.cancel()
-                if self._retry is not None:
-                    # A tick's write failed: retry it here, with the usual window.
-                    batch, self._retry = self._retry, None
-                    if not await self._write(batch, None):
-                        return
-                    self._in_flight = False
-                    self._stored += len(batch)
-                    self._last_write = loop.time()
-                    if self._pending_bytes <= self._options.max_buffered_bytes:
-                        self._room.set()
-                    if self._pending and self._tick is None and self._end is None:
-                        self._schedule()
-                    continue
-                self._due = False
-                batch = self._take()
-                end = self._end if not self._pending else None
-                self._in_flight = True  # no tick writes meanwhile: one write at a time
-                try:
-                    if not await self._write(batch, end):
-                        return
-                finally:
-                    self._in_flight = False
-                self._stored += len(batch)
-                self._last_write = loop.time()
-                if self._pending and self._tick is None and self._end is None:
-                    self._schedule()  # chunks came during the write
-                if self._pending_bytes <= self._options.max_buffered_bytes:
-                    self._room.set()
-                if end is not None:
-                    return
+                    if state is WriterState.IDLE and loop.time() >= renew_at:
+                        self._out = []
+                        self.state = WriterState.WRITING
+                        await self._write()  # no chunks: only renews the lease
+                    else:
+                        await self._sleep(renew_at)
         finally:
-            if self._tick is not None:
-                self._tick.cancel()
+            self._cancel_tick()
+        if self.state is WriterState.BROKEN and not isinstance(self._error, StaleProducer):
+            await self._mark_failed()
 
-    async def _write(self, batch: list[Chunk], end: Ended | None) -> bool:
-        """One write, retried while the backend is unreachable for up to ``retry_window``."""
-        deadline = asyncio.get_running_loop().time() + self._options.retry_window
+    async def _sleep(self, until: float) -> bool:
+        """Until ``until`` (loop time) or a wake-up; True if woken."""
+        self._wake.clear()
+        if self.state not in (WriterState.IDLE, WriterState.SCHEDULED, WriterState.WRITING):
+            return True
+        timer = asyncio.get_running_loop().call_at(until, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+        return asyncio.get_running_loop().time() < until
+
+    async def _write(self) -> None:
+        """The write in ``_out`` (and ``_out_end``), retried while the backend is
+        unreachable for up to ``retry_window``; each try has its own deadline. Ends in
+        `_landed` or `_give_up`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.retry_window
         delay = 0.05
         while True:
             try:
-                stop = await self._backend.write(
-                    self._stream_id, self._token, self._stored, batch, end=end,
-                    ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
-                )
-                self.writes += 1
-                if stop and end is None:
-                    self._on_stop()  # requested from some process with stop_stream()
-                return True
+                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                    stop = await self._backend.write(
+                        self._stream_id, self._token, self._stored, self._out,
+                        end=self._out_end, ttl=self._ttl, finished_ttl=self._finished_ttl,
+                        lease=self._options.lease,
+                    )
             except StaleProducer as exc:
-                # An earlier try (ours, or a resend inside the Redis client after a
-                # cut) may have been applied with its reply lost.
-                if await self._landed(batch, end):
-                    return True
+                # An earlier try (ours, or a resend inside the client after a cut) may
+                # have been applied with its reply lost.
+                if await self._applied():
+                    self._landed(False)
+                    return
                 self._give_up(exc)
                 await self._if_lost()
-                return False
-            except (BackendUnavailable, OSError) as exc:
-                if asyncio.get_running_loop().time() + delay > deadline:
+                return
+            except (BackendUnavailable, OSError, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
                     self._give_up(exc)
-                    await self._mark_failed(f"persistence failed: {exc}")
-                    return False
+                    return
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
-            except Exception as exc:  # refused for good (an error reply that no retry fixes)
+                continue
+            except Exception as exc:  # refused for good (an error no retry fixes)
                 self._give_up(exc)
-                await self._mark_failed(f"persistence failed: {exc}")
-                return False
+                return
+            self._landed(stop)
+            return
 
-    async def _landed(self, batch: list[Chunk], end: Ended | None) -> bool:
-        """After a refused retry: did the try whose reply was lost store ``batch``?
+    async def _applied(self) -> bool:
+        """Did a try whose reply was lost store ``_out`` (and ``_out_end``)?
 
-        Only this producer can write to a stream while its record exists (a claim never
-        takes a stream over), so a stored length of exactly ``stored + len(batch)`` with
-        the expected status means that try was applied.
+        Only this producer can write to a stream while its record exists (a claim
+        never takes over a stream that stored a chunk), so a stored length of exactly
+        ``stored + len(out)`` with the expected status means that try was applied.
         """
         try:
-            snap = await self._backend.snapshot(self._stream_id, 0, 0)
-        except Exception:  # unknowable now; the refusal stands
+            with anyio.fail_after(_LEAST_ATTEMPT):
+                snap = await self._backend.snapshot(self._stream_id, 0, 0)
+        except Exception:  # unknowable now; the caller decides on its own evidence
             return False
-        if snap is None or snap.length != self._stored + len(batch):
+        if snap is None or snap.length != self._stored + len(self._out):
             return False
-        expected = StreamStatus.RUNNING if end is None else end.status
-        return snap.status is expected
+        expected = StreamStatus.RUNNING if self._out_end is None else self._out_end.status
+        return snap.status is expected and bool(self._out or self._out_end is not None)
 
     async def _if_lost(self) -> None:
         """After a refused write: if the backend lost the stream's record (a Redis
@@ -296,33 +415,29 @@ class _Writer:
 
         Readers then get `StreamFailed` ("storage lost") and a resume after a position
         gets nothing, instead of a stream that silently vanished (or, worse, one that
-        a later producer could start again under the same id)."""
+        a later producer could start again under the same id). Bounded in time."""
+        lost_at: int | None = None
         try:
-            snap = await self._backend.snapshot(self._stream_id, 0, 0)
-            if snap is not None:
-                if snap.status is StreamStatus.RUNNING and snap.length < self._stored:
+            with anyio.fail_after(3 * _LEAST_ATTEMPT):
+                snap = await self._backend.snapshot(self._stream_id, 0, 0)
+                if snap is not None:
+                    if snap.status is not StreamStatus.RUNNING or snap.length >= self._stored:
+                        return  # a real refusal: another producer, or the stream ended
                     # The record is there but stored chunks are not (the list evicted):
                     # end it failed where storage now stands (fenced by our token).
-                    await self._backend.write(
-                        self._stream_id, self._token, snap.length, [],
-                        end=Ended(StreamStatus.FAILED, snap.length, STORAGE_LOST),
-                        ttl=self._ttl, finished_ttl=self._finished_ttl,
-                        lease=self._options.lease,
+                    lost_at = snap.length
+                else:
+                    taken = await self._backend.claim(
+                        self._stream_id, self._token, ttl=self._ttl, lease=self._options.lease
                     )
-                    logger.error(
-                        "stream %r: the backend lost stored chunks; marked failed",
-                        self._stream_id,
-                    )
-                return  # otherwise a real refusal: another producer, or the stream ended
-            if await self._backend.claim(
-                self._stream_id, self._token, ttl=self._ttl, lease=self._options.lease
-            ) is not None:
-                return  # someone else made a stream of this id meanwhile: theirs now
-            await self._backend.write(
-                self._stream_id, self._token, 0, [],
-                end=Ended(StreamStatus.FAILED, 0, STORAGE_LOST),
-                ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
-            )
+                    if taken is not None:
+                        return  # someone made a stream of this id meanwhile: theirs now
+                    lost_at = 0
+                await self._backend.write(
+                    self._stream_id, self._token, lost_at, [],
+                    end=Ended(StreamStatus.FAILED, lost_at, STORAGE_LOST),
+                    ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+                )
         except Exception as exc:
             logger.error(
                 "stream %r: cannot mark the lost stream failed (%s)",
@@ -333,35 +448,40 @@ class _Writer:
             "stream %r: the backend lost its stored chunks; marked failed", self._stream_id
         )
 
-    def _give_up(self, exc: BaseException) -> None:
-        logger.error(
-            "stream %r: cannot store chunks from index %d (%s); the original reader goes on, "
-            "other readers will get an error",
-            self._stream_id, self._stored, describe(exc),
-        )
-        self.broken = True
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._room.set()
-
-    async def _mark_failed(self, error: str) -> None:
+    async def _mark_failed(self) -> None:
+        """After `_give_up`: store the failed end where storage stands, if it still
+        can (bounded); otherwise the lease lapses and readers get `ProducerLost`."""
+        error = f"persistence failed: {describe(self._error) if self._error else 'unknown'}"
         try:
-            await self._backend.write(
-                self._stream_id, self._token, self._stored, [],
-                end=Ended(StreamStatus.FAILED, self._stored, error),
-                ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
-            )
-        except Exception as exc:  # the lease will lapse instead: readers get ProducerLost
+            with anyio.fail_after(_LEAST_ATTEMPT):
+                await self._backend.write(
+                    self._stream_id, self._token, self._stored, [],
+                    end=Ended(StreamStatus.FAILED, self._stored, error),
+                    ttl=self._ttl, finished_ttl=self._finished_ttl, lease=self._options.lease,
+                )
+        except Exception as exc:
             logger.error(
                 "stream %r: cannot mark it failed either (%s)", self._stream_id, describe(exc)
             )
 
 
 def _size(chunk: Chunk) -> int:
-    """Stored bytes of a chunk: UTF-8 for text."""
+    """Stored bytes of a chunk: UTF-8 for text.
+
+    Raises:
+        ValueError: a ``str`` chunk that is not valid Unicode text (a lone surrogate,
+            which ``json.loads`` hands out for ``"\\ud800"``): it cannot be stored nor
+            sent over HTTP, so the stream fails at that chunk.
+    """
     if isinstance(chunk, bytes) or chunk.isascii():
         return len(chunk)
-    return len(chunk.encode("utf-8", "surrogatepass"))
+    try:
+        return len(chunk.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"a str chunk must be valid Unicode text; it holds a lone surrogate at "
+            f"{exc.start} ({chunk[exc.start : exc.start + 1]!r}): encode or replace it first"
+        ) from None
 
 
 def _coerce(chunk: object) -> Chunk:
@@ -373,7 +493,13 @@ def _coerce(chunk: object) -> Chunk:
 
 
 class Producer:
-    """Runs one stream's source to the end in a task owned by the context."""
+    """One stream's producing unit: the source, its writer and the lease.
+
+    `run` owns the writer's task: whatever way the source ends (exhausted, raised,
+    stopped, cut at the size cap, cancelled, or its cleanup raised), the writer is
+    closed with an end, its task awaited (bounded) or cancelled, and the original
+    reader told. The context owns the task that runs `run`.
+    """
 
     def __init__(
         self,
@@ -403,57 +529,88 @@ class Producer:
         """Done-callback: a task cancelled before it ran must still end its reader."""
         if not self._ended:
             self._ended = True
-            error = "CancelledError: the producer was shut down"
-            self._feed.push(Ended(StreamStatus.FAILED, self._index, error))
+            self._feed.push(Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN))
 
     async def run(self) -> None:
-        writer_task = asyncio.create_task(self.writer.run())
-        index = 0
+        writer_task = asyncio.create_task(
+            self.writer.run(), name=f"resumable-stream writer {self.stream_id}"
+        )
+        end = Ended(StreamStatus.FAILED, 0, "the producer ended unexpectedly")
         cancelled: BaseException | None = None
         try:
-            # stop() cancels this scope only; the scope swallows its own cancellation.
-            push, add = self._feed.push_chunk, self.writer.add
-            limit = self._options.max_stream_bytes
-            stored = 0
-            with self._stop_scope:
-                async for chunk in self._source:
-                    if type(chunk) is not str and type(chunk) is not bytes:
-                        chunk = _coerce(chunk)
-                    if limit is not None:
-                        stored += _size(chunk)
-                        if stored > limit:
-                            raise StreamTooLarge.for_limit(self.stream_id, limit)
-                    push(index, chunk)
-                    index = self._index = index + 1
-                    if add(chunk):
-                        await self.writer.wait_for_room()
-            end = Ended(StreamStatus.DONE, index)
+            end = await self._pull()
         except asyncio.CancelledError as exc:
             cancelled = exc
-            end = Ended(StreamStatus.FAILED, index, "CancelledError: the producer was shut down")
+            end = Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN)
+        finally:
+            # However the source ended, the unit ends: writes finished (never hanging
+            # on them, even when shutting down), the writer's task gone, the reader told.
+            self.writer.close(end)
+            grace = max(self._options.lease, self._options.retry_window) + 2 * _LEAST_ATTEMPT
+            with anyio.move_on_after(grace, shield=True):
+                await asyncio.wait([writer_task])
+            if not writer_task.done():
+                writer_task.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([writer_task])
+            # The original reader ends only once the end is stored (one round trip,
+            # once per stream): then every reader and `has_existing_stream` see it.
+            self._ended = True
+            self._feed.push(end)
+        if cancelled is not None:
+            raise cancelled
+
+    async def _pull(self) -> Ended:
+        """Run the source to its end; the end to store. Raises only CancelledError."""
+        index = 0
+        try:
+            try:
+                # stop() cancels this scope only; the scope swallows its own cancellation.
+                push, add = self._feed.push_chunk, self.writer.add
+                limit = self._options.max_stream_bytes
+                stored = 0
+                with self._stop_scope:
+                    async for chunk in self._source:
+                        if type(chunk) is not str and type(chunk) is not bytes:
+                            chunk = _coerce(chunk)
+                        size = _size(chunk)
+                        if limit is not None:
+                            stored += size
+                            if stored > limit:
+                                raise StreamTooLarge.for_limit(self.stream_id, limit)
+                        push(index, chunk)
+                        index = self._index = index + 1
+                        if add(chunk, size):
+                            await self.writer.wait_for_room()
+                end = Ended(StreamStatus.DONE, index)
+            finally:
+                await self._close_source()
         except StreamTooLarge as exc:
             self.exception = exc
             logger.warning("stream %r: cut at chunk %d: %s", self.stream_id, index, exc.error)
-            end = Ended(StreamStatus.FAILED, index, exc.error, exc)
+            return Ended(StreamStatus.FAILED, index, exc.error, exc)
         except Exception as exc:
+            if self._stop_scope.cancel_called:
+                # Raised while stop() was closing it: its cleanup failed, not the stream.
+                logger.warning(
+                    "stream %r: its source raised %s while stopping", self.stream_id, describe(exc)
+                )
+                return Ended(StreamStatus.DONE, index)
             self.exception = exc
             logger.warning("stream %r: its source raised %s", self.stream_id, describe(exc))
-            end = Ended(StreamStatus.FAILED, index, describe(exc), exc)
-        finally:
-            aclose = getattr(self._source, "aclose", None)
-            if aclose is not None:
-                with anyio.move_on_after(1.0, shield=True):
-                    await aclose()
-        self.writer.close(end)
-        # Finish the writes even when shutting down, but never hang on them.
-        grace = max(self._options.lease, self._options.retry_window) + 1.0
-        with anyio.move_on_after(grace, shield=True):
-            await asyncio.wait([writer_task])
-        if not writer_task.done():
-            writer_task.cancel()
-        # The original reader ends only once the end is stored (one round trip, once
-        # per stream): after it, every reader and `has_existing_stream` see "done".
-        self._ended = True
-        self._feed.push(end)
-        if cancelled is not None:
-            raise cancelled
+            return Ended(StreamStatus.FAILED, index, describe(exc), exc)
+        return end
+
+    async def _close_source(self) -> None:
+        """Close the source (bounded). Its cleanup raising is logged, not fatal: the
+        stream still ends as the source's iteration did."""
+        aclose = getattr(self._source, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            with anyio.move_on_after(_CLEANUP, shield=True):
+                await aclose()
+        except Exception as exc:
+            logger.warning(
+                "stream %r: its source raised %s while closing", self.stream_id, describe(exc)
+            )

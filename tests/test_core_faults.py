@@ -1,0 +1,170 @@
+"""Regression tests for the core's faults of issue 16: each failed on the core as it
+was (0.1.0) and states the invariant it guards, not one timing.
+
+Every path of a stream ends in exactly one of: the whole stream, or a clean prefix
+and then a typed error; and once its producer has ended nothing keeps it RUNNING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+from resumable_stream import (
+    ResumableStream,
+    IndexedChunk,
+    ResumableStreamContext,
+    StreamFailed,
+    StreamOptions,
+    StreamStatus,
+    create_resumable_stream_context,
+)
+from resumable_stream.backends import Backend, MemoryBackend
+
+
+SHORT = StreamOptions(lease=0.5, poll_interval=0.1, retry_window=0.5, shutdown_grace=2.0)
+
+def must(stream: ResumableStream | None) -> ResumableStream:
+    assert stream is not None
+    return stream
+
+
+both = pytest.mark.parametrize("backend", ["memory", "redis"], indirect=True)
+
+
+@pytest.fixture
+async def short(backend: Backend) -> AsyncIterator[ResumableStreamContext]:
+    context = create_resumable_stream_context(backend, options=SHORT)
+    yield context
+    await context.aclose()
+
+
+async def drain(
+    stream: AsyncIterator[IndexedChunk],
+) -> tuple[list[IndexedChunk], BaseException | None]:
+    got: list[IndexedChunk] = []
+    try:
+        with anyio.fail_after(10):
+            async for item in stream:
+                got.append(item)
+    except Exception as exc:  # the typed error after the prefix
+        return got, exc
+    return got, None
+
+
+async def settled(ctx: ResumableStreamContext) -> None:
+    """Wait (bounded) until no producer of ``ctx`` runs."""
+    with anyio.fail_after(10):
+        while ctx.running_streams:
+            await asyncio.wait(list(ctx._producers))
+
+
+# Fault 1: a str chunk holding a lone surrogate (json.loads hands them out for
+# "\ud800") cannot be encoded; its batch vanished and the stream ended DONE short,
+# with later indices shifted. Now the stream fails at that chunk, for every reader.
+
+
+@both
+async def test_a_lone_surrogate_fails_the_stream_at_that_chunk(
+    short: ResumableStreamContext,
+) -> None:
+    async def source() -> AsyncIterator[str]:
+        yield "a"
+        await asyncio.sleep(0.02)  # a model's pace: "a" is written on its own
+        yield "b\ud800"
+        yield "c"
+
+    stream = must(await short.create_new_resumable_stream("s", source))
+    got, error = await drain(stream.indexed())
+    assert got == [(0, "a")]
+    assert isinstance(error, ValueError) and "lone surrogate" in str(error)
+    await settled(short)
+    assert await short.get_status("s") is StreamStatus.FAILED
+    replay, error = await drain(must(await short.resume_existing_stream("s", after=-1)).indexed())
+    assert replay == [(0, "a")]
+    assert isinstance(error, StreamFailed) and "lone surrogate" in error.error
+
+
+class _SoonRaises(MemoryBackend):
+    """write_soon raises synchronously on its second call (nothing sent)."""
+
+    calls = 0
+
+    def write_soon(self, *args: Any, **kwargs: Any) -> asyncio.Future[bool]:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("cannot encode this batch")
+        return super().write_soon(*args, **kwargs)
+
+
+async def test_a_write_that_raises_synchronously_loses_no_chunk() -> None:
+    """Any exception on the write path is routed to the writer: here the task
+    writes the batch instead (it stores), so the stream is whole. Never DONE short."""
+    backend = _SoonRaises()
+    async with create_resumable_stream_context(backend, options=SHORT) as ctx:
+
+        async def source() -> AsyncIterator[str]:
+            for n in range(30):
+                yield f"{n},"
+                await asyncio.sleep(0.005)  # several writes, one per tick
+
+        stream = must(await ctx.create_new_resumable_stream("s", source))
+        got, error = await drain(stream.indexed())
+        assert error is None and [c for _, c in got] == [f"{n}," for n in range(30)]
+        await settled(ctx)
+        assert backend.calls >= 2
+        replay, error = await drain(
+            must(await ctx.resume_existing_stream("s", after=-1)).indexed()
+        )
+        assert replay == got and error is None
+
+
+# Fault 2: the producer closes the source (stop, size cap, cancellation) and the
+# source's cleanup raises. The exception left the producer before the writer was
+# closed: the lease was renewed forever and the status stayed RUNNING.
+
+
+@both
+@pytest.mark.parametrize("how", ["stop", "size-cap"])
+async def test_a_source_whose_cleanup_raises_still_ends_the_stream(
+    short: ResumableStreamContext, backend: Backend, how: str
+) -> None:
+    options = StreamOptions(
+        lease=0.5, poll_interval=0.1, retry_window=0.5, max_stream_bytes=20
+    )
+    ctx = short if how == "stop" else create_resumable_stream_context(backend, options=options)
+    first = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        try:
+            n = 0
+            while True:
+                yield f"{n:04}"
+                n += 1
+                first.set()
+                await asyncio.sleep(0.01)
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    stream = must(await ctx.create_new_resumable_stream("s", source))
+    if how == "stop":
+        await first.wait()
+        assert await ctx.stop_stream("s")
+    got, error = await drain(stream.indexed())
+    await settled(ctx)
+    status = await ctx.get_status("s")
+    if how == "stop":
+        assert error is None and status is StreamStatus.DONE
+    else:
+        assert isinstance(error, StreamFailed) and status is StreamStatus.FAILED
+        assert len(got) == 5  # 5 chunks of 4 bytes: the sixth passes the cap
+    assert ctx.running_streams == 0
+    # Nothing renews the stream any more: its lease lapses (it ended, so it stays ended).
+    snap = must(await backend.snapshot("s", 0, 0))
+    assert snap.status is status and snap.length == len(got)
+    if ctx is not short:
+        await ctx.aclose()
