@@ -15,19 +15,22 @@ import anyio
 import msgpack
 
 from ._exceptions import (
+    BackendUnavailable,
     InvalidArgument,
     ResumableStreamError,
     StreamAlreadyExists,
     StreamNotFound,
     TooManyFollowers,
     TooManyStreams,
+    describe,
 )
 from ._keys import validate_stream_id
+from ._lease import LeaseWatch, Liveness, settle
 from ._options import StreamOptions
 from ._producer import Producer
 from ._reader import ResumableStream
 from ._subscription import Subscription
-from ._types import Chunk, Ended, StreamStatus
+from ._types import Chunk, Snapshot, StreamStatus
 from .backends._protocol import Backend
 
 __all__ = ["ResumableStreamContext", "create_resumable_stream_context"]
@@ -41,6 +44,8 @@ awaitable of either) of ``str``/``bytes`` chunks."""
 # A resume's first read is small, so that it answers fast even when many resumes of
 # long streams come at once; the reader then reads the rest in pages of 2,000.
 _FIRST_PAGE = 100
+_LEAST_ATTEMPT = 1.0  # seconds one claim try may take even at the end of the retry window
+_RELEASE = 0.001  # seconds: the lease a released claim is left with (lapsed at once)
 
 
 def _check_skip(skip_characters: int | None) -> int:
@@ -169,18 +174,18 @@ class ResumableStreamContext:
             raise ResumableStreamError("the context is closed: it starts no new producers")
         if self.at_capacity():
             # Full: join the stream if it exists, but never create one.
-            status = await self.backend.status(stream_id)
+            status = await self.get_status(stream_id)
             if status is None:
                 raise TooManyStreams(self.options.max_streams or 0)
             if status is not StreamStatus.RUNNING:
                 return None
-            return await self._follow(stream_id, 0, skip, none_if_finished=False)
+            return await self._follow(stream_id, 0, skip, mode="join")
         existing = await self._claim(stream_id, make_stream, skip, metadata, packed)
         if isinstance(existing, ResumableStream):
             return existing
         if existing is not StreamStatus.RUNNING:
             return None
-        return await self._follow(stream_id, 0, skip, none_if_finished=False)
+        return await self._follow(stream_id, 0, skip, mode="join")
 
     async def create_new_resumable_stream(
         self,
@@ -214,7 +219,10 @@ class ResumableStreamContext:
         if isinstance(existing, ResumableStream):
             return existing
         if existing is StreamStatus.RUNNING:
-            raise StreamAlreadyExists(stream_id)
+            # Running, or lost: a lost producer's stream is finished, not taken over.
+            snap = await self.backend.snapshot(stream_id, 0, 0)
+            if snap is None or (await self._verdict(stream_id, snap))[1] is Liveness.ALIVE:
+                raise StreamAlreadyExists(stream_id)
         return None
 
     async def _claim(
@@ -227,18 +235,69 @@ class ResumableStreamContext:
     ) -> ResumableStream | StreamStatus:
         """Claim the id and start its producer, holding a place under ``max_streams``
         from before the claim until the producer task exists (no await in between
-        the capacity check and taking the place)."""
+        the capacity check and taking the place).
+
+        A claim is idempotent by its token: a try whose reply was lost is retried
+        with the same token (within ``retry_window``, each try with a deadline), and
+        the backend answers the retry "yours". A claim whose caller goes away (it is
+        cancelled, or every try failed) is released: its lease is made to lapse at
+        once, and a record that stored nothing under a lapsed lease is taken over by
+        the next claim, so the id is never left poisoned.
+        """
         self._claiming += 1
+        token = uuid.uuid4().hex
+        release = True  # until the answer says "not yours" or the producer owns the claim
         try:
-            token = uuid.uuid4().hex
-            existing = await self.backend.claim(
-                stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
-            )
-            if existing is None:
-                return await self._start(stream_id, token, make_stream, skip, metadata)
-            return existing
+            existing = await self._claim_once(stream_id, token, packed)
+            if existing is not None:
+                release = False
+                return existing
+            if self._closed:  # closed while the claim was out: start nothing untracked
+                raise ResumableStreamError("the context is closed: it starts no new producers")
+            stream = await self._start(stream_id, token, make_stream, skip, metadata)
+            release = False
+            return stream
+        except BaseException:
+            if release:
+                await self._release_claim(stream_id, token)
+            raise
         finally:
             self._claiming -= 1
+
+    async def _claim_once(self, stream_id: str, token: str, packed: bytes) -> StreamStatus | None:
+        """`Backend.claim`, retried with the same token while the backend is unreachable."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.retry_window
+        delay = 0.05
+        while True:
+            try:
+                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                    return await self.backend.claim(
+                        stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
+                    )
+            except (BackendUnavailable, TimeoutError) as exc:
+                if loop.time() + delay > deadline:
+                    if isinstance(exc, TimeoutError):
+                        raise BackendUnavailable(
+                            f"no answer to the claim of {stream_id!r} within retry_window "
+                            f"({self.options.retry_window} s)"
+                        ) from None
+                    raise
+                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
+                delay = min(delay * 2, 1.0)
+
+    async def _release_claim(self, stream_id: str, token: str) -> None:
+        """Give up a claim that may have landed: its lease lapses now (fenced by the
+        token: a claim that never landed, or someone else's stream, is untouched).
+        Bounded and shielded; if it fails, the lease lapses on its own."""
+        with anyio.move_on_after(_LEAST_ATTEMPT, shield=True):
+            try:
+                await self.backend.write(
+                    stream_id, token, 0, [], end=None, ttl=self.ttl,
+                    finished_ttl=self.options.finished_ttl or self.ttl, lease=_RELEASE,
+                )
+            except Exception as exc:  # StaleProducer: the claim never landed
+                logger.debug("stream %r: claim released (%s)", stream_id, describe(exc))
 
     async def resume_existing_stream(
         self,
@@ -273,10 +332,10 @@ class ResumableStreamContext:
         stream_id = validate_stream_id(stream_id)
         skip = _check_skip(skip_characters)
         if after is None:
-            return await self._follow(stream_id, 0, skip, none_if_finished=True)
+            return await self._follow(stream_id, 0, skip, mode="resume")
         if isinstance(after, bool) or not isinstance(after, int) or after < -1:
             raise InvalidArgument(f"after must be an int >= -1, got {after!r}")
-        return await self._follow(stream_id, after + 1, skip, none_if_finished=False)
+        return await self._follow(stream_id, after + 1, skip, mode="after")
 
     async def stop_stream(self, stream_id: str) -> bool:
         """Stop a running stream's producer, from any process.
@@ -309,8 +368,33 @@ class ResumableStreamContext:
         return True if status is StreamStatus.RUNNING else "DONE"
 
     async def get_status(self, stream_id: str) -> StreamStatus | None:
-        """The stream's `StreamStatus`, or None if there is no such stream."""
-        return await self.backend.status(validate_stream_id(stream_id))
+        """The stream's `StreamStatus`, or None if there is no such stream.
+
+        A running stream whose producer is lost (its lease lapsed, and stayed so for
+        ``poll_interval``: such a call waits that long) is FAILED.
+        """
+        stream_id = validate_stream_id(stream_id)
+        snap = await self.backend.snapshot(stream_id, 0, 0)
+        if snap is None:
+            return None
+        last, verdict = await self._verdict(stream_id, snap)
+        return StreamStatus.FAILED if verdict is Liveness.LOST else last.status
+
+    async def _verdict(self, stream_id: str, snap: Snapshot) -> tuple[Snapshot, Liveness]:
+        """The lease verdict on ``snap``, confirmed now if the lease looks lapsed;
+        with the last snapshot read (``snap`` itself unless it had to confirm).
+
+        Raises:
+            StreamNotFound: the stream expired while the lapse was being confirmed.
+        """
+        poll = self.options.poll_interval
+        watch = LeaseWatch(poll, self._producer_alive(stream_id))
+        last, verdict = await settle(
+            snap, watch, lambda: self.backend.snapshot(stream_id, 0, 0), poll
+        )
+        if last is None:
+            raise StreamNotFound(stream_id)
+        return last, verdict
 
     async def aclose(self) -> None:
         """Let running producers finish for up to ``shutdown_grace`` seconds, then
@@ -354,18 +438,9 @@ class ResumableStreamContext:
         skip: int,
         metadata: Mapping[str, Any] | None,
     ) -> ResumableStream:
-        try:
-            source = await _open_source(make_stream)
-        except BaseException as exc:
-            # We own the claim: end it so nobody waits on a stream that never starts.
-            with anyio.move_on_after(self.options.lease, shield=True):
-                await self.backend.write(
-                    stream_id, token, 0, [],
-                    end=Ended(StreamStatus.FAILED, 0, f"{type(exc).__name__}: {exc}"),
-                    ttl=self.ttl, finished_ttl=self.options.finished_ttl or self.ttl,
-                    lease=self.options.lease,
-                )
-            raise
+        # If this raises, `_claim` releases the claim: a stream that stored nothing is
+        # never reported as finished, and the next claim of the id starts it afresh.
+        source = await _open_source(make_stream)
         feed = Subscription(
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )
@@ -387,8 +462,12 @@ class ResumableStreamContext:
         )
 
     async def _follow(
-        self, stream_id: str, start: int, skip: int, *, none_if_finished: bool
+        self, stream_id: str, start: int, skip: int, *, mode: Literal["join", "resume", "after"]
     ) -> ResumableStream | None:
+        """A follower from ``start``, or None when ``mode`` says the stream is finished:
+        "join" (`resumable_stream` found it taken): its producer is lost, or it ended
+        with nothing from ``start``; "resume" (no position): it is DONE; "after": it
+        ended (or its producer is lost) with nothing after the position."""
         limit = self.options.max_followers
         count = self._followers.get(stream_id, 0)
         if limit is not None and count >= limit:
@@ -407,27 +486,33 @@ class ResumableStreamContext:
             snap = await self.backend.snapshot(stream_id, start, _FIRST_PAGE)
             if snap is None:
                 raise StreamNotFound(stream_id)
-            alive = self._producer_alive(stream_id)
-            ended = snap.status is not StreamStatus.RUNNING or not (snap.lease_alive or alive())
-            nothing_left = ended and start >= snap.length and not none_if_finished
-            if (none_if_finished and snap.status is StreamStatus.DONE) or nothing_left:
-                release()
-                await feed.aclose()
-                return None
+            if mode == "resume":
+                finished = snap.status is StreamStatus.DONE
+            elif mode == "after" and start < snap.length:
+                finished = False  # there is more to read, whatever the producer's fate
+            else:
+                last, verdict = await self._verdict(stream_id, snap)
+                ended = verdict is Liveness.ENDED and start >= last.length
+                finished = verdict is Liveness.LOST or ended
+            metadata = _unpack_metadata(snap.metadata)
         except BaseException:
             release()
             with anyio.move_on_after(5.0, shield=True):
                 await feed.aclose()
             raise
+        if finished:
+            release()
+            with anyio.move_on_after(5.0, shield=True):
+                await feed.aclose()
+            return None
         reader = ResumableStream(
             stream_id, self.backend, self.options, feed=feed, start=start,
-            first=snap, skip_characters=skip, metadata=_unpack_metadata(snap.metadata),
-            on_close=release, producer_alive=alive,
+            first=snap, skip_characters=skip, metadata=metadata,
+            on_close=release, producer_alive=self._producer_alive(stream_id),
         )
         # A reader dropped unread and unclosed still gives its place back.
         weakref.finalize(reader, release)
         return reader
-
 
     def _producer_alive(self, stream_id: str) -> Callable[[], bool]:
         """Whether this context's own producer of ``stream_id`` still runs and stores.

@@ -252,8 +252,16 @@ async def test_make_stream_not_callable(ctx: ResumableStreamContext) -> None:
 async def test_make_stream_returns_no_iterable(ctx: ResumableStreamContext, result: object) -> None:
     with pytest.raises(TypeError):
         await ctx.resumable_stream("s", lambda: result)
-    # The claim was released as failed: nobody waits on a stream that never starts.
-    assert await ctx.get_status("s") is StreamStatus.FAILED
+    # The claim was released: nobody waits on a stream that never starts, and the id
+    # is not poisoned (issue 16, fault 4): the next call starts it afresh.
+    assert await ctx.get_status("s") is not StreamStatus.DONE
+
+    async def good() -> AsyncIterator[str]:
+        yield "fine"
+
+    stream = await ctx.resumable_stream("s", good)
+    assert stream is not None
+    assert [chunk async for chunk in stream] == ["fine"]
 
 
 async def test_bad_chunk_type_fails_the_stream(ctx: ResumableStreamContext) -> None:

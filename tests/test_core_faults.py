@@ -15,8 +15,9 @@ import anyio
 import pytest
 
 from resumable_stream import (
-    ResumableStream,
+    BackendUnavailable,
     IndexedChunk,
+    ResumableStream,
     ResumableStreamContext,
     StreamFailed,
     StreamOptions,
@@ -24,7 +25,6 @@ from resumable_stream import (
     create_resumable_stream_context,
 )
 from resumable_stream.backends import Backend, MemoryBackend
-
 
 SHORT = StreamOptions(lease=0.5, poll_interval=0.1, retry_window=0.5, shutdown_grace=2.0)
 
@@ -81,12 +81,14 @@ async def test_a_lone_surrogate_fails_the_stream_at_that_chunk(
     stream = must(await short.create_new_resumable_stream("s", source))
     got, error = await drain(stream.indexed())
     assert got == [(0, "a")]
-    assert isinstance(error, ValueError) and "lone surrogate" in str(error)
+    assert isinstance(error, ValueError)
+    assert "lone surrogate" in str(error)
     await settled(short)
     assert await short.get_status("s") is StreamStatus.FAILED
     replay, error = await drain(must(await short.resume_existing_stream("s", after=-1)).indexed())
     assert replay == [(0, "a")]
-    assert isinstance(error, StreamFailed) and "lone surrogate" in error.error
+    assert isinstance(error, StreamFailed)
+    assert "lone surrogate" in error.error
 
 
 class _SoonRaises(MemoryBackend):
@@ -114,13 +116,15 @@ async def test_a_write_that_raises_synchronously_loses_no_chunk() -> None:
 
         stream = must(await ctx.create_new_resumable_stream("s", source))
         got, error = await drain(stream.indexed())
-        assert error is None and [c for _, c in got] == [f"{n}," for n in range(30)]
+        assert error is None
+        assert [c for _, c in got] == [f"{n}," for n in range(30)]
         await settled(ctx)
         assert backend.calls >= 2
         replay, error = await drain(
             must(await ctx.resume_existing_stream("s", after=-1)).indexed()
         )
-        assert replay == got and error is None
+        assert replay == got
+        assert error is None
 
 
 # Fault 2: the producer closes the source (stop, size cap, cancellation) and the
@@ -158,13 +162,139 @@ async def test_a_source_whose_cleanup_raises_still_ends_the_stream(
     await settled(ctx)
     status = await ctx.get_status("s")
     if how == "stop":
-        assert error is None and status is StreamStatus.DONE
+        assert error is None
+        assert status is StreamStatus.DONE
     else:
-        assert isinstance(error, StreamFailed) and status is StreamStatus.FAILED
+        assert isinstance(error, StreamFailed)
+        assert status is StreamStatus.FAILED
         assert len(got) == 5  # 5 chunks of 4 bytes: the sixth passes the cap
     assert ctx.running_streams == 0
     # Nothing renews the stream any more: its lease lapses (it ended, so it stays ended).
     snap = must(await backend.snapshot("s", 0, 0))
-    assert snap.status is status and snap.length == len(got)
+    assert snap.status is status
+    assert snap.length == len(got)
     if ctx is not short:
         await ctx.aclose()
+
+
+# Fault 4: a claim whose caller went away (cancelled while the claim was on the wire,
+# or its reply lost) left a record that nobody produced; after the lease the id
+# answered None ("finished") for the whole TTL. Claims are now idempotent by token,
+# released when their caller goes, and a record that stored nothing under a lapsed
+# lease is taken over by the next claim.
+
+
+class _ClaimFaults:
+    """Delegates to ``inner``; the first claim is applied, then its reply is lost
+    ("lost") or never comes ("hang", until the caller is cancelled)."""
+
+    def __init__(self, inner: Backend, fault: str) -> None:
+        self.inner = inner
+        self.fault = fault
+        self.claims = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def claim(self, stream_id: str, token: str, **kwargs: Any) -> StreamStatus | None:
+        self.claims += 1
+        answer = await self.inner.claim(stream_id, token, **kwargs)
+        if self.claims == 1:
+            if self.fault == "lost":
+                raise BackendUnavailable("the reply was lost")
+            await asyncio.Event().wait()  # on the wire until the caller gives up
+        return answer
+
+
+async def _letters() -> AsyncIterator[str]:
+    for letter in "abc":
+        yield letter
+
+
+@both
+@pytest.mark.parametrize("fault", ["lost", "hang"])
+async def test_a_lost_claim_never_poisons_the_id(backend: Backend, fault: str) -> None:
+    faulty = _ClaimFaults(backend, fault)
+    async with create_resumable_stream_context(faulty, options=SHORT) as ctx:  # type: ignore[arg-type]
+        if fault == "lost":
+            # The retry carries the same token: the backend answers "yours".
+            stream = must(await ctx.resumable_stream("s", _letters))
+        else:
+            with pytest.raises(TimeoutError):
+                with anyio.fail_after(0.2):
+                    await ctx.resumable_stream("s", _letters)
+            assert ctx.running_streams == 0
+            stream = must(await ctx.resumable_stream("s", _letters))
+        got, error = await drain(stream.indexed())
+        assert error is None
+        assert got == [(0, "a"), (1, "b"), (2, "c")]
+        assert await ctx.get_status("s") is StreamStatus.DONE
+
+
+@both
+async def test_a_source_that_fails_to_open_leaves_the_id_free(
+    short: ResumableStreamContext,
+) -> None:
+    def broken() -> AsyncIterator[str]:
+        raise OSError("the model is down")
+
+    with pytest.raises(OSError, match="the model is down"):
+        await short.resumable_stream("s", broken)
+    stream = must(await short.resumable_stream("s", _letters))
+    got, error = await drain(stream.indexed())
+    assert error is None
+    assert [c for _, c in got] == ["a", "b", "c"]
+
+
+# Fault 5: a resume with a position took one lapsed-lease observation as the end and
+# answered None (HTTP 410) while the producer was alive on a stalled loop; readers
+# confirmed a lapse a poll_interval later. One verdict (resumable_stream._lease) now.
+
+
+async def test_a_resume_confirms_a_lapsed_lease_like_a_reader() -> None:
+    options = StreamOptions(lease=3.0, poll_interval=0.2, retry_window=0.5)
+    backend = MemoryBackend()
+    seen_lapsed = asyncio.Event()
+
+    class Watching(MemoryBackend):
+        async def snapshot(self, stream_id: str, start: int, limit: int) -> Any:
+            snap = await backend.snapshot(stream_id, start, limit)
+            if snap is not None and not snap.lease_alive:
+                seen_lapsed.set()
+            return snap
+
+        def __getattribute__(self, name: str) -> Any:
+            if name == "snapshot":
+                return object.__getattribute__(self, name)
+            return getattr(backend, name)
+
+    go = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[str]:
+        yield "a"
+        await go.wait()
+        yield "b"
+
+    async with (
+        create_resumable_stream_context(backend, options=options) as producing,
+        create_resumable_stream_context(Watching(), options=options) as elsewhere,
+    ):
+        original = must(await producing.create_new_resumable_stream("s", stalls))
+        feed = await backend.subscribe("s", max_buffered_bytes=1 << 16)
+        assert await original.__anext__() == "a"
+        if must(await backend.snapshot("s", 0, 0)).length == 0:
+            assert await feed.get(5.0) is not None  # the write of "a" landed
+        await feed.aclose()
+        backend._entries["s"].lease_until = 0.0  # its loop stalled: the lease lapsed
+
+        async def unstall() -> None:
+            await seen_lapsed.wait()
+            go.set()  # the producer goes on: "b" renews the lease
+
+        helper = asyncio.create_task(unstall())
+        resumed = await elsewhere.resume_existing_stream("s", after=0)
+        await helper
+        got, error = await drain(must(resumed).indexed())
+        assert error is None
+        assert got == [(1, "b")]
+        assert [c async for c in original] == ["b"]
