@@ -45,7 +45,7 @@ awaitable of either) of ``str``/``bytes`` chunks."""
 # long streams come at once; the reader then reads the rest in pages of 2,000.
 _FIRST_PAGE = 100
 _LEAST_ATTEMPT = 1.0  # seconds one claim try may take even at the end of the retry window
-_RELEASE = 0.001  # seconds: the lease a released claim is left with (lapsed at once)
+_RELEASE = 0.0  # the lease a released claim is left with: lapsed at once
 
 
 def _check_skip(skip_characters: int | None) -> int:
@@ -441,6 +441,12 @@ class ResumableStreamContext:
         # If this raises, `_claim` releases the claim: a stream that stored nothing is
         # never reported as finished, and the next claim of the id starts it afresh.
         source = await _open_source(make_stream)
+        if self._closed:  # closed while the source opened: `aclose` would not see it
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                with anyio.move_on_after(1.0, shield=True):
+                    await aclose()
+            raise ResumableStreamError("the context is closed: it starts no new producers")
         feed = Subscription(
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )

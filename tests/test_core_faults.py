@@ -19,6 +19,7 @@ from resumable_stream import (
     IndexedChunk,
     ResumableStream,
     ResumableStreamContext,
+    ResumableStreamError,
     StreamFailed,
     StreamOptions,
     StreamStatus,
@@ -298,3 +299,36 @@ async def test_a_resume_confirms_a_lapsed_lease_like_a_reader() -> None:
         assert error is None
         assert got == [(1, "b")]
         assert [c async for c in original] == ["b"]
+
+
+# Smaller finding: a claim in flight during aclose() could start a producer that
+# aclose() never saw (an untracked task outliving its context).
+
+
+async def test_a_claim_in_flight_during_aclose_starts_nothing() -> None:
+    opening = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_open() -> AsyncIterator[str]:
+        opening.set()
+        await release.wait()  # the model's first byte is slow: aclose comes meanwhile
+        return _letters()
+
+    backend = MemoryBackend()
+    ctx = create_resumable_stream_context(backend, options=SHORT)
+    before = set(asyncio.all_tasks())
+    call = asyncio.create_task(ctx.resumable_stream("s", slow_open))
+    await opening.wait()
+    closing = asyncio.create_task(ctx.aclose())
+    await asyncio.sleep(0)  # let aclose start (it marks the context closed first)
+    release.set()
+    with pytest.raises(ResumableStreamError, match="closed"):
+        await call
+    await closing
+    assert ctx.running_streams == 0
+    assert set(asyncio.all_tasks()) - before == {asyncio.current_task()} - before
+    # The claim was released: another context may start the id afresh.
+    async with create_resumable_stream_context(backend, options=SHORT) as other:
+        got, error = await drain(must(await other.resumable_stream("s", _letters)).indexed())
+        assert error is None
+        assert [c for _, c in got] == ["a", "b", "c"]
