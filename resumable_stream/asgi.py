@@ -52,7 +52,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import anyio
 
@@ -157,11 +157,28 @@ class ResumeEndpoint:
         self.path_param = path_param
 
     def _stream_id(self, scope: Scope) -> str:
+        """The id the request names: the router's path parameter, else the last path
+        segment, percent-decoded exactly once.
+
+        ``path`` is already decoded by the server, so decoding it again would turn an
+        id such as ``a%2Fb`` into ``a/b``; ``raw_path`` (when the server gives it) is
+        decoded here, strictly, so that an id holding an encoded ``/`` resolves too.
+
+        Raises:
+            InvalidStreamId: the segment is not percent-encoded UTF-8.
+        """
         params = scope.get("path_params") or {}
         value = params.get(self.path_param)
-        if value is None:
-            value = unquote(scope["path"].rstrip("/").rsplit("/", 1)[-1])
-        return str(value)
+        if value is not None:
+            return str(value)
+        raw = scope.get("raw_path")
+        if raw:
+            segment = bytes(raw).split(b"?", 1)[0].rstrip(b"/").rsplit(b"/", 1)[-1]
+            try:
+                return unquote_to_bytes(segment).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidStreamId("the stream id in the path is not UTF-8") from None
+        return str(scope["path"].rstrip("/").rsplit("/", 1)[-1])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,12 +187,11 @@ class ResumeEndpoint:
         if method not in ("GET", "HEAD", "DELETE"):
             await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD, DELETE")])
             return
-        stream_id = self._stream_id(scope)
         if self.context is None:
             await _plain(send, 503, "resumable streams are not configured")
             return
         try:
-            validate_stream_id(stream_id)
+            stream_id = validate_stream_id(self._stream_id(scope))
         except InvalidStreamId:
             await _plain(send, 404, "no such stream")
             return
@@ -533,10 +549,83 @@ class ResumableStreamMiddleware:
 
 
 _APP_DONE: Message = {"type": "resumable_stream.app_done"}
+# Bytes charged per message on top of its body, so that a flood of empty messages is
+# bounded too (about what a small dict costs).
+_MESSAGE_COST = 64
+APP_CANCEL_GRACE = 1.0
+"""Seconds a cancelled app gets to run its own cleanup (``finally``, ``except
+CancelledError``) before the middleware stops waiting for it."""
+
+
+def _cost(message: Message) -> int:
+    return len(message.get("body", b"")) + _MESSAGE_COST
+
+
+class _Outbox:
+    """The app's response messages on their way to the request's task or the producer.
+
+    One reader; `put` is the app's ``send``. It waits while more than ``limit`` bytes
+    are held, so an app that outpaces storage (or a slow client) is held back in its
+    own ``send`` rather than piling its output up in memory: the producer holds back
+    any source the same way, one step later. A message is accepted before `put`
+    waits, so one larger than ``limit`` still goes through. Once closed, messages are
+    dropped and `put` never waits.
+    """
+
+    __slots__ = ("_arrived", "_closed", "_limit", "_messages", "_room", "buffered")
+
+    def __init__(self, limit: int) -> None:
+        self._messages: deque[Message] = deque()
+        # A Bell for the one reader (rung per message); an Event for room, since an
+        # app may send from more than one task.
+        self._arrived = Bell()
+        self._room = asyncio.Event()
+        self._limit = limit
+        self._closed = False
+        self.buffered = 0  # body bytes held, plus _MESSAGE_COST per message
+
+    def put_nowait(self, message: Message) -> None:
+        if self._closed:
+            return
+        self._messages.append(message)
+        self.buffered += _cost(message)
+        self._arrived.set()
+
+    async def put(self, message: Message) -> None:
+        self.put_nowait(message)
+        while self.buffered > self._limit and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+
+    async def get(self) -> Message:
+        messages = self._messages
+        while not messages:
+            self._arrived.clear()
+            await self._arrived.wait()
+        message = messages.popleft()
+        self.buffered -= _cost(message)
+        if self.buffered <= self._limit:
+            self._room.set()
+        return message
+
+    def close(self) -> None:
+        """Drop what is held and whatever comes later; wake a waiting `put`."""
+        self._closed = True
+        self._messages.clear()
+        self.buffered = 0
+        self._room.set()
 
 
 class _Call:
-    """One request through the middleware: the app runs in a task of its own."""
+    """One request through the middleware: the app runs in a task of its own.
+
+    Who owns the app's task (and so cancels it if it must end early): this request's
+    task until it decides what the response is; then, for a resumable response, the
+    producer, through the body it pulls (`body`): stopping the stream, cutting it at
+    ``max_stream_bytes`` or closing the context cancels the app and waits for it. A
+    response passed through is relayed until it is complete or the client has gone;
+    the app then runs on to its own end (background tasks), as it would unwrapped.
+    """
 
     def __init__(
         self,
@@ -551,10 +640,9 @@ class _Call:
         self.scope = scope
         self.receive = receive
         self.send = send
-        # The app's messages for the producer's task: a deque and a Bell are several
-        # times cheaper per message than an asyncio.Queue (one reader, never bounded).
-        self.messages: deque[Message] = deque()
-        self.arrived = Bell()
+        self.outbox = _Outbox(context.options.max_buffered_bytes)
+        self.task: asyncio.Task[None] | None = None
+        self.released = False  # the request's task no longer owns the app
         self.body_read = asyncio.Event()  # the whole request body has been received
         self.disconnected = asyncio.Event()
         self.reveal = asyncio.Event()  # set when the response passes through untouched
@@ -593,20 +681,33 @@ class _Call:
         await self.reveal.wait()
         return {"type": "http.disconnect"}
 
-    async def app_send(self, message: Message) -> None:
-        self.messages.append(message)
-        self.arrived.set()
-
     async def run_app(self) -> None:
         try:
-            await self.middleware.app(self.scope, self.app_receive, self.app_send)
+            await self.middleware.app(self.scope, self.app_receive, self.outbox.put)
         except BaseException as exc:
             self.app_error = exc
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.messages.append(_APP_DONE)
-            self.arrived.set()
+            self.outbox.put_nowait(_APP_DONE)
+
+    async def stop_app(self) -> None:
+        """Cancel the app and give its own cleanup up to `APP_CANCEL_GRACE` to run.
+
+        Shielded: it runs while the producer (or this request) is being cancelled.
+        """
+        self.outbox.close()
+        task = self.task
+        if task is None or task.done():
+            return
+        task.cancel()
+        with anyio.move_on_after(APP_CANCEL_GRACE, shield=True):
+            await asyncio.wait([task])
+        if not task.done():
+            logger.warning(
+                "%s %s: the app ignored its cancellation for %.1f s; it is left to finish",
+                self.scope.get("method"), self.scope.get("path"), APP_CANCEL_GRACE,
+            )
 
     async def listen_disconnect(self) -> None:
         """Return once the client has gone.
@@ -627,19 +728,23 @@ class _Call:
                 self.for_app.put_nowait(message)
 
     async def next_message(self) -> Message:
-        messages = self.messages
-        while not messages:
-            self.arrived.clear()
-            await self.arrived.wait()
-        message = messages.popleft()
+        message = await self.outbox.get()
         if message is _APP_DONE and self.app_error is not None:
             raise self.app_error
         return message
 
     async def run(self) -> None:
-        task = asyncio.create_task(self.run_app())
+        task = self.task = asyncio.create_task(self.run_app())
         self.middleware._apps.add(task)
         task.add_done_callback(self.middleware._apps.discard)
+        try:
+            await self.respond()
+        finally:
+            if not self.released:
+                # Refused, failed or cancelled before anyone else took the app on.
+                await self.stop_app()
+
+    async def respond(self) -> None:
         start = await self.next_message()
         if start is _APP_DONE or start.get("type") != "http.response.start":
             await self.pass_through(start, None)
@@ -670,21 +775,31 @@ class _Call:
         encoder = BodyEncoder(mode)
 
         async def body() -> Any:
-            if first is not None:
-                for chunk in encoder.feed(first.get("body", b"")):
+            """The producer's source. However it ends early (stopped, cut at its size
+            limit, the context closing), the app is cancelled and awaited here."""
+            finished = False  # the app's body is complete: it may run on (background work)
+            try:
+                if first is not None:
+                    for chunk in encoder.feed(first.get("body", b"")):
+                        yield chunk
+                while True:
+                    message = await self.next_message()
+                    if message is _APP_DONE:
+                        break
+                    if message["type"] != "http.response.body":
+                        continue
+                    for chunk in encoder.feed(message.get("body", b"")):
+                        yield chunk
+                    if not message.get("more_body", False):
+                        break
+                finished = True
+                for chunk in encoder.flush():
                     yield chunk
-            while True:
-                message = await self.next_message()
-                if message is _APP_DONE:
-                    break
-                if message["type"] != "http.response.body":
-                    continue
-                for chunk in encoder.feed(message.get("body", b"")):
-                    yield chunk
-                if not message.get("more_body", False):
-                    break
-            for chunk in encoder.flush():
-                yield chunk
+            finally:
+                if finished:
+                    self.outbox.close()  # anything the app sends after its end is dropped
+                else:
+                    await self.stop_app()
 
         reader = None
         try:
@@ -693,7 +808,6 @@ class _Call:
             )
         except TooManyStreams:
             # Another request took the last place while the app was starting.
-            task.cancel()
             await _plain(self.send, 503, "too many streams", RETRY_AFTER)
             return
         except (BackendUnavailable, StreamAlreadyExists) as exc:
@@ -704,6 +818,7 @@ class _Call:
             unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
             await self.pass_through({**start, "headers": unnamed}, first)
             return
+        self.released = True  # the producer owns the app now, through `body`
         await self.send(
             {
                 "type": "http.response.start",
@@ -734,7 +849,11 @@ class _Call:
         return validate_stream_id(chosen)
 
     async def pass_through(self, start: Message, first: Message | None) -> None:
-        """The app's response as it is, and the app sees the client's disconnect."""
+        """The app's response as it is, and the app sees the client's disconnect.
+
+        Once the response is complete or the client has gone, the app runs on to its
+        own end (it sees the disconnect); what it sends then is dropped.
+        """
         self.reveal.set()
         listener = asyncio.create_task(self.listen_disconnect())
         try:
@@ -748,6 +867,8 @@ class _Call:
                     break
                 message = pending.pop() if pending else await self.next_message()
         except OSError:
-            return
+            pass  # the client went away while we were sending
         finally:
             listener.cancel()
+        self.released = True
+        self.outbox.close()
