@@ -3,8 +3,13 @@
 * `ResumableStreamMiddleware` wraps any ASGI app. For the requests it is told to
   handle, the app's streaming response becomes the producer of a resumable stream: the
   client gets the body plus an ``X-Stream-Id`` header, and the app keeps running to the
-  end even if the client disconnects (it never sees the disconnect). It also serves
-  the resume endpoint.
+  end even if the client disconnects (it never sees the disconnect). Stopping the
+  stream (``DELETE``, ``ctx.stop_stream``), a cut at
+  ``max_stream_bytes`` or closing the context cancels the app (its ``finally`` runs;
+  the middleware waits up to ``APP_CANCEL_GRACE`` for it). The app's ``send`` waits
+  while ``max_buffered_bytes`` of its body wait for the producer, so an app faster
+  than storage is held back instead of filling memory. It also serves the resume
+  endpoint.
 * `ResumableStreamResponse` is an ASGI response for code that wants to be explicit.
 * `ResumeEndpoint` is the resume endpoint as a mountable ASGI app.
 
@@ -36,7 +41,11 @@ server's to limit (uvicorn answers oversized headers itself).
 
 Decisions worth knowing: ids the middleware makes are 128-bit random
 (``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
-response header or the ``stream_id`` hook. Non-2xx responses, responses with a
+response header (taken as it is, latin-1) or the ``stream_id`` hook (any text, no
+``/``). The ``X-Stream-Id`` we send is the id's UTF-8, percent-encoded as a URL path
+segment (``chat-日本`` is ``chat-%E6%97%A5%E6%9C%AC``, ``50%off`` is ``50%25off``;
+random ids are unchanged): header values are latin-1, and the value goes into the
+resume URL as it is. The resume endpoint decodes the id from the path once. Non-2xx responses, responses with a
 ``Content-Length`` and responses whose whole body comes in one message pass through
 untouched. If the backend is down when a stream starts, the response streams
 normally without ``X-Stream-Id`` and a warning is logged.
@@ -480,6 +489,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
 class ResumableStreamMiddleware:
     """Make an app's streaming endpoints resumable without touching their code.
 
+    The app runs in a task of its own, so it outlives the client's connection. It is
+    cancelled when its stream is stopped, cut at ``max_stream_bytes`` or shut down with
+    the context; its ``send`` waits while ``StreamOptions.max_buffered_bytes`` of its
+    body (plus 64 bytes per message) wait for the producer.
+
     Args:
         app: the ASGI app to wrap.
         context: the context streams live in; None disables resumability (responses
@@ -491,6 +505,8 @@ class ResumableStreamMiddleware:
             None serves none.
         stream_id: ``stream_id(scope) -> str | None`` to choose the id of a stream;
             otherwise the app's ``X-Stream-Id`` response header, else a random id.
+            An id that cannot be stored (a lone surrogate, a ``/``, too long) makes
+            the response pass through, not resumable.
         authorize: passed to the resume endpoint.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
     """
