@@ -45,10 +45,10 @@ response header (taken as it is, latin-1) or the ``stream_id`` hook (any text, n
 ``/``). The ``X-Stream-Id`` we send is the id's UTF-8, percent-encoded as a URL path
 segment (``chat-日本`` is ``chat-%E6%97%A5%E6%9C%AC``, ``50%off`` is ``50%25off``;
 random ids are unchanged): header values are latin-1, and the value goes into the
-resume URL as it is. The resume endpoint decodes the id from the path once. Non-2xx responses, responses with a
-``Content-Length`` and responses whose whole body comes in one message pass through
-untouched. If the backend is down when a stream starts, the response streams
-normally without ``X-Stream-Id`` and a warning is logged.
+resume URL as it is. The resume endpoint decodes the id from the path once.
+Non-2xx responses, responses with a ``Content-Length`` and responses whose whole body
+comes in one message pass through untouched. If the backend is down when a stream
+starts, the response streams normally without ``X-Stream-Id`` and a warning is logged.
 """
 
 from __future__ import annotations
@@ -608,7 +608,12 @@ class _Outbox:
         self._arrived.set()
 
     async def put(self, message: Message) -> None:
-        self.put_nowait(message)
+        if self._closed:
+            return
+        # put_nowait inlined: this is the app's send, called for every message.
+        self._messages.append(message)
+        self.buffered += len(message.get("body", b"")) + _MESSAGE_COST
+        self._arrived.set()
         while self.buffered > self._limit and not self._closed:
             self._room.clear()
             await self._room.wait()
@@ -619,8 +624,8 @@ class _Outbox:
             self._arrived.clear()
             await self._arrived.wait()
         message = messages.popleft()
-        self.buffered -= _cost(message)
-        if self.buffered <= self._limit:
+        self.buffered -= len(message.get("body", b"")) + _MESSAGE_COST
+        if self.buffered <= self._limit and not self._room.is_set():
             self._room.set()
         return message
 
