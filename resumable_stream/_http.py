@@ -42,7 +42,7 @@ from collections.abc import (
     MutableMapping,
 )
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import anyio
 
@@ -59,6 +59,7 @@ __all__ = [
     "ended_response",
     "http_metadata",
     "parse_stream_id_header",
+    "path_segments",
     "pump",
     "replay_headers",
     "stream_headers",
@@ -139,6 +140,23 @@ def parse_stream_id_header(value: bytes | str) -> str:
     """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     return unquote(text, errors="strict")
+
+
+def path_segments(scope: MutableMapping[str, Any]) -> list[str]:
+    """The request path's segments (a trailing ``/`` ignored), each decoded once.
+
+    ``path`` is decoded by the server already: an encoded ``/`` is a separator there,
+    and decoding it again would turn the id ``a%2Fb`` into ``a/b``. So ``raw_path``,
+    when the server gives it, is split first and each segment decoded here, strictly.
+
+    Raises:
+        ValueError: a segment is not percent-encoded UTF-8.
+    """
+    raw = scope.get("raw_path")
+    if raw:
+        parts = bytes(raw).split(b"?", 1)[0].rstrip(b"/").split(b"/")
+        return [unquote_to_bytes(part).decode("utf-8") for part in parts]
+    return str(scope["path"]).rstrip("/").split("/")
 
 
 def stream_headers(

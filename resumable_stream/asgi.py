@@ -61,7 +61,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, unquote_to_bytes
+from urllib.parse import parse_qs
 
 import anyio
 
@@ -89,6 +89,7 @@ from ._http import (
     header,
     http_metadata,
     iterate_content,
+    path_segments,
     pump,
     replay_headers,
     stream_headers,
@@ -167,11 +168,8 @@ class ResumeEndpoint:
 
     def _stream_id(self, scope: Scope) -> str:
         """The id the request names: the router's path parameter, else the last path
-        segment, percent-decoded exactly once.
-
-        ``path`` is already decoded by the server, so decoding it again would turn an
-        id such as ``a%2Fb`` into ``a/b``; ``raw_path`` (when the server gives it) is
-        decoded here, strictly, so that an id holding an encoded ``/`` resolves too.
+        segment, percent-decoded exactly once (`path_segments`), so an id holding
+        ``%`` or an encoded ``/`` resolves too.
 
         Raises:
             InvalidStreamId: the segment is not percent-encoded UTF-8.
@@ -180,14 +178,10 @@ class ResumeEndpoint:
         value = params.get(self.path_param)
         if value is not None:
             return str(value)
-        raw = scope.get("raw_path")
-        if raw:
-            segment = bytes(raw).split(b"?", 1)[0].rstrip(b"/").rsplit(b"/", 1)[-1]
-            try:
-                return unquote_to_bytes(segment).decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidStreamId("the stream id in the path is not UTF-8") from None
-        return str(scope["path"].rstrip("/").rsplit("/", 1)[-1])
+        try:
+            return path_segments(scope)[-1]
+        except ValueError:
+            raise InvalidStreamId("the stream id in the path is not UTF-8") from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from starlette.routing import Mount, Router
 
 from resumable_stream import (
@@ -39,9 +41,11 @@ from resumable_stream import (
     create_resumable_stream_context,
 )
 from resumable_stream._types import Ended
+from resumable_stream.ai_sdk import ChatRequest, ChatStreams, text_chunks
 from resumable_stream.asgi import ResumableStreamMiddleware, ResumeEndpoint
+from resumable_stream.backends.redis import RedisBackend
 
-from .http_servers import Probe, serving
+from .http_servers import CrossLoopEvent, Probe, serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -420,3 +424,98 @@ async def test_odd_ids_round_trip_by_the_advertised_url(stream_id: str) -> None:
             assert (await http.delete(f"/mounted/resume/{advertised}")).status_code == 410
             assert (await http.get(f"/mounted/resume/{advertised}")).status_code == 410
         assert await at.run(lambda: at.ctx.get_status(stream_id)) is StreamStatus.DONE
+
+
+# -- the AI SDK routes: the same ids, by chat --------------------------------------------------
+
+
+@contextlib.contextmanager
+def chat_site(redis_url: str | None = None, gate: CrossLoopEvent | None = None) -> Iterator[str]:
+    """`ChatStreams` on memory (or Redis at ``redis_url``) with ``stream_endpoint``
+    reached without a path parameter (the chat id comes from the path segment before
+    ``/stream``). Its answer waits at ``gate`` (if given) after its first delta."""
+
+    async def make() -> tuple[Any, Callable[[], Awaitable[None]]]:
+        client = None if redis_url is None else aioredis.Redis.from_url(redis_url)
+        made: Any = (
+            MemoryBackend() if client is None
+            else RedisBackend(client, key_prefix=f"faults-{new_key()}")
+        )
+        ctx = create_resumable_stream_context(made, options=FAST)
+
+        async def answer(request: ChatRequest) -> AsyncIterator[Any]:
+            async def deltas() -> AsyncIterator[str]:
+                yield f"echo: {request.last_user_text}"
+                if gate is not None:
+                    await gate.wait()
+                yield " (the end)"
+
+            async for chunk in text_chunks(deltas()):
+                yield chunk
+
+        chats = ChatStreams(ctx, answer, ping_interval=None)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"] == "/api/chat":
+                await chats.chat_endpoint(scope, receive, send)
+            else:
+                await chats.stream_endpoint(scope, receive, send)
+
+        async def cleanup() -> None:
+            await ctx.aclose()
+            await made.aclose()
+            if client is not None:
+                await client.aclose()  # the backend takes the client, not owns it
+
+        return app, cleanup
+
+    with serving("uvicorn", make) as server:
+        yield server.url
+
+
+def chat_body(chat_id: str) -> bytes:
+    """JSON by hand: a lone surrogate is legal JSON (an escape) that httpx cannot encode."""
+    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}
+    return json.dumps({"id": chat_id, "messages": [message], "trigger": "submit-message"}).encode()
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_chat_id_with_a_lone_surrogate_is_a_400(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_server").url if backend == "redis" else None
+    with chat_site(url) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=STEP, trust_env=False) as http:
+            answer = await http.post(
+                "/api/chat", content=chat_body("a\ud800"),
+                headers={"content-type": "application/json"},
+            )
+            assert answer.status_code == 400, answer.text
+            resumed = await http.get("/api/chat/a%ED%A0%80/stream")
+            assert resumed.status_code == 404
+
+
+@pytest.mark.parametrize("chat_id", ["a%2Fb", "x%41y", "50%off", "chat-\u65e5\u672c"])
+async def test_chat_ids_with_percent_resume_by_the_path(chat_id: str) -> None:
+    gate = CrossLoopEvent()
+    with chat_site(None, gate) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=STEP, trust_env=False) as http:
+            body = chat_body(chat_id)
+            headers = {"content-type": "application/json"}
+            async with http.stream("POST", "/api/chat", content=body, headers=headers) as a:
+                assert a.status_code == 200
+                seen = b""
+                with anyio.fail_after(STEP):
+                    async for part in a.aiter_raw():
+                        seen += part
+                        if b"echo: Hi" in seen:
+                            break
+                # Running: the chat's id, decoded once from the path, finds its answer
+                # (any other id is 204, "no answer running").
+                url = f"/api/chat/{quote(chat_id, safe='')}/stream"
+                async with http.stream("GET", url) as resumed:
+                    assert resumed.status_code == 200
+                    gate.set()
+                    whole = await read_to_end(resumed)
+                assert b"echo: Hi" in whole
+                assert b"(the end)" in whole
