@@ -18,6 +18,14 @@ How a resume says that nothing is left (`ended_response`): ``410`` with
 failed`` and ``X-Stream-Error: <kind>`` (``StreamFailed`` or ``ProducerLost``) when it
 failed, ``413`` with ``X-Stream-Status: failed`` and ``X-Stream-Error: StreamTooLarge``
 when it was cut at its size limit. Both headers are exposed to browsers (CORS).
+
+How ``X-Stream-Id`` carries an id (`stream_id_header`): header values are latin-1
+bytes and an id is any Unicode text, so the header holds the id's UTF-8 bytes
+percent-encoded as one URL path segment: letters, digits, ``-._~`` and
+``!$&'()*+,;=:@`` as they are, every other byte (``%`` itself, ``/``, ``?``, ``#``,
+spaces, non-ASCII) as ``%XX``. The ids the middleware makes are URL-safe, so their
+header is the id itself. The value can be put in the resume URL as it is; a client
+that wants the id itself percent-decodes it (`parse_stream_id_header`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from collections.abc import (
     MutableMapping,
 )
 from typing import Any
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import anyio
 
@@ -49,9 +58,12 @@ __all__ = [
     "Send",
     "ended_response",
     "http_metadata",
+    "parse_stream_id_header",
+    "path_segments",
     "pump",
     "replay_headers",
     "stream_headers",
+    "stream_id_header",
 ]
 
 logger = logging.getLogger("resumable_stream")
@@ -110,13 +122,50 @@ def http_metadata(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict[s
     return {"http": {"status": status, "headers": kept, "body": mode}}
 
 
+# RFC 3986 pchar without "%": what a path segment may hold unescaped.
+_SEGMENT_SAFE = "!$&'()*+,;=:@~"
+
+
+def stream_id_header(stream_id: str) -> bytes:
+    """The ``X-Stream-Id`` value for ``stream_id``: its UTF-8 percent-encoded as a URL
+    path segment (see the module docstring), so any id fits a latin-1 header."""
+    return quote(stream_id, safe=_SEGMENT_SAFE).encode("ascii")
+
+
+def parse_stream_id_header(value: bytes | str) -> str:
+    """The id an ``X-Stream-Id`` value names (the inverse of `stream_id_header`).
+
+    Raises:
+        ValueError: the value does not decode to UTF-8 text.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return unquote(text, errors="strict")
+
+
+def path_segments(scope: MutableMapping[str, Any]) -> list[str]:
+    """The request path's segments (a trailing ``/`` ignored), each decoded once.
+
+    ``path`` is decoded by the server already: an encoded ``/`` is a separator there,
+    and decoding it again would turn the id ``a%2Fb`` into ``a/b``. So ``raw_path``,
+    when the server gives it, is split first and each segment decoded here, strictly.
+
+    Raises:
+        ValueError: a segment is not percent-encoded UTF-8.
+    """
+    raw = scope.get("raw_path")
+    if raw:
+        parts = bytes(raw).split(b"?", 1)[0].rstrip(b"/").split(b"/")
+        return [unquote_to_bytes(part).decode("utf-8") for part in parts]
+    return str(scope["path"]).rstrip("/").split("/")
+
+
 def stream_headers(
     headers: Iterable[tuple[bytes, bytes]], stream_id: str, mode: str
 ) -> list[tuple[bytes, bytes]]:
     """Response headers for a resumable response: the id, exposed to browsers, and for
     SSE the headers that keep proxies from buffering or caching the stream."""
     out = [(k, v) for k, v in headers if k.lower() not in (b"content-length", STREAM_ID_HEADER)]
-    out.append((STREAM_ID_HEADER, stream_id.encode("latin-1", "replace")))
+    out.append((STREAM_ID_HEADER, stream_id_header(stream_id)))
     expose = header(out, b"access-control-expose-headers")
     if expose is None:
         out.append((b"access-control-expose-headers", b"X-Stream-Id"))

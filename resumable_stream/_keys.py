@@ -25,7 +25,16 @@ _SAFE = "!\"#$&'()*+,-./:;<=>?@[\\]^_`|~"
 
 
 def validate_stream_id(stream_id: object) -> str:
-    """Return ``stream_id`` if usable, else raise `InvalidStreamId`."""
+    """Return ``stream_id`` if usable, else raise `InvalidStreamId`.
+
+    Usable: a non-empty ``str`` of at most `MAX_STREAM_ID_LENGTH` characters that is
+    valid Unicode text. A lone surrogate (``"a\\ud800"``, which ``json.loads`` and
+    ``surrogateescape`` decoding hand out) has no UTF-8 form, so it could name no key,
+    no URL and no header: it is refused here rather than failing deep in a backend.
+
+    Raises:
+        InvalidStreamId: not a str, empty, too long, or holding a lone surrogate.
+    """
     if not isinstance(stream_id, str):
         raise InvalidStreamId(f"stream id must be a str, not {type(stream_id).__name__}")
     if not stream_id:
@@ -34,6 +43,13 @@ def validate_stream_id(stream_id: object) -> str:
         raise InvalidStreamId(
             f"stream id is {len(stream_id)} characters long; the limit is {MAX_STREAM_ID_LENGTH}"
         )
+    if not stream_id.isascii():
+        try:
+            stream_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidStreamId(
+                f"stream id holds a lone surrogate at {exc.start}: {stream_id!r}"
+            ) from None
     return stream_id
 
 

@@ -68,7 +68,6 @@ from collections.abc import (
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import unquote
 
 import anyio
 
@@ -81,7 +80,15 @@ from ._exceptions import (
     StreamNotFound,
     describe,
 )
-from ._http import Receive, Scope, Send, http_metadata, pump, stream_headers
+from ._http import (
+    Receive,
+    Scope,
+    Send,
+    http_metadata,
+    path_segments,
+    pump,
+    stream_headers,
+)
 from ._http import plain_response as _plain
 from ._http import wait_disconnect as _disconnected
 from ._reader import ResumableStream
@@ -727,9 +734,12 @@ class ChatStreams:
         params = scope.get("path_params") or {}
         value = params.get(self.path_param)
         if value is None:
-            segments = scope["path"].rstrip("/").split("/")
+            try:
+                segments = path_segments(scope)  # decoded once: a chat id may hold "%"
+            except ValueError:
+                return None  # not UTF-8: no chat has that id
             if len(segments) >= 2 and segments[-1] == "stream":
-                value = unquote(segments[-2])
+                value = segments[-2]
         return value if _valid_chat_id(value) else None
 
     async def _serve_stream(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -828,7 +838,16 @@ def _new_message_id() -> str:
 
 
 def _valid_chat_id(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= MAX_CHAT_ID_LENGTH
+    """A non-empty str of at most `MAX_CHAT_ID_LENGTH` that is valid text: a lone
+    surrogate (``json.loads`` hands them out) names no key, so it is a ``400``."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CHAT_ID_LENGTH:
+        return False
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def _continued_id(messages: list[Any]) -> str | None:

@@ -3,8 +3,13 @@
 * `ResumableStreamMiddleware` wraps any ASGI app. For the requests it is told to
   handle, the app's streaming response becomes the producer of a resumable stream: the
   client gets the body plus an ``X-Stream-Id`` header, and the app keeps running to the
-  end even if the client disconnects (it never sees the disconnect). It also serves
-  the resume endpoint.
+  end even if the client disconnects (it never sees the disconnect). Stopping the
+  stream (``DELETE``, ``ctx.stop_stream``), a cut at
+  ``max_stream_bytes`` or closing the context cancels the app (its ``finally`` runs;
+  the middleware waits up to ``APP_CANCEL_GRACE`` for it). The app's ``send`` waits
+  while ``max_buffered_bytes`` of its body wait for the producer, so an app faster
+  than storage is held back instead of filling memory. It also serves the resume
+  endpoint.
 * `ResumableStreamResponse` is an ASGI response for code that wants to be explicit.
 * `ResumeEndpoint` is the resume endpoint as a mountable ASGI app.
 
@@ -36,10 +41,14 @@ server's to limit (uvicorn answers oversized headers itself).
 
 Decisions worth knowing: ids the middleware makes are 128-bit random
 (``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
-response header or the ``stream_id`` hook. Non-2xx responses, responses with a
-``Content-Length`` and responses whose whole body comes in one message pass through
-untouched. If the backend is down when a stream starts, the response streams
-normally without ``X-Stream-Id`` and a warning is logged.
+response header (taken as it is, latin-1) or the ``stream_id`` hook (any text, no
+``/``). The ``X-Stream-Id`` we send is the id's UTF-8, percent-encoded as a URL path
+segment (``chat-日本`` is ``chat-%E6%97%A5%E6%9C%AC``, ``50%off`` is ``50%25off``;
+random ids are unchanged): header values are latin-1, and the value goes into the
+resume URL as it is. The resume endpoint decodes the id from the path once.
+Non-2xx responses, responses with a ``Content-Length`` and responses whose whole body
+comes in one message pass through untouched. If the backend is down when a stream
+starts, the response streams normally without ``X-Stream-Id`` and a warning is logged.
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import anyio
 
@@ -80,6 +89,7 @@ from ._http import (
     header,
     http_metadata,
     iterate_content,
+    path_segments,
     pump,
     replay_headers,
     stream_headers,
@@ -157,11 +167,21 @@ class ResumeEndpoint:
         self.path_param = path_param
 
     def _stream_id(self, scope: Scope) -> str:
+        """The id the request names: the router's path parameter, else the last path
+        segment, percent-decoded exactly once (`path_segments`), so an id holding
+        ``%`` or an encoded ``/`` resolves too.
+
+        Raises:
+            InvalidStreamId: the segment is not percent-encoded UTF-8.
+        """
         params = scope.get("path_params") or {}
         value = params.get(self.path_param)
-        if value is None:
-            value = unquote(scope["path"].rstrip("/").rsplit("/", 1)[-1])
-        return str(value)
+        if value is not None:
+            return str(value)
+        try:
+            return path_segments(scope)[-1]
+        except ValueError:
+            raise InvalidStreamId("the stream id in the path is not UTF-8") from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -170,12 +190,11 @@ class ResumeEndpoint:
         if method not in ("GET", "HEAD", "DELETE"):
             await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD, DELETE")])
             return
-        stream_id = self._stream_id(scope)
         if self.context is None:
             await _plain(send, 503, "resumable streams are not configured")
             return
         try:
-            validate_stream_id(stream_id)
+            stream_id = validate_stream_id(self._stream_id(scope))
         except InvalidStreamId:
             await _plain(send, 404, "no such stream")
             return
@@ -464,6 +483,11 @@ def _compile(pattern: str) -> re.Pattern[str]:
 class ResumableStreamMiddleware:
     """Make an app's streaming endpoints resumable without touching their code.
 
+    The app runs in a task of its own, so it outlives the client's connection. It is
+    cancelled when its stream is stopped, cut at ``max_stream_bytes`` or shut down with
+    the context; its ``send`` waits while ``StreamOptions.max_buffered_bytes`` of its
+    body (plus 64 bytes per message) wait for the producer.
+
     Args:
         app: the ASGI app to wrap.
         context: the context streams live in; None disables resumability (responses
@@ -475,6 +499,8 @@ class ResumableStreamMiddleware:
             None serves none.
         stream_id: ``stream_id(scope) -> str | None`` to choose the id of a stream;
             otherwise the app's ``X-Stream-Id`` response header, else a random id.
+            An id that cannot be stored (a lone surrogate, a ``/``, too long) makes
+            the response pass through, not resumable.
         authorize: passed to the resume endpoint.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
     """
@@ -533,10 +559,88 @@ class ResumableStreamMiddleware:
 
 
 _APP_DONE: Message = {"type": "resumable_stream.app_done"}
+# Bytes charged per message on top of its body, so that a flood of empty messages is
+# bounded too (about what a small dict costs).
+_MESSAGE_COST = 64
+APP_CANCEL_GRACE = 1.0
+"""Seconds a cancelled app gets to run its own cleanup (``finally``, ``except
+CancelledError``) before the middleware stops waiting for it."""
+
+
+def _cost(message: Message) -> int:
+    return len(message.get("body", b"")) + _MESSAGE_COST
+
+
+class _Outbox:
+    """The app's response messages on their way to the request's task or the producer.
+
+    One reader; `put` is the app's ``send``. It waits while more than ``limit`` bytes
+    are held, so an app that outpaces storage (or a slow client) is held back in its
+    own ``send`` rather than piling its output up in memory: the producer holds back
+    any source the same way, one step later. A message is accepted before `put`
+    waits, so one larger than ``limit`` still goes through. Once closed, messages are
+    dropped and `put` never waits.
+    """
+
+    __slots__ = ("_arrived", "_closed", "_limit", "_messages", "_room", "buffered")
+
+    def __init__(self, limit: int) -> None:
+        self._messages: deque[Message] = deque()
+        # A Bell for the one reader (rung per message); an Event for room, since an
+        # app may send from more than one task.
+        self._arrived = Bell()
+        self._room = asyncio.Event()
+        self._limit = limit
+        self._closed = False
+        self.buffered = 0  # body bytes held, plus _MESSAGE_COST per message
+
+    def put_nowait(self, message: Message) -> None:
+        if self._closed:
+            return
+        self._messages.append(message)
+        self.buffered += _cost(message)
+        self._arrived.set()
+
+    async def put(self, message: Message) -> None:
+        if self._closed:
+            return
+        # put_nowait inlined: this is the app's send, called for every message.
+        self._messages.append(message)
+        self.buffered += len(message.get("body", b"")) + _MESSAGE_COST
+        self._arrived.set()
+        while self.buffered > self._limit and not self._closed:
+            self._room.clear()
+            await self._room.wait()
+
+    async def get(self) -> Message:
+        messages = self._messages
+        while not messages:
+            self._arrived.clear()
+            await self._arrived.wait()
+        message = messages.popleft()
+        self.buffered -= len(message.get("body", b"")) + _MESSAGE_COST
+        if self.buffered <= self._limit and not self._room.is_set():
+            self._room.set()
+        return message
+
+    def close(self) -> None:
+        """Drop what is held and whatever comes later; wake a waiting `put`."""
+        self._closed = True
+        self._messages.clear()
+        self.buffered = 0
+        self._room.set()
 
 
 class _Call:
-    """One request through the middleware: the app runs in a task of its own."""
+    """One request through the middleware: the app runs in a task of its own.
+
+    Who owns the app's task (and so cancels it if it must end early): this request's
+    task until it decides what the response is; then, for a resumable response, the
+    producer, through the body it pulls (`body`): stopping the stream, cutting it at
+    ``max_stream_bytes`` or closing the context cancels the app and waits for it. A
+    response passed through is relayed until it is complete or the client has gone;
+    the app then runs on to its own end (background tasks), as it would unwrapped.
+    """
 
     def __init__(
         self,
@@ -551,10 +655,9 @@ class _Call:
         self.scope = scope
         self.receive = receive
         self.send = send
-        # The app's messages for the producer's task: a deque and a Bell are several
-        # times cheaper per message than an asyncio.Queue (one reader, never bounded).
-        self.messages: deque[Message] = deque()
-        self.arrived = Bell()
+        self.outbox = _Outbox(context.options.max_buffered_bytes)
+        self.task: asyncio.Task[None] | None = None
+        self.released = False  # the request's task no longer owns the app
         self.body_read = asyncio.Event()  # the whole request body has been received
         self.disconnected = asyncio.Event()
         self.reveal = asyncio.Event()  # set when the response passes through untouched
@@ -593,20 +696,33 @@ class _Call:
         await self.reveal.wait()
         return {"type": "http.disconnect"}
 
-    async def app_send(self, message: Message) -> None:
-        self.messages.append(message)
-        self.arrived.set()
-
     async def run_app(self) -> None:
         try:
-            await self.middleware.app(self.scope, self.app_receive, self.app_send)
+            await self.middleware.app(self.scope, self.app_receive, self.outbox.put)
         except BaseException as exc:
             self.app_error = exc
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.messages.append(_APP_DONE)
-            self.arrived.set()
+            self.outbox.put_nowait(_APP_DONE)
+
+    async def stop_app(self) -> None:
+        """Cancel the app and give its own cleanup up to `APP_CANCEL_GRACE` to run.
+
+        Shielded: it runs while the producer (or this request) is being cancelled.
+        """
+        self.outbox.close()
+        task = self.task
+        if task is None or task.done():
+            return
+        task.cancel()
+        with anyio.move_on_after(APP_CANCEL_GRACE, shield=True):
+            await asyncio.wait([task])
+        if not task.done():
+            logger.warning(
+                "%s %s: the app ignored its cancellation for %.1f s; it is left to finish",
+                self.scope.get("method"), self.scope.get("path"), APP_CANCEL_GRACE,
+            )
 
     async def listen_disconnect(self) -> None:
         """Return once the client has gone.
@@ -627,19 +743,23 @@ class _Call:
                 self.for_app.put_nowait(message)
 
     async def next_message(self) -> Message:
-        messages = self.messages
-        while not messages:
-            self.arrived.clear()
-            await self.arrived.wait()
-        message = messages.popleft()
+        message = await self.outbox.get()
         if message is _APP_DONE and self.app_error is not None:
             raise self.app_error
         return message
 
     async def run(self) -> None:
-        task = asyncio.create_task(self.run_app())
+        task = self.task = asyncio.create_task(self.run_app())
         self.middleware._apps.add(task)
         task.add_done_callback(self.middleware._apps.discard)
+        try:
+            await self.respond()
+        finally:
+            if not self.released:
+                # Refused, failed or cancelled before anyone else took the app on.
+                await self.stop_app()
+
+    async def respond(self) -> None:
         start = await self.next_message()
         if start is _APP_DONE or start.get("type") != "http.response.start":
             await self.pass_through(start, None)
@@ -670,21 +790,31 @@ class _Call:
         encoder = BodyEncoder(mode)
 
         async def body() -> Any:
-            if first is not None:
-                for chunk in encoder.feed(first.get("body", b"")):
+            """The producer's source. However it ends early (stopped, cut at its size
+            limit, the context closing), the app is cancelled and awaited here."""
+            finished = False  # the app's body is complete: it may run on (background work)
+            try:
+                if first is not None:
+                    for chunk in encoder.feed(first.get("body", b"")):
+                        yield chunk
+                while True:
+                    message = await self.next_message()
+                    if message is _APP_DONE:
+                        break
+                    if message["type"] != "http.response.body":
+                        continue
+                    for chunk in encoder.feed(message.get("body", b"")):
+                        yield chunk
+                    if not message.get("more_body", False):
+                        break
+                finished = True
+                for chunk in encoder.flush():
                     yield chunk
-            while True:
-                message = await self.next_message()
-                if message is _APP_DONE:
-                    break
-                if message["type"] != "http.response.body":
-                    continue
-                for chunk in encoder.feed(message.get("body", b"")):
-                    yield chunk
-                if not message.get("more_body", False):
-                    break
-            for chunk in encoder.flush():
-                yield chunk
+            finally:
+                if finished:
+                    self.outbox.close()  # anything the app sends after its end is dropped
+                else:
+                    await self.stop_app()
 
         reader = None
         try:
@@ -693,7 +823,6 @@ class _Call:
             )
         except TooManyStreams:
             # Another request took the last place while the app was starting.
-            task.cancel()
             await _plain(self.send, 503, "too many streams", RETRY_AFTER)
             return
         except (BackendUnavailable, StreamAlreadyExists) as exc:
@@ -704,6 +833,7 @@ class _Call:
             unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
             await self.pass_through({**start, "headers": unnamed}, first)
             return
+        self.released = True  # the producer owns the app now, through `body`
         await self.send(
             {
                 "type": "http.response.start",
@@ -734,7 +864,11 @@ class _Call:
         return validate_stream_id(chosen)
 
     async def pass_through(self, start: Message, first: Message | None) -> None:
-        """The app's response as it is, and the app sees the client's disconnect."""
+        """The app's response as it is, and the app sees the client's disconnect.
+
+        Once the response is complete or the client has gone, the app runs on to its
+        own end (it sees the disconnect); what it sends then is dropped.
+        """
         self.reveal.set()
         listener = asyncio.create_task(self.listen_disconnect())
         try:
@@ -748,6 +882,8 @@ class _Call:
                     break
                 message = pending.pop() if pending else await self.next_message()
         except OSError:
-            return
+            pass  # the client went away while we were sending
         finally:
             listener.cancel()
+        self.released = True
+        self.outbox.close()
