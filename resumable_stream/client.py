@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import anyio
 
@@ -274,7 +274,9 @@ class ResumableStreamClient:
             try:
                 status = response.status_code
                 if starting:
-                    self.stream_id = response.headers.get("x-stream-id")
+                    raw = response.headers.get("x-stream-id")
+                    # The header holds the id percent-encoded (UTF-8): decode it once.
+                    self.stream_id = unquote(raw, errors="strict") if raw else raw
                     if self.stream_id:
                         logger.info("stream id %s", self.stream_id)
                 if not starting and (status == 413 or (

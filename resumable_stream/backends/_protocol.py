@@ -33,7 +33,6 @@ and `RedisBackend` (through its pipelines) have it.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 

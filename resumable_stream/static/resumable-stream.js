@@ -390,6 +390,14 @@ export function codePointLength(text) {
 const NUMERIC_ID = /^[0-9]{1,20}$/;
 
 /** @param {string} id */
+function decodeHeaderId(value) {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value; // not percent-encoded by us (an app's own header): use it as is
+  }
+}
+
 function numericId(id) {
   return NUMERIC_ID.test(id) ? BigInt(id) : null;
 }
@@ -560,7 +568,9 @@ export class ResumableStreamClient {
         })
       );
     }
-    const streamId = res.headers.get("x-stream-id");
+    const header = res.headers.get("x-stream-id");
+    // The header holds the id percent-encoded (UTF-8): decode it once.
+    const streamId = header ? decodeHeaderId(header) : header;
     if (streamId) {
       this._setStreamId(run, streamId);
       this._log("info", `stream ${streamId}: started (${url})`);
