@@ -129,19 +129,29 @@ class FaultyBackend:
     def writes_since(self, stream_id: str, at: float) -> list[Call]:
         """Write-path calls (write, renew, write_soon) for ``stream_id`` made at or after ``at``."""
         kinds = ("write", "renew", "write_soon")
-        return [c for c in self.calls if c.stream_id == stream_id and c.kind in kinds and c.at >= at]
+        return [
+            c for c in self.calls if c.stream_id == stream_id and c.kind in kinds and c.at >= at
+        ]
 
     async def next_write(self, stream_id: str, timeout: float) -> Call | None:
         """Wait up to ``timeout`` for a new write-path call for ``stream_id``; None if none.
 
         For "nothing writes any more": the absence of a call is the success path."""
+        return await self.next_call(("write", "renew", "write_soon"), stream_id, timeout)
+
+    async def next_call(
+        self, kinds: Sequence[str], stream_id: str, timeout: float
+    ) -> Call | None:
+        """Wait up to ``timeout`` for a new call of one of ``kinds`` for ``stream_id``
+        (made after this call started); None if none came."""
         loop = asyncio.get_running_loop()
-        since = loop.time()
-        deadline = since + timeout
+        seen = len(self.calls)
+        deadline = loop.time() + timeout
         while True:
-            found = self.writes_since(stream_id, since)
-            if found:
-                return found[0]
+            for call in self.calls[seen:]:
+                if call.stream_id == stream_id and call.kind in kinds:
+                    return call
+            seen = len(self.calls)
             left = deadline - loop.time()
             if left <= 0:
                 return None
@@ -216,7 +226,9 @@ class FaultyBackend:
             await discard(result)
         raise _unavailable(kind, n, "reply lost")
 
-    def _discard_later(self, future: asyncio.Future[Any], discard: Callable[[Any], Awaitable[None]]) -> None:
+    def _discard_later(
+        self, future: asyncio.Future[Any], discard: Callable[[Any], Awaitable[None]]
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         closing = asyncio.ensure_future(discard(future.result()))

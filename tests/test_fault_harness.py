@@ -32,9 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +54,7 @@ from resumable_stream import (
 from resumable_stream._keys import StreamKeys
 from resumable_stream.backends.redis import RedisBackend
 
-from .faulty_backend import KINDS, Fault, FaultPlan, FaultyBackend, InjectedError, faulty
+from .faulty_backend import KINDS, Fault, FaultPlan, FaultyBackend, faulty
 from .servers import RedisServer
 
 # The core is being rewritten for issue 16; on today's code the harness finds faults
@@ -265,7 +264,10 @@ class Outcome:
 
     def __repr__(self) -> str:
         err = f" {type(self.error).__name__}: {self.error}" if self.error else ""
-        return f"<{self.name} from {self.start}: opened {self.opened}, {len(self.got)} chunks, end {self.end}{err}>"
+        return (
+            f"<{self.name} from {self.start}: opened {self.opened}, {len(self.got)} chunks, "
+            f"end {self.end}{err}>"
+        )
 
 
 async def read(outcome: Outcome, opening: Any) -> None:
@@ -461,7 +463,9 @@ async def drive(run: Run) -> None:
         if point > sc.chunks or not run.producers or stopped:
             continue
         # Wait until the source waits for its next permit (or the producer ended).
-        waits = [source.turn.wait(), source.hanging.wait(), source.finished.wait(), run.producers[0]]
+        waits = [
+            source.turn.wait(), source.hanging.wait(), source.finished.wait(), run.producers[0]
+        ]
         if not await wait_any(*waits, timeout=STEP_TIMEOUT):
             run.fail(Hang, f"the producer did not come back for chunk {point}")
             break
@@ -495,7 +499,9 @@ async def drive(run: Run) -> None:
         await asyncio.wait([closing], timeout=STEP_TIMEOUT)
 
 
-async def check_after(run: Run, before: set[asyncio.Task[Any]], main: asyncio.Task[Any] | None) -> None:
+async def check_after(
+    run: Run, before: set[asyncio.Task[Any]], main: asyncio.Task[Any] | None
+) -> None:
     sc, backend, inner, source = run.scenario, run.backend, run.inner, run.source
     ctx: ResumableStreamContext = run.ctx
     other: ResumableStreamContext = run.other
@@ -518,7 +524,10 @@ async def check_after(run: Run, before: set[asyncio.Task[Any]], main: asyncio.Ta
     if ended_at is not None:
         late = await backend.next_write(STREAM_ID, OPTIONS.lease * 1.2)
         if late is not None:
-            run.fail(StillRunning, f"a {late.kind} call {late.at - ended_at:.3f} s after the producer ended")
+            run.fail(
+                StillRunning,
+                f"a {late.kind} call {late.at - ended_at:.3f} s after the producer ended",
+            )
         snap = await inner.snapshot(STREAM_ID, 0, 0)
         if snap is not None and snap.status is StreamStatus.RUNNING and snap.lease_alive:
             run.fail(StillRunning, "status RUNNING with a live lease after the producer ended")
@@ -532,7 +541,9 @@ async def check_after(run: Run, before: set[asyncio.Task[Any]], main: asyncio.Ta
     if stored is not None:
         expected = [text(i) for i in range(stored.length)]
         if list(stored.chunks) != expected:
-            run.fail(BadStorage, f"stored chunks {list(stored.chunks)} are not the producer's prefix")
+            run.fail(
+                BadStorage, f"stored chunks {list(stored.chunks)} are not the producer's prefix"
+            )
         if stored.length > produced:
             run.fail(BadStorage, f"{stored.length} chunks stored, the producer made {produced}")
         if stored.status is StreamStatus.DONE and stored.length != produced:
@@ -560,7 +571,8 @@ async def check_after(run: Run, before: set[asyncio.Task[Any]], main: asyncio.Ta
     await inner.aclose()
     left = {t for t in asyncio.all_tasks() - before if t is not main and not t.done()}
     if left:
-        run.fail(LeakedTask, f"tasks alive after the backend's aclose(): {[t.get_coro() for t in left]}")
+        coros = [t.get_coro() for t in left]
+        run.fail(LeakedTask, f"tasks alive after the backend's aclose(): {coros}")
 
 
 def check_readers(run: Run, stored: Any, produced: int) -> None:
@@ -713,3 +725,296 @@ def test_harness_memory_long(scenario: Scenario) -> None:
 @given(scenario=scenarios())
 def test_harness_redis_long(redis_url: str, scenario: Scenario) -> None:
     verdict(asyncio.run(run_scenario(scenario, "redis", redis_url)))
+
+
+# -- directed regression tests, one per known fault of issue 16 ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def directed(
+    kind: str, redis_url: str | None, plan: FaultPlan, options: StreamOptions = OPTIONS
+) -> AsyncIterator[tuple[FaultyBackend, ResumableStreamContext, list[asyncio.Task[None]]]]:
+    """A context on a faulty wrapper over a fresh backend; closed (bounded) at the end."""
+    client: aioredis.Redis | None = None
+    if kind == "memory":
+        inner: Backend = MemoryBackend()
+    else:
+        assert redis_url is not None
+        client = aioredis.Redis.from_url(redis_url)
+        inner = RedisBackend(client, key_prefix=f"fh-{uuid.uuid4().hex[:10]}")
+    backend = faulty(inner, plan)
+    producers: list[asyncio.Task[None]] = []
+    ctx = ResumableStreamContext(backend, ttl=TTL, options=options, wait_until=producers.append)
+    try:
+        yield backend, ctx, producers
+    finally:
+        backend.enabled = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.aclose(), STEP_TIMEOUT)
+        # A writer that outlived its producer (fault 2) must not outlive the test.
+        for task in asyncio.all_tasks():
+            if getattr(task.get_coro(), "__qualname__", "") == "_Writer.run":
+                task.cancel()
+        await asyncio.wait_for(backend.aclose(), STEP_TIMEOUT)
+        if client is not None:
+            await client.aclose()
+
+
+async def read_outcome(name: str, stream: ResumableStream | None) -> Outcome:
+    outcome = Outcome(name, 0)
+    await read(outcome, _ready(stream))  # type: ignore[arg-type]
+    return outcome
+
+
+async def chunks_of(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+BACKEND_KINDS = ["memory", "redis"]
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def backend_kind(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    if request.param == "memory":
+        return "memory", None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return "redis", server.url
+
+
+async def _batch_fails(kind: str, url: str | None, plan: FaultPlan, items: list[str]) -> None:
+    """``items[1:]`` come as one batch after ``items[0]`` was written, and the source
+    ends only once that batch's write was started (from the write clock's timer, not
+    with the end): the stream fails with a typed error, or every chunk is stored; never
+    a DONE stream short of chunks."""
+    async with directed(kind, url, plan) as (backend, ctx, producers):
+        gates = [asyncio.Event(), asyncio.Event()]
+
+        async def source() -> AsyncIterator[str]:
+            yield items[0]
+            await gates[0].wait()
+            for item in items[1:]:
+                yield item
+            await gates[1].wait()
+
+        # Watchers start before the calls they wait for (tasks run in order).
+        first = asyncio.create_task(backend.next_call(("write_soon", "write"), "s", STEP_TIMEOUT))
+        stream = await ctx.resumable_stream("s", source)
+        assert stream is not None
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        reads = [
+            asyncio.create_task(read_outcome("original", stream)),
+            asyncio.create_task(read_outcome("follower", follower)),
+        ]
+        assert await first is not None  # items[0] went out
+        second = asyncio.create_task(backend.next_call(("write_soon", "write"), "s", STEP_TIMEOUT))
+        gates[0].set()
+        assert await second is not None  # the batch's write was started
+        gates[1].set()
+        _, follow = await asyncio.gather(*reads)
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+        snap = await backend.inner.snapshot("s", 0, 100)
+        assert snap is not None
+        if snap.status is StreamStatus.DONE:
+            assert list(snap.chunks) == items, f"DONE with {snap.chunks}"
+        assert follow.got == list(enumerate(items))[: len(follow.got)], follow.got
+        if follow.end == "normal":
+            assert [c for _, c in follow.got] == items, follow
+        else:
+            assert isinstance(follow.error, ResumableStreamError), follow
+        late = await ctx.resume_existing_stream("s", after=0)
+        if late is not None:
+            rest = await read_outcome("late", late)
+            assert rest.end != "normal" or [c for _, c in rest.got] == items[1:], rest
+
+
+LONE_SURROGATE = ["a", "\ud800", "b"]
+
+
+async def test_fault1_lone_surrogate_chunk_memory() -> None:
+    """Fault 1 on memory: it stores ``str`` chunks as they are, so this passes today; it
+    guards the rewrite (whatever it decides for lone surrogates, never DONE short)."""
+    await _batch_fails("memory", None, FaultPlan(), LONE_SURROGATE)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 1")
+async def test_fault1_lone_surrogate_chunk_redis(redis_server: RedisServer) -> None:
+    """Fault 1 on Redis: msgpack cannot encode the chunk, `write_soon` raises in the
+    write clock's timer, the batch vanishes and the stream ends DONE without it."""
+    await _batch_fails("redis", redis_server.url, FaultPlan(), LONE_SURROGATE)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 1")
+async def test_fault1_write_soon_raising_synchronously_memory() -> None:
+    """Fault 1's mechanism on memory: `write_soon` raises before returning (as it does on
+    Redis for an unencodable chunk); the batch must not vanish from a DONE stream."""
+    plan = FaultPlan({("write_soon", 1): Fault.RAISE_SYNC})
+    await _batch_fails("memory", None, plan, [text(0), text(1), text(2)])
+
+
+class ClosingIterator:
+    """A source object (an SDK's stream) whose ``aclose`` raises."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.sent = 0
+        self.waiting = asyncio.Event()
+
+    def __aiter__(self) -> ClosingIterator:
+        return self
+
+    async def __anext__(self) -> str:
+        if self.sent:
+            self.waiting.set()
+            await self.gate.wait()
+        self.sent += 1
+        return text(self.sent - 1)
+
+    async def aclose(self) -> None:
+        raise CleanupError("aclose raised")
+
+
+async def _ends_for_good(
+    backend: FaultyBackend, ctx: ResumableStreamContext, producers: list[asyncio.Task[None]]
+) -> None:
+    """Fault 2's expectation: the unit ends, the status is final, nothing renews."""
+    assert producers, "no producer started"
+    await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+    assert producers[0].done()
+    assert ctx.running_streams == 0
+    late = await backend.next_write("s", OPTIONS.lease * 1.2)
+    assert late is None, f"a {late.kind} call after the producer ended"
+    status = await backend.inner.status("s")
+    assert status in (StreamStatus.DONE, StreamStatus.FAILED)
+    snap = await backend.inner.snapshot("s", 0, 0)
+    assert snap is not None and snap.status is not StreamStatus.RUNNING, snap
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 2")
+async def test_fault2_cleanup_raises_after_a_size_cut(backend_kind: tuple[str, str | None]) -> None:
+    """The producer cuts the stream at ``max_stream_bytes`` and closes the source, whose
+    ``finally`` raises: today the writer renews forever and the status stays RUNNING."""
+    options = StreamOptions(**{**OPTIONS.__dict__, "max_stream_bytes": 9})
+    async with directed(*backend_kind, FaultPlan(), options) as (backend, ctx, producers):
+
+        async def source() -> AsyncIterator[str]:
+            try:
+                yield text(0)
+                yield text(1)  # passes the cap
+            finally:
+                raise CleanupError("cleanup raised")
+
+        stream = await ctx.resumable_stream("s", source)
+        original = await read_outcome("original", stream)
+        assert original.end == "error"
+        await _ends_for_good(backend, ctx, producers)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 2")
+async def test_fault2_cleanup_raises_after_stop_stream(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """`ctx.stop_stream` closes a source object whose ``aclose`` raises: today the writer
+    renews forever and the status stays RUNNING."""
+    async with directed(*backend_kind, FaultPlan()) as (backend, ctx, producers):
+        source = ClosingIterator()
+        stream = await ctx.resumable_stream("s", lambda: source)
+        reading = asyncio.create_task(read_outcome("original", stream))
+        await asyncio.wait_for(source.waiting.wait(), STEP_TIMEOUT)
+        assert await ctx.stop_stream("s")
+        await reading
+        await _ends_for_good(backend, ctx, producers)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 4")
+async def test_fault4_caller_cancelled_while_its_claim_is_on_the_wire(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """The claim lands, its caller is cancelled: once the lease lapsed the id must produce
+    again or give a typed error, never None ("finished") for a stream that stored nothing."""
+    plan = FaultPlan({("claim", 0): Fault.CANCEL})
+    async with directed(*backend_kind, plan) as (backend, ctx, producers):
+        first = ControlledChunks(["x"])
+        claiming = asyncio.create_task(ctx.resumable_stream("s", first))
+        backend.user_task(claiming)
+        with pytest.raises(asyncio.CancelledError):
+            await claiming
+        await backend.drain()  # the claim landed
+        assert first.started == 0 and not producers
+        # A follower proves the lease lapsed (it ends with ProducerLost): no sleep.
+        await until_no_producer(ctx)
+        again = ControlledChunks(["y"])
+        try:
+            stream = await ctx.resumable_stream("s", again)
+        except ResumableStreamError:
+            return  # a typed error: allowed
+        assert stream is not None, "None: the id is poisoned for its whole TTL"
+        outcome = await read_outcome("again", stream)
+        assert (outcome.end == "normal" and outcome.got == [(0, "y")]) or outcome.end == "error"
+
+
+async def until_no_producer(ctx: ResumableStreamContext) -> None:
+    """Wait, as a follower does, until the stream "s" has no live producer: the follower
+    ends with a typed error (ProducerLost), or there is nothing to follow."""
+    try:
+        probe = await ctx.resume_existing_stream("s", after=-1)
+    except ResumableStreamError:
+        return
+    if probe is not None:
+        outcome = await read_outcome("probe", probe)
+        assert outcome.end == "error", outcome
+
+
+class ControlledChunks:
+    """``make_stream`` for a fixed list of chunks, counting its calls."""
+
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+        self.started = 0
+
+    def __call__(self) -> AsyncIterator[str]:
+        self.started += 1
+        return chunks_of(self.items)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 fault 5")
+async def test_fault5_resume_after_a_position_confirms_a_lapse() -> None:
+    """A live producer's loop stalls past its lease once; a resume with ``after=`` in
+    another process during the lapse must confirm it as followers do (a poll_interval
+    later), not answer None, and the stream then completes for it."""
+    inner = MemoryBackend()
+    producing = faulty(inner, FaultPlan({("renew", 0): Fault.HOLD}))
+    elsewhere = faulty(inner, FaultPlan())
+    ctx = ResumableStreamContext(producing, ttl=TTL, options=OPTIONS)
+    other = ResumableStreamContext(elsewhere, ttl=TTL, options=OPTIONS)
+    gate = asyncio.Event()
+
+    async def source() -> AsyncIterator[str]:
+        yield text(0)
+        await gate.wait()
+        yield text(1)
+
+    try:
+        stream = await ctx.resumable_stream("s", source)
+        original = asyncio.create_task(read_outcome("original", stream))
+        await asyncio.wait_for(producing.held("renew", 0).wait(), STEP_TIMEOUT)
+        # The producer is stalled: a follower elsewhere proves the lease lapsed.
+        probe = await read_outcome("probe", await other.resume_existing_stream("s", after=0))
+        assert probe.end == "error", probe
+        # The watcher task starts before the resume's (tasks run in order).
+        looked = asyncio.create_task(elsewhere.next_call(("snapshot",), "s", STEP_TIMEOUT))
+        resuming = asyncio.create_task(other.resume_existing_stream("s", after=0))
+        assert await looked is not None  # the resume saw the lapse once...
+        producing.release("renew", 0)  # ...and the producer's loop comes back at once
+        resumed = await asyncio.wait_for(resuming, STEP_TIMEOUT)
+        assert resumed is not None, "None (410) for a live stream after one lapsed look"
+        gate.set()
+        rest = await read_outcome("resumed", resumed)
+        assert rest.got == [(1, text(1))] and rest.end == "normal", rest
+        await original
+    finally:
+        producing.release("renew", 0)
+        gate.set()
+        await asyncio.wait_for(ctx.aclose(), STEP_TIMEOUT)
+        await asyncio.wait_for(other.aclose(), STEP_TIMEOUT)
+        await inner.aclose()
