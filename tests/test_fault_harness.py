@@ -489,7 +489,7 @@ async def drive(run: Run) -> None:
         await wait_any(*waits, timeout=STEP_TIMEOUT)
         if source.hanging.is_set() and not stopped:
             closing = asyncio.create_task(ctx.aclose())
-    done, pending = await asyncio.wait(readers, timeout=READ_TIMEOUT * 4)
+    _, pending = await asyncio.wait(readers, timeout=READ_TIMEOUT * 4)
     if pending:
         run.fail(Hang, f"readers never finished: {[o for o in run.outcomes if o.end == 'pending']}")
         for task in pending:
@@ -887,7 +887,8 @@ async def _ends_for_good(
     status = await backend.inner.status("s")
     assert status in (StreamStatus.DONE, StreamStatus.FAILED)
     snap = await backend.inner.snapshot("s", 0, 0)
-    assert snap is not None and snap.status is not StreamStatus.RUNNING, snap
+    assert snap is not None
+    assert snap.status is not StreamStatus.RUNNING, snap
 
 
 @pytest.mark.xfail(strict=True, reason="issue 16 fault 2")
@@ -940,7 +941,8 @@ async def test_fault4_caller_cancelled_while_its_claim_is_on_the_wire(
         with pytest.raises(asyncio.CancelledError):
             await claiming
         await backend.drain()  # the claim landed
-        assert first.started == 0 and not producers
+        assert first.started == 0
+        assert not producers
         # A follower proves the lease lapsed (it ends with ProducerLost): no sleep.
         await until_no_producer(ctx)
         again = ControlledChunks(["y"])
@@ -1010,7 +1012,8 @@ async def test_fault5_resume_after_a_position_confirms_a_lapse() -> None:
         assert resumed is not None, "None (410) for a live stream after one lapsed look"
         gate.set()
         rest = await read_outcome("resumed", resumed)
-        assert rest.got == [(1, text(1))] and rest.end == "normal", rest
+        assert rest.got == [(1, text(1))], rest
+        assert rest.end == "normal", rest
         await original
     finally:
         producing.release("renew", 0)
