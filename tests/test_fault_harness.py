@@ -752,9 +752,17 @@ async def directed(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.aclose(), STEP_TIMEOUT)
         # A writer that outlived its producer (fault 2) must not outlive the test.
-        for task in asyncio.all_tasks():
-            if getattr(task.get_coro(), "__qualname__", "") == "_Writer.run":
-                task.cancel()
+        writers = [
+            task for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__qualname__", "") == "_Writer.run"
+        ]
+        for task in writers:
+            task.cancel()
+        if writers:
+            await asyncio.wait(writers)
+        for task in producers:  # a producer that raised (fault 2): seen here, not logged
+            if task.done() and not task.cancelled():
+                task.exception()
         await asyncio.wait_for(backend.aclose(), STEP_TIMEOUT)
         if client is not None:
             await client.aclose()
