@@ -22,6 +22,11 @@ Design notes (facts from ``shared/NOTES.md`` and from the servers themselves):
   repair in progress costs latency, never a gap.
 * A channel that cannot be repaired within ``REPAIR_TIMEOUT`` fails its readers with
   `BackendUnavailable`.
+* Anyone who can ``PUBLISH`` can put anything on a stream's channel. A message that
+  does not decode (or decodes to nonsense: a start that is not an index) is dropped
+  and logged, once per channel per `GARBAGE_LOG_INTERVAL`; the link stays. Dropping
+  the link instead would make every reader of the process re-read, as often as
+  someone cares to publish.
 * Error replies carry no channel name, so an error on a link re-subscribes every
   channel still waiting there for a confirmation; a duplicate ``SSUBSCRIBE`` is
   harmless. Only a confirmation of a pending subscription counts.

@@ -26,6 +26,13 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   a resent write could be applied twice, and the producer retries by itself, with
   its index check (``write.lua`` refuses a write that does not start at the stored
   length) telling it whether a lost reply's write landed.
+* Every call has a deadline of its own, ``command_timeout`` (2 s): redis-py 5 to 7 set
+  no socket timeout by default, and a half-open connection (a dead NAT entry, a frozen
+  server) neither answers nor closes, so one pipeline stuck on it would hold every
+  stream's writes and renewals for as long as the kernel takes to give up. Past the
+  deadline the connection is dropped, never given back with replies unread, the
+  callers get `BackendUnavailable` and the next pipeline connects afresh.
+* `aclose` fails every call still queued or on the wire with `BackendUnavailable`.
 * Scripts run with binary replies whatever the client's ``decode_responses``: chunks
   are msgpack, and the user's client is used as it is.
 """
@@ -37,7 +44,8 @@ import contextlib
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +88,16 @@ def _stream_keys(prefix: str, stream_id: str) -> StreamKeys:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout  # half the cost of anyio's cancel scope, per snapshot
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> AsyncIterator[None]:
+        with anyio.fail_after(seconds):
+            yield
 
 
 COMMAND_TIMEOUT = 2.0  # seconds: the default deadline of one call (``command_timeout``)
@@ -511,10 +529,9 @@ class RedisBackend:
         unavailability. redis-py disconnects a connection whose command is cancelled
         half way, so a call past its deadline never leaves a reply on a pooled one."""
         try:
-            async with self._slot():
-                with anyio.fail_after(self._timeout):
-                    await self._ready()
-                    return await script(keys, args)
+            async with self._slot(), _deadline(self._timeout):
+                await self._ready()
+                return await script(keys, args)
         except TimeoutError as exc:
             raise BackendUnavailable(
                 f"Redis did not answer within {self._timeout:g} s (command_timeout)"
