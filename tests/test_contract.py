@@ -1,10 +1,11 @@
-"""The npm package's scenario suite, run over every backend."""
+"""The npm package's scenario suite and the backend contract, run over every backend."""
 
 from __future__ import annotations
 
 import pytest
 
-from resumable_stream import ResumableStreamContext
+from resumable_stream import Backend, MemoryBackend, ResumableStreamContext, StreamStatus
+from resumable_stream.testing import CHECKS, Check, check_backend, check_claim_is_idempotent
 
 from .helpers import ControlledSource, read_all, read_n
 
@@ -193,3 +194,37 @@ async def test_done_stream_returns_none_explicit_api(ctx: ResumableStreamContext
     assert await read_all(stream) == "1\n2\n"
     assert await ctx.resume_existing_stream("test") is None
     assert await ctx.create_new_resumable_stream("test", never) is None
+
+
+# -- the backend contract itself (resumable_stream.testing), over every backend ---------
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
+async def test_backend_contract(backend: Backend, check: Check) -> None:
+    await check(backend)
+
+
+async def test_check_backend_runs_every_check_on_a_fresh_backend() -> None:
+    made: list[MemoryBackend] = []
+
+    def make() -> MemoryBackend:
+        made.append(MemoryBackend())
+        return made[-1]
+
+    await check_backend(make)
+    assert len(made) == len(CHECKS)
+
+
+async def test_check_backend_names_the_failed_check() -> None:
+    class Forgetful(MemoryBackend):
+        """Answers a retried claim as if someone else held the stream."""
+
+        async def claim(
+            self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
+        ) -> StreamStatus | None:
+            if stream_id in self._entries:
+                return StreamStatus.RUNNING
+            return await super().claim(stream_id, token, ttl=ttl, lease=lease, metadata=metadata)
+
+    with pytest.raises(AssertionError, match="check_claim_is_idempotent: a retried claim"):
+        await check_backend(Forgetful, checks=[check_claim_is_idempotent])

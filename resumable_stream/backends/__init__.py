@@ -7,11 +7,27 @@
 (Upstash or Vercel KV over HTTPS, for serverless hosts) lives in
 `resumable_stream.backends.upstash` and needs the ``upstash`` extra. Each is imported
 only when used, so that its driver stays optional.
+
+A backend of your own implements `Backend` with the public types here only (`Snapshot`,
+`Subscription` and the live events `Appended`, `Ended`, `Resync`), optionally
+`WritesSoon`, and checks itself with `resumable_stream.testing`.
 """
 
 from __future__ import annotations
 
-from ._protocol import Backend, StaleProducer
+from .._subscription import Subscription
+from .._types import Appended, Ended, Resync, Snapshot
+from ._protocol import Backend, StaleProducer, WritesSoon
 from .memory import MemoryBackend
 
-__all__ = ["Backend", "MemoryBackend", "StaleProducer"]
+__all__ = [
+    "Appended",
+    "Backend",
+    "Ended",
+    "MemoryBackend",
+    "Resync",
+    "Snapshot",
+    "StaleProducer",
+    "Subscription",
+    "WritesSoon",
+]

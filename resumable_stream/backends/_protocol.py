@@ -5,8 +5,10 @@ token and lease, and the list of chunks; and it announces every write to subscri
 The replay-then-follow merge lives in the core (``_reader.py``); a backend only has
 to keep these invariants:
 
-1. ``claim`` is atomic: of any number of concurrent calls for one id, across
-   processes, exactly one returns None (it became the producer).
+1. ``claim`` is atomic: of any number of concurrent calls for one id with distinct
+   tokens, across processes, exactly one returns None (it became the producer). It is
+   idempotent by token, and a record that stored nothing and that nobody will end is
+   taken over (see `Backend.claim`).
 2. ``write`` is atomic and ordered: it appends ``chunks`` at index ``start`` (it
    refuses with `StaleProducer` unless ``start`` equals the stored length, the token
    is the producer's and the stream is running), optionally ends the stream, and only
@@ -21,6 +23,8 @@ to keep these invariants:
 5. ``request_stop`` sets a flag that every later ``write`` of that stream reports.
 6. Every stored record expires: ``ttl`` while running (renewed by each write),
    ``finished_ttl`` once ended; the lease expires ``lease`` seconds after the last write.
+
+`resumable_stream.testing` checks these invariants against any backend.
 
 Optionally, a backend may offer ``write_soon(...)`` with `write`'s arguments, which
 starts the write at once, without a task, and returns a future that resolves as
@@ -56,10 +60,22 @@ class Backend(Protocol):
     ) -> StreamStatus | None:
         """Create the stream as running under ``token``, with opaque ``metadata``.
 
+        Claims are idempotent by token, and a record that stored nothing never
+        blocks the id:
+
+        * a record running under this very ``token`` (a retry of a claim whose reply
+          was lost) makes the caller its producer again: its lease and expiry are
+          renewed, nothing else changes;
+        * a record with no chunk stored that is FAILED, or RUNNING with its lease
+          lapsed (an orphaned claim, a source that failed at open), is taken over:
+          reset as a fresh running stream under ``token`` (new lease, ``ttl`` and
+          ``metadata``; stop flag and error cleared; no chunks). Nothing was stored,
+          so no reader holds any part of it;
+        * anything else is left as it is and its status reported as stored: RUNNING
+          even if the lease lapsed (the core judges leases, in ``_lease.py``).
+
         Returns:
-            None if this call created it; otherwise the existing stream's status,
-            with a running stream whose lease lapsed reported as FAILED (it is never
-            taken over: readers may hold part of what the dead producer wrote).
+            None if the caller is now the producer; otherwise the stored status.
         """
         ...
 

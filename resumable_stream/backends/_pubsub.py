@@ -22,6 +22,11 @@ Design notes (facts from ``shared/NOTES.md`` and from the servers themselves):
   repair in progress costs latency, never a gap.
 * A channel that cannot be repaired within ``REPAIR_TIMEOUT`` fails its readers with
   `BackendUnavailable`.
+* Anyone who can ``PUBLISH`` can put anything on a stream's channel. A message that
+  does not decode (or decodes to nonsense: a start that is not an index) is dropped
+  and logged, once per channel per `GARBAGE_LOG_INTERVAL`; the link stays. Dropping
+  the link instead would make every reader of the process re-read, as often as
+  someone cares to publish.
 * Error replies carry no channel name, so an error on a link re-subscribes every
   channel still waiting there for a confirmation; a duplicate ``SSUBSCRIBE`` is
   harmless. Only a confirmation of a pending subscription counts.
@@ -71,6 +76,7 @@ logger = logging.getLogger("resumable_stream")
 SUBSCRIBE_TIMEOUT = 10.0
 HEALTH_INTERVAL = 3.0  # a stalled link is dropped within this long after its last reply
 REPAIR_TIMEOUT = 10.0  # a failover takes a few seconds (node timeout plus election)
+GARBAGE_LOG_INTERVAL = 10.0  # at most one "undecodable message" line per channel this often
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 
 
@@ -111,7 +117,8 @@ class _Channel:
     """One channel's readers and where it is subscribed."""
 
     __slots__ = (
-        "attempts", "confirmed", "error", "link", "lost_at", "subscribed_once", "subscribers"
+        "attempts", "confirmed", "dropped", "error", "link", "logged_at", "lost_at",
+        "subscribed_once", "subscribers",
     )
 
     def __init__(self) -> None:
@@ -124,6 +131,8 @@ class _Channel:
         self.link: _Link | None = None  # None while it waits for a repair
         self.lost_at: float | None = None  # when it lost its subscription, until confirmed again
         self.attempts = 0  # repairs tried since then
+        self.dropped = 0  # undecodable messages dropped since the last log line
+        self.logged_at: float | None = None  # when that line was logged (loop time)
 
 
 class _Link:
@@ -194,6 +203,8 @@ class PubSubHub:
         self._lost: set[bytes] = set()
         self._repairer: asyncio.Task[None] | None = None
         self._open_lock: asyncio.Lock | None = None  # made inside the running loop
+        self._connecting: asyncio.Future[None] | None = None  # a link being opened
+        self._generation = 0  # bumped by aclose: links opened before are not kept
 
     @property
     def connections(self) -> int:
@@ -263,19 +274,35 @@ class PubSubHub:
             # The client's own interval if it set one (redis-py's default 0 means off).
             interval = float(getattr(connection, "health_check_interval", 0) or 0)
             interval = interval if interval > 0 else self._health_interval
+            generation = self._generation
+            # A future of its own, so that `aclose` can cancel the handshake: a subscribe
+            # waiting on it then fails at once instead of at the end of the interval.
+            connecting = self._connecting = asyncio.ensure_future(
+                connection.connect()  # type: ignore[no-untyped-call]
+            )
             try:
                 # Bounded: a black-holed server accepts nothing and answers nothing, and
                 # the handshake has no timeout unless the client set socket timeouts.
                 with anyio.fail_after(interval):
-                    await connection.connect()  # type: ignore[no-untyped-call]
+                    await connecting
+                if generation != self._generation:
+                    raise asyncio.CancelledError  # closed just as it connected
             except TimeoutError:
                 await _disconnect(connection)
                 raise redis_errors.TimeoutError(
                     f"no pub/sub connection to {server or 'Redis'} within {interval:g} s"
                 ) from None
+            except asyncio.CancelledError:
+                await _disconnect(connection)
+                if generation != self._generation:
+                    raise BackendUnavailable("the backend was closed") from None
+                raise
             except BaseException:
                 await _disconnect(connection)
                 raise
+            finally:
+                if self._connecting is connecting:
+                    self._connecting = None
             link = self._links[server] = _Link(server, connection, interval)
             link.task = asyncio.create_task(self._read(link))
             link.watchdog = asyncio.create_task(self._watch(link))
@@ -310,7 +337,14 @@ class PubSubHub:
                 if kind == dialect.message:
                     record = channels.get(name)
                     if record is not None:
-                        event = self._decode(reply[2])
+                        try:
+                            event = self._decode(reply[2])
+                        except Exception as exc:
+                            # Anyone who can PUBLISH can put anything on a channel: drop
+                            # it, keep the link (dropping it would make every reader of
+                            # the process re-read, as often as someone publishes).
+                            self._garbage(name, record, clock(), exc)
+                            continue
                         for sub in record.subscribers:
                             sub.push(event)
                     continue
@@ -372,6 +406,20 @@ class PubSubHub:
                 link.waiter = None
             await self._lose(link, error)
             return
+
+    @staticmethod
+    def _garbage(name: bytes, record: _Channel, now: float, exc: Exception) -> None:
+        """Log an undecodable message, at most once per channel per `GARBAGE_LOG_INTERVAL`
+        (a flood of them must not flood the log either)."""
+        record.dropped += 1
+        if record.logged_at is not None and now - record.logged_at < GARBAGE_LOG_INTERVAL:
+            return
+        logger.warning(
+            "dropped %d undecodable message(s) on %s: %s",
+            record.dropped, _text(name), describe(exc),
+        )
+        record.logged_at = now
+        record.dropped = 0
 
     def _on_confirmed(self, link: _Link, name: bytes) -> None:
         record = self._channels.get(name)
@@ -518,6 +566,9 @@ class PubSubHub:
     async def aclose(self) -> None:
         """Close every link; readers still subscribed get `BackendUnavailable`. A later
         `subscribe` opens links again, as a redis-py client reconnects."""
+        self._generation += 1
+        if self._connecting is not None:
+            self._connecting.cancel()
         links = list(self._links.values())
         self._links.clear()
         tasks = [

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ._pubsub import SHARDED, Dialect
-from .redis import RedisBackend
+from .redis import COMMAND_TIMEOUT, RedisBackend, check_timeout
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -80,16 +80,22 @@ class RedisClusterBackend(RedisBackend):
         client: a ``redis.asyncio.cluster.RedisCluster``, used as it is
             (``decode_responses`` does not matter) and never closed here.
         key_prefix: first part of every key; must not contain ``{`` or ``}``.
+        command_timeout: seconds any one call may take, redirections and redis-py's
+            own retries included (see `RedisBackend`).
 
     Raises:
         TypeError: ``client`` is not a ``RedisCluster``.
-        InvalidArgument: a bad ``key_prefix``.
+        InvalidArgument: a bad ``key_prefix``, or ``command_timeout`` not > 0.
     """
 
     _publish = "SPUBLISH"
 
     def __init__(  # the client type is the difference
-        self, client: RedisCluster, *, key_prefix: str = "resumable-stream"
+        self,
+        client: RedisCluster,
+        *,
+        key_prefix: str = "resumable-stream",
+        command_timeout: float = COMMAND_TIMEOUT,
     ) -> None:
         if not isinstance(client, RedisCluster):
             raise TypeError(
@@ -98,7 +104,7 @@ class RedisClusterBackend(RedisBackend):
             )
         self._cluster = client
         max_connections = client.nodes_manager.connection_kwargs.get("max_connections")
-        self._setup(client, key_prefix, _ShardRouter(client), max_connections)
+        self._setup(client, key_prefix, _ShardRouter(client), max_connections, command_timeout)
 
     async def _ready(self) -> None:
         # redis-py wants initialize() before any command, and commands racing to
@@ -108,9 +114,18 @@ class RedisClusterBackend(RedisBackend):
         await self._cluster.initialize()
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str = "resumable-stream") -> RedisClusterBackend:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "resumable-stream",
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> RedisClusterBackend:
         """A backend on a cluster client it makes from ``url`` (any one node) and
         closes in `aclose`."""
-        backend = cls(RedisCluster.from_url(url), key_prefix=key_prefix)
+        check_timeout(command_timeout)
+        backend = cls(
+            RedisCluster.from_url(url), key_prefix=key_prefix, command_timeout=command_timeout
+        )
         backend._owned = backend._client
         return backend

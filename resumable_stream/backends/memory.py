@@ -61,7 +61,18 @@ class MemoryBackend:
         self._sweep(now)
         entry = self._get(stream_id, now)
         if entry is not None:
-            return self._status(entry, now)
+            if entry.status is StreamStatus.RUNNING and entry.token == token:
+                # This very claim, retried (its reply was lost): the caller produces.
+                entry.lease_until = now + lease
+                entry.expires_at = now + ttl
+                return None
+            orphaned = entry.status is StreamStatus.FAILED or (
+                entry.status is StreamStatus.RUNNING and entry.lease_until <= now
+            )
+            if entry.chunks or not orphaned:
+                return entry.status  # as stored: the core judges a lapsed lease
+            # Stored nothing and nobody will end it: taken over as a fresh stream
+            # (see `Backend.claim`). A subscriber keeps following the new stream.
         self._entries[stream_id] = _Entry(
             token, expires_at=now + ttl, lease_until=now + lease, metadata=metadata
         )

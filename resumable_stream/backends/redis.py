@@ -26,6 +26,13 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   a resent write could be applied twice, and the producer retries by itself, with
   its index check (``write.lua`` refuses a write that does not start at the stored
   length) telling it whether a lost reply's write landed.
+* Every call has a deadline of its own, ``command_timeout`` (2 s): redis-py 5 to 7 set
+  no socket timeout by default, and a half-open connection (a dead NAT entry, a frozen
+  server) neither answers nor closes, so one pipeline stuck on it would hold every
+  stream's writes and renewals for as long as the kernel takes to give up. Past the
+  deadline the connection is dropped, never given back with replies unread, the
+  callers get `BackendUnavailable` and the next pipeline connects afresh.
+* `aclose` fails every call still queued or on the wire with `BackendUnavailable`.
 * Scripts run with binary replies whatever the client's ``decode_responses``: chunks
   are msgpack, and the user's client is used as it is.
 """
@@ -37,14 +44,15 @@ import contextlib
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgpack
 
-from .._exceptions import BackendUnavailable, describe
+from .._exceptions import BackendUnavailable, InvalidArgument, describe
 from .._keys import StreamKeys, validate_prefix
 from .._subscription import Subscription
 from .._types import Appended, Chunk, Ended, Event, Snapshot, StreamStatus
@@ -82,16 +90,65 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout  # half the cost of anyio's cancel scope, per snapshot
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> AsyncIterator[None]:
+        with anyio.fail_after(seconds):
+            yield
+
+
+COMMAND_TIMEOUT = 2.0  # seconds: the default deadline of one call (``command_timeout``)
+
+
+def check_timeout(value: float) -> float:
+    """``command_timeout``, checked.
+
+    Raises:
+        InvalidArgument: not a number > 0 (an infinite one is allowed: no deadline).
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InvalidArgument(f"command_timeout must be a number > 0, not {value!r}")
+    return float(value)
+
+
+def _index(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"not an index: {value!r:.40}")
+    return value
+
+
 def decode_event(data: bytes) -> Event:
-    """Decode one pub/sub message written by ``write.lua``."""
+    """Decode one pub/sub message written by ``write.lua``.
+
+    Anyone who can ``PUBLISH`` can put anything on a stream's channel, so every field
+    is checked: a reader must never see an `Appended` whose start is not an index.
+
+    Raises:
+        ValueError: ``data`` is not a message ``write.lua`` writes (msgpack's own
+            errors are ValueErrors too).
+    """
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(data)
-    kind = next(unpacker)
-    if kind == 0:
-        start = next(unpacker)
-        return Appended(start, tuple(unpacker))
-    status, length, error = unpacker
-    return Ended(StreamStatus(status), length, error or None)
+    try:
+        kind = next(unpacker)
+        if kind == 0 and type(kind) is int:
+            start = _index(next(unpacker))
+            chunks = tuple(unpacker)
+            if not chunks or not all(type(c) is str or type(c) is bytes for c in chunks):
+                raise ValueError("an append without chunks, or with a chunk of another type")
+            return Appended(start, chunks)
+        if kind == 1 and type(kind) is int:
+            status, length, error = unpacker
+            ended = StreamStatus(status)
+            if ended is StreamStatus.RUNNING or not isinstance(error, str):
+                raise ValueError(f"not an end: {status!r:.40}, {error!r:.40}")
+            return Ended(ended, _index(length), error or None)
+    except StopIteration:
+        raise ValueError("a truncated message") from None
+    raise ValueError(f"unknown message kind {kind!r:.40}")
 
 
 class _Script:
@@ -157,7 +214,7 @@ class _Batcher:
     lone slow stream still gets its write sent at once (the next loop turn).
     """
 
-    def __init__(self, client: aioredis.Redis, renew: _Script) -> None:
+    def __init__(self, client: aioredis.Redis, renew: _Script, command_timeout: float) -> None:
         # One connection at a time, outside the in-flight cap of the other commands
         # (which leaves half the pool free): a crowd of readers' snapshots must never
         # hold up the writes, whose lease renewals keep their streams alive.
@@ -166,7 +223,9 @@ class _Batcher:
         self._renew = renew
         self._queue: list[_Call] = []
         self._renewals: list[_Renewal] = []
+        self._sending: list[_Call] = []  # the pipeline on the wire
         self._task: asyncio.Task[None] | None = None
+        self._timeout = command_timeout
 
     def submit(self, script: _Script, args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one call of a three-key ``script`` (keys, then arguments); the future
@@ -212,7 +271,8 @@ class _Batcher:
         return calls
 
     async def aclose(self) -> None:
-        """Stop sending; queued callers get `BackendUnavailable`."""
+        """Stop sending; callers of queued calls and of the pipeline on the wire get
+        `BackendUnavailable` (a call on the wire may have been applied all the same)."""
         task = self._task
         if task is not None:
             task.cancel()
@@ -228,13 +288,21 @@ class _Batcher:
                 if self._renewals:
                     calls += self._renewal_calls()
                 if calls:
+                    self._sending = calls
                     await self._send(calls)
+                    self._sending = []
         except BaseException as exc:
-            # Cancelled (aclose) or a bug: nobody may wait forever on a queued call.
-            futures = [call[3] for call in self._queue] + [r[5] for r in self._renewals]
+            # Cancelled (aclose) or a bug: nobody may wait forever on a call, queued or
+            # on the wire (a renewal call's future fans the error out to its renewals).
+            futures = [call[3] for call in self._sending + self._queue]
+            futures += [r[5] for r in self._renewals]
+            error = "the backend was closed" if isinstance(exc, asyncio.CancelledError) else (
+                f"writes stopped: {exc!r}"
+            )
             for future in futures:
                 if not future.done():
-                    future.set_exception(BackendUnavailable(f"writes stopped: {exc!r}"))
+                    future.set_exception(BackendUnavailable(error))
+            self._sending = []
             self._queue.clear()
             self._renewals.clear()
             raise
@@ -243,19 +311,35 @@ class _Batcher:
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
-            replies = await self._pipeline(calls)
-            missing = [
-                n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
-            ]
-            if missing:
-                # A fresh server or a promoted replica: nothing ran; load and resend.
-                for script in {calls[n][1] for n in missing}:
-                    await self._client.script_load(script.text)
-                again = await self._pipeline([calls[n] for n in missing])
-                for n, reply in zip(missing, again, strict=True):
-                    replies[n] = reply
+            # The deadline of this pipeline, whatever the client's socket timeout (none
+            # by default): a half-open connection neither answers nor closes, and every
+            # stream's writes and renewals wait behind the one pipeline in flight. Past
+            # it the connection is dropped (`_pipeline`), its callers get
+            # `BackendUnavailable` (the producer retries; write.lua's index check tells
+            # it whether the write landed) and the next pipeline connects afresh.
+            with anyio.fail_after(self._timeout):
+                replies = await self._pipeline(calls)
+                missing = [
+                    n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+                ]
+                if missing:
+                    # A fresh server or a promoted replica: nothing ran; load and resend.
+                    for script in {calls[n][1] for n in missing}:
+                        await self._client.script_load(script.text)
+                    again = await self._pipeline([calls[n] for n in missing])
+                    for n, reply in zip(missing, again, strict=True):
+                        replies[n] = reply
+        except TimeoutError as exc:
+            error: BaseException = BackendUnavailable(
+                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
+            )
+            error.__cause__ = exc
+            for call in calls:
+                if not call[3].done():
+                    call[3].set_exception(error)
+            return
         except Exception as exc:
-            error: BaseException = exc
+            error = exc
             if unavailable(exc):
                 error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
                 error.__cause__ = exc
@@ -277,17 +361,16 @@ class _Batcher:
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             packed = b"".join([_pack(head, args) for head, _, args, _ in calls])
-            # The client's socket timeout bounds the whole pipeline, not each reply (a
-            # timer per reply costs more than reading it); none means none, as in redis-py.
-            with anyio.fail_after(connection.socket_timeout or None):
-                await connection.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                read = connection.read_response
-                for _ in calls:
-                    try:
-                        replies.append(await read(disable_decoding=True, timeout=math.inf))
-                    except redis_errors.ResponseError as exc:
-                        replies.append(exc)
+            # One deadline (`_send`'s) bounds the whole pipeline, not each reply: a timer
+            # per reply costs more than reading it.
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            read = connection.read_response
+            for _ in calls:
+                try:
+                    replies.append(await read(disable_decoding=True, timeout=math.inf))
+                except redis_errors.ResponseError as exc:
+                    replies.append(exc)
             return replies
         except BaseException:
             # Replies may be left unread on the socket: never give it back as it is.
@@ -356,23 +439,34 @@ class RedisBackend:
         client: a ``redis.asyncio.Redis`` (plain or Sentinel-managed), used as it is
             (``decode_responses`` does not matter) and never closed here.
         key_prefix: first part of every key; must not contain ``{`` or ``}``.
+        command_timeout: seconds any one call may take (a pipeline of claims, writes
+            and renewals; a snapshot; a stop), whatever the client's socket timeout.
+            Past it the connection is dropped, never reused, and the call raises
+            `BackendUnavailable`: one half-open connection holds the other streams
+            up for at most this long.
 
     Raises:
         TypeError: ``client`` is not a ``redis.asyncio.Redis``.
-        InvalidArgument: a bad ``key_prefix``.
+        InvalidArgument: a bad ``key_prefix``, or ``command_timeout`` not > 0.
     """
 
     _publish = "PUBLISH"
     _batcher: _Batcher | None
 
-    def __init__(self, client: aioredis.Redis, *, key_prefix: str = "resumable-stream") -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        key_prefix: str = "resumable-stream",
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
         if not isinstance(client, aioredis.Redis):
             raise TypeError(
                 f"RedisBackend needs a redis.asyncio.Redis client, not {type(client).__name__}"
             )
         max_connections = getattr(client.connection_pool, "max_connections", None)
-        self._setup(client, key_prefix, _ServerRouter(client), max_connections)
-        self._batcher = _Batcher(client, _Script(client, "renew.lua"))
+        self._setup(client, key_prefix, _ServerRouter(client), max_connections, command_timeout)
+        self._batcher = _Batcher(client, _Script(client, "renew.lua"), self._timeout)
 
     def _setup(
         self,
@@ -380,9 +474,11 @@ class RedisBackend:
         key_prefix: str,
         router: Router,
         max_connections: int | None,
+        command_timeout: float,
     ) -> None:
         """What every Redis flavour shares: scripts, in-flight cap, the pub/sub hub."""
         self.key_prefix = validate_prefix(key_prefix)
+        self._timeout = check_timeout(command_timeout)
         self._client = client
         self._owned: aioredis.Redis | RedisCluster | None = None
         self._limit = max(1, min(64, (max_connections or 100) // 2))
@@ -400,9 +496,18 @@ class RedisBackend:
         self._live: dict[str, StreamKeys] = {}
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str = "resumable-stream") -> RedisBackend:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str = "resumable-stream",
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> RedisBackend:
         """A backend on a client it makes from ``url`` and closes in `aclose`."""
-        backend = cls(aioredis.Redis.from_url(url), key_prefix=key_prefix)
+        check_timeout(command_timeout)  # before a client exists that nobody would close
+        backend = cls(
+            aioredis.Redis.from_url(url), key_prefix=key_prefix, command_timeout=command_timeout
+        )
         backend._owned = backend._client
         return backend
 
@@ -420,11 +525,17 @@ class RedisBackend:
         return self._slots
 
     async def _call(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script within the in-flight cap, mapping unavailability."""
+        """Run one script within the in-flight cap and ``command_timeout``, mapping
+        unavailability. redis-py disconnects a connection whose command is cancelled
+        half way, so a call past its deadline never leaves a reply on a pooled one."""
         try:
-            async with self._slot():
+            async with self._slot(), _deadline(self._timeout):
                 await self._ready()
                 return await script(keys, args)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
+            ) from exc
         except Exception as exc:
             if unavailable(exc):
                 raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
@@ -461,10 +572,12 @@ class RedisBackend:
         lease: float,
     ) -> bool:
         k = self._keys(stream_id)
+        keys = [k.meta, k.chunks, k.lease]
+        # First: a chunk msgpack cannot encode (a str with a lone surrogate) raises
+        # here, before anything was sent, as in `write_soon`.
+        args = self._write_args(k, token, start, chunks, end, ttl, finished_ttl, lease)
         if end is not None:
             self._live.pop(stream_id, None)  # the last write of this producer
-        keys = [k.meta, k.chunks, k.lease]
-        args = self._write_args(k, token, start, chunks, end, ttl, finished_ttl, lease)
         try:
             if self._batcher is not None and not chunks and end is None:
                 _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _ms(lease))
