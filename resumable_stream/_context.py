@@ -276,7 +276,7 @@ class ResumableStreamContext:
                         stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
                     )
             except (BackendUnavailable, TimeoutError) as exc:
-                if loop.time() + delay > deadline:
+                if self._closed or loop.time() + delay > deadline:
                     if isinstance(exc, TimeoutError):
                         raise BackendUnavailable(
                             f"no answer to the claim of {stream_id!r} within retry_window "
@@ -351,11 +351,11 @@ class ResumableStreamContext:
             InvalidStreamId, BackendUnavailable: as `resumable_stream`.
         """
         stream_id = validate_stream_id(stream_id)
-        running = await self.backend.request_stop(stream_id)
         local = self._local.get(stream_id)
         if local is not None:
-            local.stop()
-        return running
+            local.stop()  # first: a backend that fails to answer must not keep it going
+        running = await self.backend.request_stop(stream_id)
+        return running or local is not None
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if there is no such stream, True while it runs, "DONE" once it ended.

@@ -144,20 +144,17 @@ async def check_claim_reports_ended_streams(backend: Backend) -> None:
     assert got is StreamStatus.DONE, f"a claim of an empty DONE stream answered {got}"
 
 
-async def check_claim_takes_over_an_empty_failed_stream(backend: Backend) -> None:
-    """A FAILED stream that stored nothing is reset as a fresh stream of the new token."""
+async def check_claim_keeps_an_empty_failed_stream(backend: Backend) -> None:
+    """A FAILED stream is never taken over, even one that stored nothing (a "storage
+    lost" marker keeps its id from being produced twice)."""
     sid = _sid("failed-empty")
     assert await backend.claim(sid, "old", ttl=_TTL, lease=_LEASE, metadata=b"old") is None
-    assert await backend.request_stop(sid) is True
-    await _write(backend, sid, "old", 0, [], Ended(StreamStatus.FAILED, 0, "open failed"))
+    await _write(backend, sid, "old", 0, [], Ended(StreamStatus.FAILED, 0, "storage lost"))
     got = await backend.claim(sid, "new", ttl=_TTL, lease=_LEASE, metadata=b"new")
-    assert got is None, f"a claim of a failed stream with no chunks answered {got}"
+    assert got is StreamStatus.FAILED, f"a claim of a failed stream with no chunks answered {got}"
     snap = await _snap(backend, sid)
-    fresh = (snap.status, snap.length, snap.error, snap.metadata, snap.lease_alive)
-    assert fresh == (StreamStatus.RUNNING, 0, None, b"new", True), f"not reset: {snap}"
-    await _refused("the old token writes", _write(backend, sid, "old", 0, ["x"]))
-    stop = await _write(backend, sid, "new", 0, ["a"])
-    assert stop is False, "the old stream's stop flag survived the take-over"
+    kept = (snap.status, snap.length, snap.error, snap.metadata)
+    assert kept == (StreamStatus.FAILED, 0, "storage lost", b"old"), f"not kept: {snap}"
 
 
 async def check_claim_takes_over_an_empty_lapsed_stream(backend: Backend) -> None:
@@ -270,7 +267,7 @@ async def check_records_expire(backend: Backend) -> None:
     assert await backend.claim(ended, "t", ttl=_TTL, lease=_LEASE) is None
     await _write(backend, ended, "t", 0, ["a"], Ended(StreamStatus.DONE, 1), finished_ttl=_SHORT)
     assert await backend.claim(taken, "old", ttl=_TTL, lease=_LEASE) is None
-    await _write(backend, taken, "old", 0, [], Ended(StreamStatus.FAILED, 0, "x"))
+    await _write(backend, taken, "old", 0, [], lease=0)  # released: lapsed at once
     assert await backend.claim(taken, "new", ttl=_SHORT, lease=_SHORT) is None
     for sid in (running, ended, taken):
 
@@ -329,7 +326,7 @@ CHECKS: tuple[Check, ...] = (
     check_claim_is_atomic,
     check_claim_is_idempotent,
     check_claim_reports_ended_streams,
-    check_claim_takes_over_an_empty_failed_stream,
+    check_claim_keeps_an_empty_failed_stream,
     check_claim_takes_over_an_empty_lapsed_stream,
     check_writes_append_in_order,
     check_writes_are_refused_when_stale,

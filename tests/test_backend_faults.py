@@ -58,11 +58,10 @@ async def test_claims_leave_no_key_without_a_ttl(
 ) -> None:
     backend = RedisBackend(redis_client, key_prefix=key_prefix)
     try:
-        # A take-over of a failed stream with nothing stored...
+        # A take-over of a released claim (a write of no chunks with lease 0)...
         assert await backend.claim("failed", "old", ttl=TTL, lease=LEASE) is None
         await backend.write(
-            "failed", "old", 0, [], end=Ended(StreamStatus.FAILED, 0, "x"),
-            ttl=TTL, finished_ttl=TTL, lease=LEASE,
+            "failed", "old", 0, [], end=None, ttl=TTL, finished_ttl=TTL, lease=0,
         )
         assert await backend.claim("failed", "new", ttl=TTL, lease=LEASE) is None
         # ...of an orphaned claim whose lease lapsed...

@@ -847,14 +847,12 @@ async def test_fault1_lone_surrogate_chunk_memory() -> None:
     await _batch_fails("memory", None, FaultPlan(), LONE_SURROGATE)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 1")
 async def test_fault1_lone_surrogate_chunk_redis(redis_server: RedisServer) -> None:
     """Fault 1 on Redis: msgpack cannot encode the chunk, `write_soon` raises in the
     write clock's timer, the batch vanishes and the stream ends DONE without it."""
     await _batch_fails("redis", redis_server.url, FaultPlan(), LONE_SURROGATE)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 1")
 async def test_fault1_write_soon_raising_synchronously_memory() -> None:
     """Fault 1's mechanism on memory: `write_soon` raises before returning (as it does on
     Redis for an unencodable chunk); the batch must not vanish from a DONE stream."""
@@ -901,7 +899,6 @@ async def _ends_for_good(
     assert snap.status is not StreamStatus.RUNNING, snap
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 2")
 async def test_fault2_cleanup_raises_after_a_size_cut(backend_kind: tuple[str, str | None]) -> None:
     """The producer cuts the stream at ``max_stream_bytes`` and closes the source, whose
     ``finally`` raises: today the writer renews forever and the status stays RUNNING."""
@@ -921,7 +918,6 @@ async def test_fault2_cleanup_raises_after_a_size_cut(backend_kind: tuple[str, s
         await _ends_for_good(backend, ctx, producers)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 2")
 async def test_fault2_cleanup_raises_after_stop_stream(
     backend_kind: tuple[str, str | None],
 ) -> None:
@@ -937,7 +933,6 @@ async def test_fault2_cleanup_raises_after_stop_stream(
         await _ends_for_good(backend, ctx, producers)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 4")
 async def test_fault4_caller_cancelled_while_its_claim_is_on_the_wire(
     backend_kind: tuple[str, str | None],
 ) -> None:
@@ -989,7 +984,6 @@ class ControlledChunks:
         return chunks_of(self.items)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 fault 5")
 async def test_fault5_resume_after_a_position_confirms_a_lapse() -> None:
     """A live producer's loop stalls past its lease once; a resume with ``after=`` in
     another process during the lapse must confirm it as followers do (a poll_interval

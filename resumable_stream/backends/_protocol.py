@@ -7,8 +7,8 @@ to keep these invariants:
 
 1. ``claim`` is atomic: of any number of concurrent calls for one id with distinct
    tokens, across processes, exactly one returns None (it became the producer). It is
-   idempotent by token, and a record that stored nothing and that nobody will end is
-   taken over (see `Backend.claim`).
+   idempotent by token, and a running record that stored nothing under a lapsed lease
+   is taken over (see `Backend.claim`).
 2. ``write`` is atomic and ordered: it appends ``chunks`` at index ``start`` (it
    refuses with `StaleProducer` unless ``start`` equals the stored length, the token
    is the producer's and the stream is running), optionally ends the stream, and only
@@ -66,11 +66,12 @@ class Backend(Protocol):
         * a record running under this very ``token`` (a retry of a claim whose reply
           was lost) makes the caller its producer again: its lease and expiry are
           renewed, nothing else changes;
-        * a record with no chunk stored that is FAILED, or RUNNING with its lease
-          lapsed (an orphaned claim, a source that failed at open), is taken over:
-          reset as a fresh running stream under ``token`` (new lease, ``ttl`` and
-          ``metadata``; stop flag and error cleared; no chunks). Nothing was stored,
-          so no reader holds any part of it;
+        * a RUNNING record with no chunk stored and its lease lapsed (an orphaned
+          claim: its caller went away, or released it with a write of no chunks and
+          ``lease=0``) is taken over: reset as a fresh running stream under ``token``
+          (new lease, ``ttl`` and ``metadata``; stop flag cleared). Nothing was
+          stored, so no reader holds any part of it. A FAILED record is never taken
+          over (a "storage lost" marker keeps its id from being produced twice);
         * anything else is left as it is and its status reported as stored: RUNNING
           even if the lease lapsed (the core judges leases, in ``_lease.py``).
 

@@ -66,13 +66,11 @@ class MemoryBackend:
                 entry.lease_until = now + lease
                 entry.expires_at = now + ttl
                 return None
-            orphaned = entry.status is StreamStatus.FAILED or (
-                entry.status is StreamStatus.RUNNING and entry.lease_until <= now
-            )
+            orphaned = entry.status is StreamStatus.RUNNING and entry.lease_until <= now
             if entry.chunks or not orphaned:
                 return entry.status  # as stored: the core judges a lapsed lease
-            # Stored nothing and nobody will end it: taken over as a fresh stream
-            # (see `Backend.claim`). A subscriber keeps following the new stream.
+            # Running, stored nothing, lease lapsed (an orphaned claim): taken over as a
+            # fresh stream (see `Backend.claim`).
         self._entries[stream_id] = _Entry(
             token, expires_at=now + ttl, lease_until=now + lease, metadata=metadata
         )

@@ -90,6 +90,11 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _lease_ms(seconds: float) -> int:
+    """A write's lease in ms; 0 (a released claim) deletes the lease now."""
+    return 0 if seconds <= 0 else _ms(seconds)
+
+
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout  # half the cost of anyio's cancel scope, per snapshot
 else:  # pragma: no cover - Python 3.10
@@ -580,7 +585,7 @@ class RedisBackend:
             self._live.pop(stream_id, None)  # the last write of this producer
         try:
             if self._batcher is not None and not chunks and end is None:
-                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _ms(lease))
+                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _lease_ms(lease))
             elif self._batcher is not None:
                 _, stop = await self._batcher.submit(self._write, [*keys, *args])
             else:
@@ -614,7 +619,7 @@ class RedisBackend:
                 _END + pack(end.status.value) + pack(start + len(chunks)) + pack(end.error or "")
             )
         args: list[Any] = [
-            token, start, _ms(ttl), _ms(finished_ttl), _ms(lease), k.events,
+            token, start, _ms(ttl), _ms(finished_ttl), _lease_ms(lease), k.events,
             end_status, end_error, end_message, _APPEND + pack(start), self._publish,
         ]
         args.extend(pack(chunk) for chunk in chunks)

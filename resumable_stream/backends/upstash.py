@@ -128,6 +128,11 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def _lease_ms(seconds: float) -> int:
+    """A write's lease in ms; 0 (a released claim) deletes the lease now."""
+    return 0 if seconds <= 0 else _ms(seconds)
+
+
 def _arg(value: bytes | str | int) -> str:
     """One script argument, base64-encoded (see ``lua/rest_args.lua``)."""
     if isinstance(value, int):
@@ -440,7 +445,7 @@ class UpstashBackend:
             )
         # The arguments of write.lua, exactly as RedisBackend passes them.
         args: list[Any] = [
-            token, start, _ms(ttl), _ms(finished_ttl), _ms(lease), k.events,
+            token, start, _ms(ttl), _ms(finished_ttl), _lease_ms(lease), k.events,
             end_status, end_error, end_message, _APPEND + pack(start), "PUBLISH",
         ]  # fmt: skip
         args.extend(pack(chunk) for chunk in chunks)

@@ -7,10 +7,11 @@
 -- * no record exists;
 -- * the record is running under ARGV[1] already: this very claim, retried because its
 --   reply was lost (its lease and expiries are renewed, nothing else changes);
--- * the record stored nothing and nobody will end it (failed, or running with its
---   lease lapsed): an orphaned claim or a source that failed at open. It is taken over
---   as a fresh stream. Nothing was stored, so no reader holds any part of it; left in
---   place it would answer "finished" for the whole TTL.
+-- * the record is running, stored nothing and its lease lapsed: an orphaned claim (its
+--   caller went away, or released it). It is taken over as a fresh stream. Nothing was
+--   stored, so no reader holds any part of it; left in place it would answer
+--   "finished" for the whole TTL. A failed record is never taken over: a "storage
+--   lost" marker must keep its id from being produced a second time.
 local ttl, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local fields = redis.call('HMGET', KEYS[1], 'status', 'producer', 'length')
 local status = fields[1]
@@ -24,12 +25,9 @@ if status then
     end
     return false
   end
-  -- 'length' is the final length an ended stream recorded: a failed stream whose list
-  -- was evicted had chunks, and readers may hold them.
-  local stored_nothing = length == 0 and (tonumber(fields[3]) or 0) == 0
-  local orphaned = status == 'failed'
-    or (status == 'running' and redis.call('EXISTS', KEYS[3]) == 0)
-  if not (stored_nothing and orphaned) then
+  local orphaned = status == 'running' and length == 0
+    and redis.call('EXISTS', KEYS[3]) == 0
+  if not orphaned then
     return status
   end
 end

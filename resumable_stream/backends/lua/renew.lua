@@ -24,7 +24,11 @@ for i = 1, #KEYS / 3 do
       if length > 0 then
         redis.call('PEXPIRE', list, ttl)
       end
-      redis.call('SET', lk, token, 'PX', lease)
+      if lease > 0 then
+        redis.call('SET', lk, token, 'PX', lease)
+      else
+        redis.call('DEL', lk)  -- a lease of 0: the producer releases the stream now
+      end
       redis.call('PEXPIRE', meta, ttl)
       out[i] = fields[3] and 1 or 0
     end

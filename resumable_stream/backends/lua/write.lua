@@ -42,8 +42,10 @@ if ended then
   -- The final length too: snapshot.lua compares it with the list's, so an ended
   -- stream whose chunks were evicted never reads as a shorter, whole one.
   redis.call('HSET', meta, 'status', ARGV[7], 'error', ARGV[8], 'length', length)
-else
+elseif tonumber(ARGV[5]) > 0 then
   redis.call('SET', lease, ARGV[1], 'PX', tonumber(ARGV[5]))
+else
+  redis.call('DEL', lease)  -- a lease of 0: the producer releases the stream now
 end
 redis.call('PEXPIRE', meta, ttl)
 -- Announce only after storing: a reader that sees a message finds its chunks.
