@@ -352,10 +352,10 @@ class ResumableStreamContext:
         """
         stream_id = validate_stream_id(stream_id)
         local = self._local.get(stream_id)
-        if local is not None:
-            local.stop()  # first: a backend that fails to answer must not keep it going
+        # First: a backend that fails to answer must not keep a local producer going.
+        stopped = local is not None and local.stop()
         running = await self.backend.request_stop(stream_id)
-        return running or local is not None
+        return running or stopped
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if there is no such stream, True while it runs, "DONE" once it ended.

@@ -81,7 +81,7 @@ class _Writer:
         token: str,
         options: StreamOptions,
         ttl: float,
-        on_stop: Callable[[], None],
+        on_stop: Callable[[], object],
     ) -> None:
         self._backend = backend
         self._on_stop = on_stop
@@ -521,9 +521,15 @@ class Producer:
         self._ended = False
         self._stop_scope = anyio.CancelScope()
 
-    def stop(self) -> None:
-        """Stop pulling from the source and end the stream as done (not failed)."""
+    def stop(self) -> bool:
+        """Stop pulling from the source and end the stream as done (not failed).
+
+        Returns:
+            True if this call stopped it (it was running, and not stopping already).
+        """
+        stopping = not self._ended and not self._stop_scope.cancel_called
         self._stop_scope.cancel()
+        return stopping
 
     def on_task_done(self, task: asyncio.Task[None]) -> None:
         """Done-callback: a task cancelled before it ran must still end its reader."""

@@ -37,7 +37,10 @@ from .backends._protocol import Backend, StaleProducer, WritesSoon
 __all__ = ["CHECKS", "BackendFactory", "Check", "check_backend"]
 
 Check = Callable[[Backend], Awaitable[None]]
+"""One check: an async function of a fresh backend that raises `AssertionError`."""
+
 BackendFactory = Callable[[], "Backend | Awaitable[Backend]"]
+"""Makes a fresh backend (or an awaitable of one) for each check."""
 
 _TTL = 60.0
 _LEASE = 30.0

@@ -49,6 +49,7 @@ PUBLIC_MODULES = [
     "resumable_stream.backends",
     "resumable_stream.backends.redis",
     "resumable_stream.backends.cluster",
+    "resumable_stream.testing",
 ]
 """Modules users import by path; each has an ``__all__`` that the reference must cover."""
 
