@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import logging
 import uuid
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -25,7 +24,7 @@ from ._exceptions import (
 from ._keys import validate_stream_id
 from ._options import StreamOptions
 from ._producer import Producer
-from ._reader import ResumableStream
+from ._reader import ReaderSource, ResumableStream
 from ._subscription import Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend
@@ -380,9 +379,12 @@ class ResumableStreamContext:
         task.add_done_callback(lambda _: self._local.pop(stream_id, None))
         if self._wait_until is not None:
             self._wait_until(task)
+        where = ReaderSource(
+            stream_id, self.backend, self.options, here=self._producer_alive(stream_id),
+            origin_error=lambda: producer.exception,
+        )
         return ResumableStream(
-            stream_id, self.backend, self.options, feed=feed, start=0,
-            skip_characters=skip, local=True, origin_error=lambda: producer.exception,
+            where, feed=feed, start=0, skip_characters=skip, local=True,
             metadata=dict(metadata) if metadata else None,
         )
 
@@ -419,14 +421,11 @@ class ResumableStreamContext:
             with anyio.move_on_after(5.0, shield=True):
                 await feed.aclose()
             raise
-        reader = ResumableStream(
-            stream_id, self.backend, self.options, feed=feed, start=start,
-            first=snap, skip_characters=skip, metadata=_unpack_metadata(snap.metadata),
-            on_close=release, producer_alive=alive,
+        return ResumableStream(
+            ReaderSource(stream_id, self.backend, self.options, here=alive),
+            feed=feed, start=start, first=snap, skip_characters=skip,
+            metadata=_unpack_metadata(snap.metadata), on_close=release,
         )
-        # A reader dropped unread and unclosed still gives its place back.
-        weakref.finalize(reader, release)
-        return reader
 
 
     def _producer_alive(self, stream_id: str) -> Callable[[], bool]:
