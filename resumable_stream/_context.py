@@ -6,7 +6,6 @@ import asyncio
 import inspect
 import logging
 import uuid
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Literal
@@ -28,7 +27,7 @@ from ._keys import validate_stream_id
 from ._lease import LeaseWatch, Liveness, settle
 from ._options import StreamOptions
 from ._producer import Producer
-from ._reader import ResumableStream
+from ._reader import ReaderSource, ResumableStream
 from ._subscription import Subscription
 from ._types import Chunk, Snapshot, StreamStatus
 from .backends._protocol import Backend
@@ -461,9 +460,12 @@ class ResumableStreamContext:
         task.add_done_callback(lambda _: self._local.pop(stream_id, None))
         if self._wait_until is not None:
             self._wait_until(task)
+        where = ReaderSource(
+            stream_id, self.backend, self.options, here=self._producer_alive(stream_id),
+            origin_error=lambda: producer.exception,
+        )
         return ResumableStream(
-            stream_id, self.backend, self.options, feed=feed, start=0,
-            skip_characters=skip, local=True, origin_error=lambda: producer.exception,
+            where, feed=feed, start=0, skip_characters=skip, local=True,
             metadata=dict(metadata) if metadata else None,
         )
 
@@ -511,14 +513,13 @@ class ResumableStreamContext:
             with anyio.move_on_after(5.0, shield=True):
                 await feed.aclose()
             return None
-        reader = ResumableStream(
-            stream_id, self.backend, self.options, feed=feed, start=start,
-            first=snap, skip_characters=skip, metadata=metadata,
-            on_close=release, producer_alive=self._producer_alive(stream_id),
+        where = ReaderSource(
+            stream_id, self.backend, self.options, here=self._producer_alive(stream_id)
         )
-        # A reader dropped unread and unclosed still gives its place back.
-        weakref.finalize(reader, release)
-        return reader
+        return ResumableStream(
+            where, feed=feed, start=start, first=snap, skip_characters=skip,
+            metadata=metadata, on_close=release,
+        )
 
     def _producer_alive(self, stream_id: str) -> Callable[[], bool]:
         """Whether this context's own producer of ``stream_id`` still runs and stores.

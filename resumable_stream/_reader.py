@@ -1,25 +1,34 @@
 """A reader of one stream: replay what is stored, then follow live events.
 
-The merge, written once for every backend:
+The merge (what to hand out, what to drop, when to re-read, when the stream ended)
+is `Merge` in ``_merge.py``, pure and written once; this module does its I/O:
 
-1. Subscribe and wait until the subscription is active (backend invariant 3).
-2. Take a snapshot from position ``pos``: status, length and stored chunks, read
-   atomically. Anything written after the subscription became active is also
-   announced to us, so between the snapshot and the live events nothing is missed.
-3. Follow live events by sequence number: an `Appended` whose chunks we already have
-   is dropped (or trimmed); one that starts beyond ``pos`` means a message was lost,
-   so re-read from storage. `Resync` (reconnect, overflow) and a quiet period of
-   ``poll_interval`` also re-read. `Ended` with a length beyond ``pos`` re-reads first.
+1. The caller subscribes and waits until the subscription is active (backend
+   invariant 3), then takes a first snapshot from position ``start``. Anything
+   written after the subscription became active is also announced to us, so between
+   the snapshot and the live events nothing is missed.
+2. The reader does what the merge asks: read storage from the merge's position,
+   wait for the next live event (a follower waits at most ``poll_interval``, then
+   reads), hand out a batch, or end.
+3. A broken live feed (a Redis restart, a cut, a dropped slow subscriber) is
+   replaced: subscribe again, then read, retrying for up to ``retry_window``.
 
-So each reader yields every index exactly once, in order, whatever the timing.
 The original reader (in the producer's process) starts on a local feed fed by the
-producer itself and switches to the backend only if it falls too far behind.
+producer itself and switches to the backend, through the same recovery, if it falls
+too far behind.
+
+The reader's state lives in the object (the merge, the batch in hand, the feed), not
+in a suspended generator: cancelling a read (``asyncio.wait_for`` around
+``__anext__`` as a keep-alive timer) leaves it where it was, and the next read goes
+on from there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -32,15 +41,60 @@ from ._exceptions import (
     StreamNotFound,
     StreamTooLarge,
 )
+from ._lease import LeaseWatch, Liveness
+from ._merge import DELIVER, DONE, LOST, READ, WAIT, Merge, Step
 from ._options import StreamOptions
-from ._subscription import Subscription
-from ._types import Appended, Chunk, Ended, IndexedChunk, Resync, Snapshot, StreamStatus
+from ._subscription import RESYNC, Subscription
+from ._types import Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
 from .backends._protocol import Backend
 
-__all__ = ["ResumableStream"]
+__all__ = ["ReaderSource", "ResumableStream"]
 
 _PAGE = 2000  # chunks per snapshot read
 _LEAST_ATTEMPT = 1.0  # seconds a recovery attempt may take even at the end of the window
+_CLOSE_TIMEOUT = 5.0  # seconds a reader's close waits for the backend to unsubscribe
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderSource:
+    """Where a reader reads from."""
+
+    stream_id: str
+    backend: Backend
+    options: StreamOptions
+    # This process's own producer of the stream runs and stores: then a lapsed lease
+    # means a loop too busy to renew it in time, not a dead producer.
+    here: Callable[[], bool] = _never
+    # The original reader only: the source's own exception, re-raised as it was.
+    origin_error: Callable[[], BaseException | None] | None = None
+
+
+class _Hold:
+    """What a reader gives back when it ends: its follower place and its subscription.
+
+    Shared with the reader's finalizer, which must not refer to the reader itself.
+    """
+
+    __slots__ = ("feed", "on_close")
+
+    def __init__(self, feed: Subscription, on_close: Callable[[], None] | None) -> None:
+        self.feed = feed
+        self.on_close = on_close
+
+    def release(self) -> None:
+        """Give back the place under ``max_followers`` (once)."""
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+    def abandon(self) -> None:
+        """The reader was garbage collected unclosed: give back everything now."""
+        self.release()
+        self.feed.close_nowait()
 
 
 class ResumableStream:
@@ -48,68 +102,76 @@ class ResumableStream:
 
     ``async for chunk in stream`` yields the chunks; ``async for index, chunk in
     stream.indexed()`` also gives each chunk's 0-based index, the value to resume
-    after (``resume_existing_stream(id, after=index)``). Iterate from one task and
-    call `aclose` from that task or once iteration has stopped, as with any async
-    generator. A stream is also an async context manager that closes it.
+    after (``resume_existing_stream(id, after=index)``). Iterate from one task. A
+    stream is also an async context manager that closes it; a reader dropped without
+    closing gives back its subscription and its follower place when it is collected.
+
+    A read may be cancelled (``asyncio.wait_for(stream.__anext__(), 15)`` as a
+    keep-alive timer): the reader survives it, as anyio's memory streams do, and the
+    next read goes on where it was, nothing lost and nothing doubled.
 
     Raises (while iterating):
         StreamFailed: the producer's source raised (the original reader gets the
             source's own exception instead), or the backend lost the stream's
             stored chunks (a Redis restart without persistence: "storage lost").
         StreamTooLarge: the stream was cut at ``max_stream_bytes`` (a StreamFailed).
-        ProducerLost: the producer's process stopped renewing its lease (seen twice,
+        ProducerLost: the producer's process stopped renewing its lease (seen lapsed
             ``poll_interval`` apart, with no chunk in between).
         BackendUnavailable: storage could not be reached for ``retry_window`` seconds.
         StreamNotFound: the stream expired from storage while being read (or vanished
             in a restart, before its producer marked it failed).
+
+    After the end (normal or raised), or after `aclose`, reads raise
+    ``StopAsyncIteration``.
     """
 
     def __init__(
         self,
-        stream_id: str,
-        backend: Backend,
-        options: StreamOptions,
+        source: ReaderSource,
         *,
         feed: Subscription,
         start: int,
         first: Snapshot | None = None,
         skip_characters: int = 0,
         local: bool = False,
-        origin_error: Callable[[], BaseException | None] | None = None,
         metadata: Mapping[str, Any] | None = None,
         on_close: Callable[[], None] | None = None,
-        producer_alive: Callable[[], bool] | None = None,
     ) -> None:
-        self.stream_id = stream_id
-        self._on_close = on_close
-        # True while this process's own producer of the stream runs and stores: then a
-        # lapsed lease means a loop too busy to renew it in time, not a dead producer.
-        self._producer_alive = producer_alive
-        self._backend = backend
-        self._options = options
+        self.stream_id = source.stream_id
+        self._source = source
+        self._backend = source.backend
+        self._options = source.options
+        self._poll = source.options.poll_interval
         self._feed = feed
-        self._pos = start
-        self._skip = skip_characters
         self._local = local
-        self._origin_error = origin_error
-        self._last_index: int | None = None
+        self._stale = False  # the feed broke or fell behind: replace it before reading
+        self._quiet_at: float | None = None  # when a follower's wait turns into a read
+        self._ended = False
+        self._error: BaseException | None = None  # the end still to raise
         self._metadata: Mapping[str, Any] = metadata or {}
-        self._status = StreamStatus.RUNNING
-        if first is not None:
-            self._status = first.status
-            if first.status is StreamStatus.RUNNING and not self._lease_alive(first):
-                self._status = StreamStatus.FAILED
+        self._merge = merge = Merge(
+            start,
+            LeaseWatch(self._poll, source.here),
+            skip=skip_characters,
+            live=local and first is None,
+        )
         # The batch being handed out: chunks with indices batch_start, batch_start + 1...
         self._batch: Sequence[Chunk] = ()
-        self._batch_start = 0
+        self._batch_start = start
         self._batch_pos = 0
-        # True while `_run` waits at a yield whose next step is taking the feed's next
-        # event: then `__anext__` takes an `Appended` that continues at ``_pos`` itself.
-        self._following = False
-        self._quiet = False  # __anext__ waited a whole poll_interval for nothing
-        self._lapsed = False  # the last snapshot found the producer's lease lapsed
-        self._poll = options.poll_interval
-        self._gen = self._run(first)
+        self._last_index: int | None = None
+        self._hold = hold = _Hold(feed, on_close)
+        # A reader dropped unread and unclosed still gives back what it holds.
+        self._finalizer = weakref.finalize(self, hold.abandon)
+        self._finalizer.atexit = False
+        if first is not None:
+            merge.status = first.status
+            if merge.snapshot(first, start) is DELIVER:
+                self._take()
+            if merge.liveness is Liveness.LAPSED or merge.liveness is Liveness.LOST:
+                # Opened on a lapsed lease: the reader confirms it (ProducerLost, or on
+                # it goes), but a caller deciding how to answer now sees the doubt.
+                merge.status = StreamStatus.FAILED
 
     @property
     def metadata(self) -> Mapping[str, Any]:
@@ -118,9 +180,10 @@ class ResumableStream:
 
     @property
     def status(self) -> StreamStatus:
-        """The stream's status when this reader opened it (FAILED if its producer was
-        already lost), then as the reader sees it end."""
-        return self._status
+        """The stream's status when this reader opened it (FAILED if its producer's
+        lease had lapsed then, unless that producer runs in this process), then as the
+        reader sees it end (FAILED once its producer is lost)."""
+        return self._merge.status
 
     @property
     def last_index(self) -> int | None:
@@ -131,31 +194,11 @@ class ResumableStream:
         return self
 
     async def __anext__(self) -> Chunk:
-        # Fast path: hand out the current batch without entering the generator.
         pos = self._batch_pos
         batch = self._batch
         if pos >= len(batch):
-            taken = None
-            if self._following:
-                feed = self._feed
-                taken = feed.take_at(self._pos)
-                if taken is None and feed.idle():
-                    # Wait for the next event right here: no generator frames to
-                    # resume per chunk. The original reader never polls; a follower
-                    # that heard nothing for poll_interval has `_run` re-read.
-                    if await feed.wait_ready(None if self._local else self._poll):
-                        taken = feed.take_at(self._pos)
-                    else:
-                        self._quiet = True
-            if taken:
-                # Straight from the live feed: the generator would do just this.
-                self._lapsed = False
-                self._batch_start = self._pos
-                self._pos += len(taken)
-                batch = self._batch = taken
-            else:
-                self._batch_start, batch = await self._gen.__anext__()
-                self._batch = batch
+            await self._fill()
+            batch = self._batch
             pos = 0
         self._batch_pos = pos + 1
         self._last_index = self._batch_start + pos
@@ -176,28 +219,13 @@ class ResumableStream:
 
     def indexed(self) -> AsyncIterator[IndexedChunk]:
         """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
-        return self._indexed()
-
-    async def _indexed(self) -> AsyncGenerator[IndexedChunk, None]:
-        while True:
-            try:
-                chunk = await self.__anext__()
-            except StopAsyncIteration:
-                return
-            yield IndexedChunk(self._batch_start + self._batch_pos - 1, chunk)
+        return _Indexed(self)
 
     async def aclose(self) -> None:
         """Stop reading and release the subscription; the producer is not affected."""
-        try:
-            await self._gen.aclose()
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        """Give back this reader's place under ``max_followers`` (once)."""
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
+        self._ended = True
+        self._error = None
+        await self._release()
 
     async def __aenter__(self) -> ResumableStream:
         return self
@@ -210,55 +238,152 @@ class ResumableStream:
     ) -> None:
         await self.aclose()
 
-    def _cut(self, chunk: Chunk) -> Chunk | None:
-        """Apply what is left of ``skip_characters`` to ``chunk``."""
-        if self._skip >= len(chunk):
-            self._skip -= len(chunk)
-            return None
-        chunk = chunk[self._skip :]
-        self._skip = 0
-        return chunk
+    # -- the merge's I/O -----------------------------------------------------------
 
-    def _lease_alive(self, snap: Snapshot) -> bool:
-        return snap.lease_alive or (self._producer_alive is not None and self._producer_alive())
+    def _take(self) -> None:
+        merge = self._merge
+        self._batch = merge.batch
+        self._batch_start = merge.batch_start
+        self._batch_pos = 0
 
-    def _failure(self, error: str | None) -> BaseException:
-        if self._origin_error is not None:
-            origin = self._origin_error()
+    async def _fill(self) -> None:
+        """Take the next batch in hand, doing what the merge asks until it has one.
+
+        Cancelled at any await, the merge is where it was: the read or the wait it
+        asked for is asked again by the next call.
+
+        Raises:
+            StopAsyncIteration: the stream ended normally (or the reader was closed).
+            BaseException: the stream's failure, or one of the I/O errors listed in the
+                class docstring.
+        """
+        if not self._ended:
+            merge = self._merge
+            try:
+                step = merge.step()
+                while True:
+                    if step is DELIVER:
+                        self._take()
+                        return
+                    if step is WAIT:
+                        step = await self._next_event()
+                        if self._ended:  # closed meanwhile (aclose from another task)
+                            break
+                    elif step is READ:
+                        pos = merge.pos
+                        snap = await (self._recover() if self._stale else self._reread())
+                        step = merge.snapshot(snap, pos)
+                    else:
+                        await self._end(None if step is DONE else self._failure(step))
+                        break
+            except asyncio.CancelledError:
+                raise  # the state is as the merge left it: the next call goes on
+            except BaseException as exc:
+                await self._end(exc)
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        raise StopAsyncIteration
+
+    async def _next_event(self) -> Step:
+        """Wait for the next live event (a follower: or ``poll_interval`` of quiet, kept
+        across cancelled reads) and give it to the merge."""
+        feed = self._feed
+        merge = self._merge
+        while True:
+            try:
+                event = feed.get_nowait()
+            except BackendUnavailable:
+                # The live feed broke: subscribe again and re-read, for up to retry_window.
+                self._stale = True
+                return merge.event(RESYNC)
+            if event is not None:
+                self._quiet_at = None
+                if self._local and type(event) is Resync:
+                    # The original reader fell behind its budget: read from storage.
+                    self._stale = True
+                return merge.event(event)
+            if feed.closed:
+                if self._ended:
+                    return WAIT
+                # Closed under us (the backend closed): follow on a new subscription.
+                self._stale = True
+                return merge.event(RESYNC)
+            if self._local:
+                # The producer itself feeds it and ends it: no need to poll storage.
+                await feed.wait()
+                continue
+            deadline = self._quiet_at
+            if deadline is None:
+                deadline = self._quiet_at = asyncio.get_running_loop().time() + self._poll
+            if not await feed.wait(deadline):
+                # Nothing for poll_interval: a message may be lost, or the producer may
+                # be (the merge has its lease judged on the snapshot it asks for).
+                self._quiet_at = None
+                return merge.event(None)
+
+    async def _end(self, error: BaseException | None) -> None:
+        """The stream ended for this reader: raise ``error`` (if any), then stop."""
+        self._ended = True
+        self._error = error
+        await self._release()
+
+    async def _release(self) -> None:
+        """Give back the follower place and the subscription (both once)."""
+        self._hold.release()
+        closing = self._feed.release_soon()
+        if closing is not None:
+            # In a task of its own, so that a cancelled reader still unsubscribes;
+            # bounded, as a backend that cannot be reached may not answer.
+            await asyncio.wait((closing,), timeout=_CLOSE_TIMEOUT)
+        self._finalizer.detach()
+
+    def _failure(self, step: Step) -> BaseException:
+        if step is LOST:
+            return ProducerLost(self.stream_id)
+        merge = self._merge
+        if merge.exception is not None:
+            return merge.exception  # the local feed's end: the source's own exception
+        if self._source.origin_error is not None:
+            origin = self._source.origin_error()
             if origin is not None:
                 return origin
+        error = merge.error
         if error and error.startswith(StreamTooLarge.PREFIX):
             return StreamTooLarge(self.stream_id, error)
         return StreamFailed(self.stream_id, error or "unknown error")
 
     async def _read(self) -> Snapshot:
-        snap = await self._backend.snapshot(self.stream_id, self._pos, _PAGE)
+        snap = await self._backend.snapshot(self.stream_id, self._merge.pos, _PAGE)
         if snap is None:
             # Expired (or deleted) while we were reading it: nothing more will come.
             raise StreamNotFound(self.stream_id)
         return snap
 
-    async def _resubscribe(self) -> None:
-        await self._feed.aclose()  # closed feeds ignore a second aclose in `finally`
-        self._local = False
-        self._feed = await self._backend.subscribe(
-            self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
-        )
-
     async def _reread(self) -> Snapshot:
-        """Re-read from storage; if it is unreachable, recover as from a broken feed."""
+        """Read from storage; if it is unreachable, recover as from a broken feed."""
         try:
             return await self._read()
         except BackendUnavailable:
             return await self._recover()
 
+    async def _resubscribe(self) -> None:
+        self._feed.release_soon()  # unsubscribes in a task of its own
+        self._local = False
+        feed = await self._backend.subscribe(
+            self.stream_id, max_buffered_bytes=self._options.reader_buffer_bytes
+        )
+        self._feed = self._hold.feed = feed
+        self._stale = False
+
     async def _recover(self) -> Snapshot:
-        """Subscribe again, then re-read from storage (in that order, as at the start),
+        """Subscribe again, then read from storage (in that order, as at the start),
         retrying while the backend is unreachable for up to ``retry_window`` seconds.
 
         Raises:
             BackendUnavailable: still unreachable at the end of the window.
         """
+        self._stale = True  # until a subscription succeeded (a cancelled one is retried)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._options.retry_window
         delay = 0.05
@@ -280,104 +405,20 @@ class ResumableStream:
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
 
-    def _batches(
-        self, start: int, chunks: Sequence[Chunk]
-    ) -> Iterator[tuple[int, Sequence[Chunk]]]:
-        """``chunks`` (from index ``start``) as batches, after what is left to skip."""
-        if not self._skip:
-            yield start, chunks
-            return
-        for i, chunk in enumerate(chunks):
-            if not self._skip:
-                yield start + i, chunks[i:]
-                return
-            cut = self._cut(chunk)
-            if cut is not None:
-                yield start + i, (cut,)
 
-    async def _run(
-        self, snap: Snapshot | None
-    ) -> AsyncGenerator[tuple[int, Sequence[Chunk]], None]:
-        poll = self._options.poll_interval
-        try:
-            while True:
-                if snap is not None:
-                    if snap.chunks:
-                        start = self._pos
-                        self._pos += len(snap.chunks)
-                        for batch in self._batches(start, snap.chunks):
-                            yield batch
-                    if self._pos < snap.length:
-                        snap = await self._reread()
-                        continue
-                    if snap.status is StreamStatus.DONE:
-                        self._status = StreamStatus.DONE
-                        return
-                    if snap.status is StreamStatus.FAILED:
-                        self._status = StreamStatus.FAILED
-                        raise self._failure(snap.error)
-                    if not self._lease_alive(snap):
-                        if self._lapsed:
-                            self._status = StreamStatus.FAILED
-                            raise ProducerLost(self.stream_id)
-                        # Seen once: confirmed a poll_interval later, unless the producer
-                        # shows life meanwhile. A process whose loop stalls (a full GC
-                        # pass over 10,000 streams, a burst of work) renews late, and a
-                        # follower ended for that would lose a live stream.
-                        self._lapsed = True
-                    else:
-                        self._lapsed = False
-                    snap = None
-                try:
-                    if self._quiet:  # __anext__ already waited poll_interval for it
-                        self._quiet = False
-                        event = None
-                    else:
-                        event = await self._feed.get(None if self._local else poll)
-                except BackendUnavailable:
-                    # The live feed broke (a Redis restart, a cut, a dropped slow
-                    # subscriber): subscribe again and re-read, for up to retry_window.
-                    snap = await self._recover()
-                    continue
-                if event is None or isinstance(event, Resync):
-                    if self._local:
-                        # The original reader fell behind its budget: read from storage.
-                        await self._resubscribe()
-                    snap = await self._reread()
-                    continue
-                if isinstance(event, Appended):
-                    if event.start > self._pos:
-                        snap = await self._reread()  # a message was lost: fill the gap
-                        continue
-                    offset = self._pos - event.start
-                    fresh = event.chunks[offset:] if offset else event.chunks
-                    if fresh:
-                        self._lapsed = False  # the producer lives
-                        start = self._pos
-                        self._pos += len(fresh)
-                        if self._skip:
-                            for batch in self._batches(start, fresh):
-                                yield batch
-                        else:
-                            # Until resumed, the next step is the feed's next event,
-                            # which __anext__ may take itself (see `_following`).
-                            self._following = True
-                            try:
-                                yield start, fresh
-                            finally:
-                                self._following = False
-                    continue
-                assert isinstance(event, Ended)
-                if event.length > self._pos:
-                    snap = await self._reread()
-                    continue
-                self._status = event.status
-                if event.status is StreamStatus.DONE:
-                    return
-                if event.exception is not None:
-                    raise event.exception
-                raise self._failure(event.error)
-        finally:
-            self._release()
-            with anyio.move_on_after(5.0, shield=True):
-                await self._feed.aclose()
+class _Indexed:
+    """``stream.indexed()``: a plain iterator object, so that it survives a cancelled
+    read as the stream does (an async generator would be closed by it)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ResumableStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Indexed:
+        return self
+
+    async def __anext__(self) -> IndexedChunk:
+        stream = self._stream
+        chunk = await stream.__anext__()
+        return IndexedChunk(stream._last_index, chunk)  # type: ignore[arg-type]

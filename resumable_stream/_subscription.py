@@ -1,22 +1,36 @@
 """A bounded queue of live events for one reader.
 
 Backends push events into it from their dispatcher; the reader pulls. When the
-reader falls behind by more than its budget, the queued events are dropped and the
-reader is told to `Resync` (re-read from storage): a slow reader costs bounded memory
-and never slows the producer or the dispatcher.
+reader falls behind by more than its budget (UTF-8 bytes of the chunks queued, plus a
+little per chunk), the queued events are dropped and the reader is told to `Resync`
+(re-read from storage): a slow reader costs bounded memory and never slows the
+producer or the dispatcher.
+
+A reader dropped without `aclose` (garbage collected) closes its subscription with
+`close_nowait`, which the garbage collector may call anywhere, even from another
+thread: it only marks the subscription closed and hands the backend's release to the
+subscription's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from ._types import Appended, Chunk, Event, Resync
 
-__all__ = ["RESYNC", "Bell", "Subscription"]
+__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes"]
+
+logger = logging.getLogger("resumable_stream")
 
 RESYNC = Resync()
+
+# Releases started by `close_nowait`, held here until they finish: the loop keeps only
+# weak references to tasks.
+_releasing: set[asyncio.Future[None]] = set()
 
 
 class Bell:
@@ -55,10 +69,27 @@ class Bell:
             self._waiter = None
 
 
+def chunk_bytes(chunk: Chunk) -> int:
+    """``chunk``'s size in UTF-8 bytes (what it costs on the wire and in storage).
+
+    ASCII text, the common case, is measured without encoding it; a lone surrogate
+    counts as the three bytes ``surrogatepass`` gives it.
+    """
+    if type(chunk) is str and not chunk.isascii():
+        return len(chunk.encode("utf-8", "surrogatepass"))
+    return len(chunk)
+
+
 def _event_size(event: Event) -> int:
     if isinstance(event, Appended):
-        return sum(map(len, event.chunks)) + 16 * len(event.chunks)
+        return sum(map(chunk_bytes, event.chunks)) + 16 * len(event.chunks)
     return 16
+
+
+def _released(task: asyncio.Future[None]) -> None:
+    _releasing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("releasing a dropped subscription failed: %r", task.exception())
 
 
 class Subscription:
@@ -87,6 +118,10 @@ class Subscription:
         self._tail: list[Chunk] | None = None
         self._tail_end = -1
         self.closed = False
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop (a test): close_nowait releases nothing
+            self._loop = None
 
     def push(self, event: Event) -> None:
         """Queue ``event`` without blocking; on overflow drop all and ask for a resync."""
@@ -105,7 +140,7 @@ class Subscription:
         """Queue one chunk; consecutive chunks share one event (the producer's fast path)."""
         if self.closed:
             return
-        size = len(chunk) + 16
+        size = chunk_bytes(chunk) + 16
         if self._size + size > self._limit and self._events:
             self._overflow()
         elif self._tail is not None and self._tail_end == index:
@@ -132,88 +167,113 @@ class Subscription:
         self._error = error
         self._wakeup.set()
 
+    def get_nowait(self) -> Event | None:
+        """The next event, `RESYNC` after an overflow, or None if there is none yet.
+
+        Raises:
+            BaseException: whatever `fail` was given, once no event is left.
+        """
+        if self._overflowed:
+            self._overflowed = False
+            return RESYNC
+        events = self._events
+        if events:
+            event = events.popleft()
+            if events:
+                self._size -= _event_size(event)
+            else:
+                self._size = 0
+                self._tail = None  # the reader owns it now: never grow it again
+            return event
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return None
+
+    async def wait(self, deadline: float | None = None) -> bool:
+        """Wait until `get_nowait` has something (or the subscription is closed);
+        False if the loop's clock reached ``deadline`` first.
+
+        Cancelling it takes nothing: the event stays for the next call.
+        """
+        wakeup = self._wakeup
+        if deadline is None:
+            while self.idle() and not self.closed:
+                wakeup.clear()
+                await wakeup.wait()
+            return True
+        loop = asyncio.get_running_loop()
+        while self.idle() and not self.closed:
+            if loop.time() >= deadline:
+                return False
+            wakeup.clear()
+            # A timer that rings the same bell is cheaper than wait_for's extra task.
+            timer = loop.call_at(deadline, wakeup.set)
+            try:
+                await wakeup.wait()
+            finally:
+                timer.cancel()
+        return True
+
     async def get(self, timeout: float | None) -> Event | None:
         """Next event, `RESYNC` after an overflow, or None if ``timeout`` passed first.
 
         Raises:
             BaseException: whatever `fail` was given, once no event is left.
         """
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while True:
-            if self._overflowed:
-                self._overflowed = False
-                return RESYNC
-            if self._events:
-                event = self._events.popleft()
-                if self._events:
-                    self._size -= _event_size(event)
-                else:
-                    self._size = 0
-                    self._tail = None  # the reader owns it now: never grow it again
+            event = self.get_nowait()
+            if event is not None:
                 return event
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise error
-            self._wakeup.clear()
-            if timeout is None:
-                await self._wakeup.wait()
-                continue
-            # A timer that sets the same event is cheaper than wait_for's extra task.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
-            timer = loop.call_at(deadline, self._wakeup.set)
-            try:
-                await self._wakeup.wait()
-            finally:
-                timer.cancel()
-            if not (self._events or self._overflowed or self._error) and loop.time() >= deadline:
+            if not await self.wait(deadline) or self.closed:
                 return None
 
     def idle(self) -> bool:
         """Nothing to take: no event, no overflow, no error."""
         return not (self._events or self._overflowed or self._error is not None)
 
-    async def wait_ready(self, timeout: float | None = None) -> bool:
-        """Wait until something can be taken (`get` would not wait); False if
-        ``timeout`` passed first."""
-        if timeout is None:
-            while self.idle():
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            return True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.idle():
-            if loop.time() >= deadline:
-                return False
-            self._wakeup.clear()
-            timer = loop.call_at(deadline, self._wakeup.set)
-            try:
-                await self._wakeup.wait()
-            finally:
-                timer.cancel()
-        return True
-
-    def take_at(self, index: int) -> Sequence[Chunk] | None:
-        """The chunks of the next event if it is an `Appended` starting at ``index``
-        (the reader's fast path, without waiting); None for anything else."""
-        events = self._events
-        if not events or self._overflowed:
-            return None
-        event = events[0]
-        if type(event) is not Appended or event.start != index:
-            return None
-        events.popleft()
-        if events:
-            self._size -= _event_size(event)
-        else:
-            self._size = 0
-            self._tail = None
-        return event.chunks
-
-    async def aclose(self) -> None:
+    def _close(self) -> bool:
+        """Mark closed and drop the queue; False if it was closed already."""
         if self.closed:
-            return
+            return False
         self.closed = True
         self._events.clear()
-        if self._on_close is not None:
+        self._size = 0
+        self._tail = None
+        self._wakeup.set()  # a reader waiting in `wait` returns
+        return True
+
+    async def aclose(self) -> None:
+        """Close and tell the backend (unsubscribe); a second call does nothing."""
+        if self._close() and self._on_close is not None:
             await self._on_close(self)
+
+    def close_nowait(self) -> None:
+        """Close now and have the backend told soon, in this subscription's loop.
+
+        Safe from a finalizer: in any thread, inside or outside the loop, or after the
+        loop closed (then there is nothing left to tell).
+        """
+        if not self._close() or self._on_close is None:
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._start_release)
+
+    def release_soon(self) -> asyncio.Future[None] | None:
+        """Close now and tell the backend in a task of its own (in the running loop),
+        which a cancelled caller does not interrupt; returns it, or None if there is
+        nothing to tell (closed already, or no backend to tell)."""
+        if not self._close() or self._on_close is None:
+            return None
+        return self._start_release()
+
+    def _start_release(self) -> asyncio.Future[None]:
+        assert self._on_close is not None
+        task = asyncio.ensure_future(self._on_close(self))
+        _releasing.add(task)
+        task.add_done_callback(_released)
+        return task

@@ -436,6 +436,7 @@ async def test_reader_status(ctx: ResumableStreamContext) -> None:
     tail = await ctx.resume_existing_stream("s", after=-1)
     assert tail is not None
     assert tail.status is StreamStatus.DONE
+    await tail.aclose()
 
 
 async def test_failed_stream_with_nothing_left_after_position(ctx: ResumableStreamContext) -> None:
