@@ -472,11 +472,15 @@ async def drive(run: Run) -> None:
         if producer_done() or source.hanging.is_set() or source.finished.is_set():
             continue
         if sc.stop is not None and sc.stop[0] == point:
-            stopped = source.stopped = True
+            source.stopped = True  # asked for: it may land even if the call failed
             c = other if sc.stop[1] else ctx
-            with contextlib.suppress(ResumableStreamError):
+            try:
                 await asyncio.wait_for(c.stop_stream(STREAM_ID), STEP_TIMEOUT)
-            continue
+            except ResumableStreamError:
+                pass  # refused, or its reply lost: the source goes on (or stops later)
+            else:
+                stopped = True
+                continue
         source.permits.put_nowait(None)
         if sc.paced and point < sc.chunks:
             # Let the write clock write this chunk on its own (a broken or backing-off
