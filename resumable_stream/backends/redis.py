@@ -5,7 +5,7 @@ Needs the ``redis`` extra (redis-py >= 5, asyncio client). It takes the user's
 (``Sentinel(...).master_for(...)``), and never closes it. For a Redis Cluster see
 `resumable_stream.backends.cluster`.
 
-Design notes (facts from ``shared/NOTES.md`` that shaped them):
+Design notes (and the measured facts that shaped them):
 
 * Live announcements go through a `PubSubHub` (``_pubsub.py``): one pub/sub
   connection per backend shared by every reader of the process, confirmed before

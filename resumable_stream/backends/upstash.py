@@ -5,16 +5,15 @@ Upstash console (or Vercel's KV integration) calls ``UPSTASH_REDIS_REST_URL`` /
 ``UPSTASH_REDIS_REST_TOKEN`` (``KV_REST_API_URL`` / ``KV_REST_API_TOKEN``); with
 ``create_resumable_stream_context(None)`` those variables are picked up by themselves.
 
-Design notes (facts from ``shared/NOTES.md`` and Upstash's REST protocol):
+Design notes (measured facts and Upstash's REST protocol shaped them):
 
 * Storage is `RedisBackend`'s, byte for byte: the same keys and the same Lua scripts
   with the same arguments, written once in ``_wire.py`` (``EVALSHA``, then ``EVAL`` on
-  ``NOSCRIPT``), so a stream written over REST can be
-  read over TCP (``rediss://`` to the same database) and the other way round. A JSON
-  body cannot carry msgpack bytes, so every script argument travels base64-encoded and
-  ``lua/rest_args.lua``, prepended to each script, decodes them before the shared text
-  runs. Replies are asked for with ``Upstash-Encoding: base64`` so that binary values
-  come back intact.
+  ``NOSCRIPT``), so a stream written over REST can be read over TCP (``rediss://`` to
+  the same database) and the other way round. A JSON body cannot carry msgpack bytes,
+  so every script argument travels base64-encoded and ``lua/rest_args.lua``, prepended
+  to each script, decodes them before the shared text runs. Replies are asked for
+  with ``Upstash-Encoding: base64`` so that binary values come back intact.
 * The official ``upstash-redis`` client is not used here, although it speaks the same
   protocol: it decodes every string reply as UTF-8 (chunks are msgpack, so they come back
   broken), it has no subscribe, it waits without a timeout and sleeps 3 s before a retry.
