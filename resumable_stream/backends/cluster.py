@@ -1,14 +1,20 @@
-"""Redis Cluster backend: the Redis backend with sharded pub/sub.
+"""Redis Cluster backend: the Redis backend's storage, with sharded pub/sub.
 
 Needs the ``redis`` extra and Redis >= 7 (``SPUBLISH``/``SSUBSCRIBE``). It takes the
 user's ``redis.asyncio.cluster.RedisCluster`` and never closes it.
 
 Design notes:
 
-* Storage is `RedisBackend`'s: every key of a stream shares the hash tag
-  ``{<escaped id>}`` (see ``_keys.py``), so each script touches one slot, and
-  different streams spread over all masters. redis-py follows ``MOVED``/``ASK`` and
-  retries a multi-key script that meets ``TRYAGAIN`` during a migration.
+* Storage is `RedisBackend`'s, the same scripts with the same arguments
+  (``_wire.py``): every key of a stream shares the hash tag ``{<escaped id>}`` (see
+  ``_keys.py``), so each script touches one slot, and different streams spread over
+  all masters. redis-py follows ``MOVED``/``ASK`` and retries a multi-key script that
+  meets ``TRYAGAIN`` during a migration.
+* Calls go one by one, each to the master of its slot, through the calls
+  `RedisBackend` makes its reads with (``redis._Calls``: in-flight cap,
+  ``command_timeout``, NOSCRIPT). Not pipelined: a cluster pipeline splits by slot
+  and retries by itself, and a retried write could be applied twice. So there is no
+  ``write_soon`` here (the class is no `WritesSoon`).
 * Announcements use sharded pub/sub: a classic ``PUBLISH`` is forwarded to every
   node of the cluster, so its cost would grow with the cluster; ``SPUBLISH`` stays on
   the shard that owns the channel's slot (the channel shares the stream's hash tag).
@@ -22,10 +28,12 @@ Design notes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 # The guard comes first: ``_pubsub`` imports redis-py too.
 try:
+    from redis import exceptions as redis_errors
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -34,8 +42,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the Redis Cluster backend needs redis-py: pip install 'resumable-stream[redis]'"
     ) from exc
 
-from ._pubsub import SHARDED, Dialect
-from .redis import COMMAND_TIMEOUT, RedisBackend, check_timeout
+from .._subscription import Subscription
+from .._types import Chunk, Ended, Snapshot, StreamStatus
+from ._pubsub import SHARDED, Dialect, PubSubHub
+from ._wire import Wire, decode_event, parse_snapshot, scripts, status_of
+from .redis import COMMAND_TIMEOUT, _Calls, _write_error, check_timeout
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -73,7 +84,7 @@ class _ShardRouter:
         await self._cluster.nodes_manager.initialize()
 
 
-class RedisClusterBackend(RedisBackend):
+class RedisClusterBackend:
     """Streams stored in a Redis Cluster, readable from any process.
 
     Args:
@@ -88,9 +99,7 @@ class RedisClusterBackend(RedisBackend):
         InvalidArgument: a bad ``key_prefix``, or ``command_timeout`` not > 0.
     """
 
-    _publish = "SPUBLISH"
-
-    def __init__(  # the client type is the difference
+    def __init__(
         self,
         client: RedisCluster,
         *,
@@ -102,16 +111,23 @@ class RedisClusterBackend(RedisBackend):
                 "RedisClusterBackend needs a redis.asyncio.cluster.RedisCluster client, "
                 f"not {type(client).__name__}"
             )
-        self._cluster = client
-        max_connections = client.nodes_manager.connection_kwargs.get("max_connections")
-        self._setup(client, key_prefix, _ShardRouter(client), max_connections, command_timeout)
-
-    async def _ready(self) -> None:
+        self._wire = Wire(key_prefix, publish="SPUBLISH")
+        self.key_prefix = self._wire.key_prefix
+        self._timeout = check_timeout(command_timeout)
+        self._client = client
+        self._owned: RedisCluster | None = None
+        self._scripts = scripts()
         # redis-py wants initialize() before any command, and commands racing to
         # initialize a fresh (or reset, after CLUSTERDOWN) client fail with an
         # AttributeError (redis-py 8.1); initialize() itself is safe to race and
         # returns at once when the slot map is known.
-        await self._cluster.initialize()
+        self._call = _Calls(
+            client,
+            max_connections=client.nodes_manager.connection_kwargs.get("max_connections"),
+            timeout=self._timeout,
+            ready=client.initialize,
+        )
+        self._hub = PubSubHub(_ShardRouter(client), decode_event)
 
     @classmethod
     def from_url(
@@ -123,9 +139,61 @@ class RedisClusterBackend(RedisBackend):
     ) -> RedisClusterBackend:
         """A backend on a cluster client it makes from ``url`` (any one node) and
         closes in `aclose`."""
-        check_timeout(command_timeout)
+        check_timeout(command_timeout)  # before a client exists that nobody would close
         backend = cls(
             RedisCluster.from_url(url), key_prefix=key_prefix, command_timeout=command_timeout
         )
         backend._owned = backend._client
         return backend
+
+    async def claim(
+        self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
+    ) -> StreamStatus | None:
+        k = self._wire.keys(stream_id)
+        call = Wire.claim_call(k, token, ttl, lease, metadata)
+        reply = await self._call(self._scripts.claim, call)
+        return self._wire.claimed(stream_id, k, reply)
+
+    async def write(
+        self,
+        stream_id: str,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        *,
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> bool:
+        k = self._wire.keys(stream_id)
+        call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
+        if end is not None:
+            self._wire.ended(stream_id)
+        try:
+            _, stop = await self._call(self._scripts.write, call)
+        except redis_errors.ResponseError as exc:
+            error = _write_error(stream_id, exc)
+            if error is exc:
+                raise
+            raise error from exc
+        return bool(stop)
+
+    async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
+        call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
+        return parse_snapshot(await self._call(self._scripts.snapshot, call))
+
+    async def request_stop(self, stream_id: str) -> bool:
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._call(self._scripts.stop, [meta], keys=1))
+
+    async def status(self, stream_id: str) -> StreamStatus | None:
+        return status_of(await self.snapshot(stream_id, 0, 0))
+
+    async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
+        return await self._hub.subscribe(self._wire.keys(stream_id).events, max_buffered_bytes)
+
+    async def aclose(self) -> None:
+        await self._hub.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()

@@ -5,7 +5,7 @@ Needs the ``redis`` extra (redis-py >= 5, asyncio client). It takes the user's
 (``Sentinel(...).master_for(...)``), and never closes it. For a Redis Cluster see
 `resumable_stream.backends.cluster`.
 
-Design notes (facts from ``shared/NOTES.md`` that shaped them):
+Design notes (and the measured facts that shaped them):
 
 * Live announcements go through a `PubSubHub` (``_pubsub.py``): one pub/sub
   connection per backend shared by every reader of the process, confirmed before
@@ -20,8 +20,8 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
   because ``unpack`` in Lua fails near 8,000 values. On one server (or behind a
   Sentinel) the writes of every stream of the process are coalesced: whatever was
   asked while the previous batch was on the wire goes out as one pipeline, one round
-  trip, on one pooled connection (`_Batcher`; claims go the same way). A call through redis-py's
-  ``execute_command`` costs ~50 us of Python (the profile in benchmarks/README.md);
+  trip, on one pooled connection (`_Batcher`; claims go the same way). A call through
+  redis-py's ``execute_command`` costs ~50 us of Python (the profile in benchmarks/README.md);
   a pipelined script call a few. A batch is sent without redis-py's automatic retry:
   a resent write could be applied twice, and the producer retries by itself, with
   its index check (``write.lua`` refuses a write that does not start at the stored
@@ -35,6 +35,10 @@ Design notes (facts from ``shared/NOTES.md`` that shaped them):
 * `aclose` fails every call still queued or on the wire with `BackendUnavailable`.
 * Scripts run with binary replies whatever the client's ``decode_responses``: chunks
   are msgpack, and the user's client is used as it is.
+* What goes on the wire (keys, script arguments, replies, pub/sub messages) is
+  ``_wire.py``'s, shared with the cluster and Upstash backends; this module only
+  carries it: pipelines (`_Batcher`) and calls one by one (`_Calls`, which the cluster
+  backend holds too).
 """
 
 from __future__ import annotations
@@ -42,21 +46,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import math
 import sys
-from collections.abc import AsyncIterator, Sequence
-from importlib import resources
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgpack
 
 from .._exceptions import BackendUnavailable, InvalidArgument, describe
-from .._keys import StreamKeys, validate_prefix
 from .._subscription import Subscription
-from .._types import Appended, Chunk, Ended, Event, Snapshot, StreamStatus
-from ._protocol import StaleProducer
+from .._types import Chunk, Ended, Snapshot, StreamStatus
 
 try:
     import redis.asyncio as aioredis
@@ -67,33 +66,26 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "the Redis backend needs redis-py: pip install 'resumable-stream[redis]'"
     ) from exc
 
-from ._pubsub import CLASSIC, Dialect, PubSubHub, Router
+from ._pubsub import CLASSIC, Dialect, PubSubHub
 from ._redis_errors import unavailable
+from ._wire import (
+    Script,
+    Wire,
+    decode_event,
+    lease_ms,
+    ms,
+    parse_snapshot,
+    scripts,
+    status_of,
+    write_error,
+)
+from ._wire import pack_call as _pack
 
 if TYPE_CHECKING:
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.connection import AbstractConnection
 
 __all__ = ["RedisBackend"]
-
-_APPEND = msgpack.packb(0)
-_END = msgpack.packb(1)
-
-
-@functools.lru_cache(maxsize=4096)
-def _stream_keys(prefix: str, stream_id: str) -> StreamKeys:
-    """A stream's keys, for readers and one-off commands."""
-    return StreamKeys(prefix, stream_id)
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
-
-
-def _lease_ms(seconds: float) -> int:
-    """A write's lease in ms; 0 (a released claim) deletes the lease now."""
-    return 0 if seconds <= 0 else _ms(seconds)
-
 
 if sys.version_info >= (3, 11):
     _deadline = asyncio.timeout  # half the cost of anyio's cancel scope, per snapshot
@@ -119,93 +111,76 @@ def check_timeout(value: float) -> float:
     return float(value)
 
 
-def _index(value: object) -> int:
-    if type(value) is not int or value < 0:
-        raise ValueError(f"not an index: {value!r:.40}")
-    return value
+class _Calls:
+    """Script calls one at a time through redis-py's ``execute_command``.
 
+    `RedisBackend` reads this way (snapshots, stops); `RedisClusterBackend` makes every
+    call this way, redis-py routing each to the master of its slot. Each call runs
+    within the in-flight cap and ``command_timeout``, with binary replies, its script
+    loaded on NOSCRIPT (a fresh server, or a replica that was just promoted).
 
-def decode_event(data: bytes) -> Event:
-    """Decode one pub/sub message written by ``write.lua``.
-
-    Anyone who can ``PUBLISH`` can put anything on a stream's channel, so every field
-    is checked: a reader must never see an `Appended` whose start is not an index.
-
-    Raises:
-        ValueError: ``data`` is not a message ``write.lua`` writes (msgpack's own
-            errors are ValueErrors too).
+    Args:
+        client: the user's client.
+        max_connections: its pool's size (None: redis-py's default, 100); half of it,
+            at most 64, is the in-flight cap (redis-py's asyncio pool raises
+            ``MaxConnectionsError`` instead of waiting for a free connection).
+        timeout: ``command_timeout``, checked.
+        ready: awaited before every command, inside the deadline (the cluster's
+            ``initialize``).
     """
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(data)
-    try:
-        kind = next(unpacker)
-        if kind == 0 and type(kind) is int:
-            start = _index(next(unpacker))
-            chunks = tuple(unpacker)
-            if not chunks or not all(type(c) is str or type(c) is bytes for c in chunks):
-                raise ValueError("an append without chunks, or with a chunk of another type")
-            return Appended(start, chunks)
-        if kind == 1 and type(kind) is int:
-            status, length, error = unpacker
-            ended = StreamStatus(status)
-            if ended is StreamStatus.RUNNING or not isinstance(error, str):
-                raise ValueError(f"not an end: {status!r:.40}, {error!r:.40}")
-            return Ended(ended, _index(length), error or None)
-    except StopIteration:
-        raise ValueError("a truncated message") from None
-    raise ValueError(f"unknown message kind {kind!r:.40}")
 
-
-class _Script:
-    """One of the Lua scripts, run by SHA with binary replies, loaded on NOSCRIPT
-    (a fresh server, or a replica that was just promoted)."""
-
-    def __init__(self, client: aioredis.Redis | RedisCluster, name: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        *,
+        max_connections: int | None,
+        timeout: float,
+        ready: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
         self._client = client
-        self.text = resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
-        # EVALSHA <sha> 3, packed once: a stream's three keys.
-        self.head = self.head_for(3)
+        self._limit = max(1, min(64, (max_connections or 100) // 2))
+        self._slots: asyncio.Semaphore | None = None  # made inside the running loop
+        self._timeout = timeout
+        self._ready = ready
 
-    def head_for(self, keys: int) -> bytes:
-        """``EVALSHA <sha> <keys>`` in RESP, the first three parts of a call."""
-        n = str(keys).encode()
-        return b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%s\r\n" % (
-            self.sha.encode(), len(n), n
-        )
+    async def __call__(self, script: Script, call: Sequence[Any], keys: int = 3) -> Any:
+        """Run ``script`` on ``call``, its first ``keys`` parts the keys; its reply.
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        # NEVER_DECODE: binary replies even from a client that decodes responses.
-        options: dict[str, Any] = {NEVER_DECODE: []}
+        redis-py disconnects a connection whose command is cancelled half way, so a
+        call past its deadline never leaves a reply on a pooled one.
+
+        Raises:
+            BackendUnavailable: no answer within ``command_timeout``, or Redis cannot
+                serve the call now.
+            redis.exceptions.ResponseError: the script refused (``STALE ...``).
+        """
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limit)
         try:
-            return await self._client.execute_command(*command, **options)
-        except redis_errors.NoScriptError:
-            await self._client.script_load(self.text)
-            return await self._client.execute_command(*command, **options)
+            async with self._slots, _deadline(self._timeout):
+                if self._ready is not None:
+                    await self._ready()
+                command = ("EVALSHA", script.sha, keys, *call)
+                # NEVER_DECODE: binary replies even from a client that decodes responses.
+                options: dict[str, Any] = {NEVER_DECODE: []}
+                try:
+                    return await self._client.execute_command(*command, **options)
+                except redis_errors.NoScriptError:
+                    await self._client.script_load(script.text)
+                    return await self._client.execute_command(*command, **options)
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
+            ) from exc
+        except Exception as exc:
+            if unavailable(exc):
+                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
+            raise
 
 
-_Call = tuple[bytes, "_Script", Sequence[Any], "asyncio.Future[Any]"]
+_Call = tuple[bytes, Script, Sequence[Any], "asyncio.Future[Any]"]
 # A lease renewal: keys, token, stored length, ttl ms, lease ms, the caller's future.
 _Renewal = tuple[Sequence[str], str, int, int, int, "asyncio.Future[Any]"]
-
-
-def _pack(head: bytes, args: Sequence[Any]) -> bytes:
-    """One command in RESP after its first arguments, pre-packed in ``head``.
-
-    redis-py's ``pack_command`` costs more than the rest of a batched write (it
-    re-joins its buffer once per argument); the arguments here are only bytes,
-    str (keys, token, channel: UTF-8) and int.
-    """
-    parts = [b"*%d\r\n" % (len(args) + 3), head]
-    append = parts.append
-    for arg in args:
-        if type(arg) is not bytes:
-            arg = arg.encode() if type(arg) is str else str(int(arg)).encode()
-        append(b"$%d\r\n" % len(arg))
-        append(arg)
-        append(b"\r\n")
-    return b"".join(parts)
 
 _MAX_PIPELINE = 512  # script calls per pipeline: bounds one reply's size and latency
 _MAX_RENEWALS = 1000  # streams per renew.lua call
@@ -219,7 +194,7 @@ class _Batcher:
     lone slow stream still gets its write sent at once (the next loop turn).
     """
 
-    def __init__(self, client: aioredis.Redis, renew: _Script, command_timeout: float) -> None:
+    def __init__(self, client: aioredis.Redis, renew: Script, command_timeout: float) -> None:
         # One connection at a time, outside the in-flight cap of the other commands
         # (which leaves half the pool free): a crowd of readers' snapshots must never
         # hold up the writes, whose lease renewals keep their streams alive.
@@ -232,7 +207,7 @@ class _Batcher:
         self._task: asyncio.Task[None] | None = None
         self._timeout = command_timeout
 
-    def submit(self, script: _Script, args: Sequence[Any]) -> asyncio.Future[Any]:
+    def submit(self, script: Script, args: Sequence[Any]) -> asyncio.Future[Any]:
         """Queue one call of a three-key ``script`` (keys, then arguments); the future
         gets its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -408,12 +383,11 @@ def _fan_out(reply: asyncio.Future[Any], renewals: list[_Renewal]) -> None:
 
 
 def _write_error(stream_id: str, exc: redis_errors.ResponseError) -> Exception:
-    """What a refused ``write.lua`` call means to the producer."""
-    if str(exc).startswith("STALE"):
-        return StaleProducer(f"stream {stream_id!r}: {exc}")
-    if unavailable(exc):
+    """What an error reply to ``write.lua`` means to the producer."""
+    error = write_error(stream_id, exc)
+    if error is exc and unavailable(exc):
         return BackendUnavailable(f"Redis unavailable: {describe(exc)}")
-    return exc
+    return error
 
 
 class _ServerRouter:
@@ -455,9 +429,6 @@ class RedisBackend:
         InvalidArgument: a bad ``key_prefix``, or ``command_timeout`` not > 0.
     """
 
-    _publish = "PUBLISH"
-    _batcher: _Batcher | None
-
     def __init__(
         self,
         client: aioredis.Redis,
@@ -469,36 +440,18 @@ class RedisBackend:
             raise TypeError(
                 f"RedisBackend needs a redis.asyncio.Redis client, not {type(client).__name__}"
             )
-        max_connections = getattr(client.connection_pool, "max_connections", None)
-        self._setup(client, key_prefix, _ServerRouter(client), max_connections, command_timeout)
-        self._batcher = _Batcher(client, _Script(client, "renew.lua"), self._timeout)
-
-    def _setup(
-        self,
-        client: aioredis.Redis | RedisCluster,
-        key_prefix: str,
-        router: Router,
-        max_connections: int | None,
-        command_timeout: float,
-    ) -> None:
-        """What every Redis flavour shares: scripts, in-flight cap, the pub/sub hub."""
-        self.key_prefix = validate_prefix(key_prefix)
+        self._wire = Wire(key_prefix)
+        self.key_prefix = self._wire.key_prefix
         self._timeout = check_timeout(command_timeout)
         self._client = client
-        self._owned: aioredis.Redis | RedisCluster | None = None
-        self._limit = max(1, min(64, (max_connections or 100) // 2))
-        self._slots: asyncio.Semaphore | None = None
-        self._claim = _Script(client, "claim.lua")
-        self._write = _Script(client, "write.lua")
-        self._snapshot = _Script(client, "snapshot.lua")
-        self._stop = _Script(client, "stop.lua")
-        self._packer = msgpack.Packer()
-        self._hub = PubSubHub(router, decode_event)
-        # Cluster pipelines split by slot and retry by themselves: writes go one by one.
-        self._batcher = None
-        # Keys of the streams this process produces, made once: a write's other
-        # arguments cost less than escaping the id again (module-level LRU for the rest).
-        self._live: dict[str, StreamKeys] = {}
+        self._owned: aioredis.Redis | None = None
+        self._scripts = scripts()
+        # Claims, writes and renewals: pipelined, outside the in-flight cap.
+        self._batcher = _Batcher(client, self._scripts.renew, self._timeout)
+        # Snapshots and stops: one by one, within the cap.
+        max_connections = getattr(client.connection_pool, "max_connections", None)
+        self._call = _Calls(client, max_connections=max_connections, timeout=self._timeout)
+        self._hub = PubSubHub(_ServerRouter(client), decode_event)
 
     @classmethod
     def from_url(
@@ -516,53 +469,18 @@ class RedisBackend:
         backend._owned = backend._client
         return backend
 
-    async def _ready(self) -> None:
-        """Before every command: nothing to prepare on one server."""
-
-    def _keys(self, stream_id: str) -> StreamKeys:
-        keys = self._live.get(stream_id)
-        return keys if keys is not None else _stream_keys(self.key_prefix, stream_id)
-
-    def _slot(self) -> asyncio.Semaphore:
-        """The in-flight cap, made inside the running loop."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._limit)
-        return self._slots
-
-    async def _call(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script within the in-flight cap and ``command_timeout``, mapping
-        unavailability. redis-py disconnects a connection whose command is cancelled
-        half way, so a call past its deadline never leaves a reply on a pooled one."""
-        try:
-            async with self._slot(), _deadline(self._timeout):
-                await self._ready()
-                return await script(keys, args)
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
-            ) from exc
-        except Exception as exc:
-            if unavailable(exc):
-                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-            raise
-
     async def claim(
         self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
-        k = self._keys(stream_id)
-        keys, args = [k.meta, k.chunks, k.lease], [token, _ms(ttl), _ms(lease), metadata]
-        if self._batcher is not None:
-            try:
-                status = await self._batcher.submit(self._claim, [*keys, *args])
-            except redis_errors.ResponseError as exc:
-                if unavailable(exc):
-                    raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-                raise
-        else:
-            status = await self._call(self._claim, keys, args)
-        if status is None:
-            self._live[stream_id] = k  # until its end is written
-        return None if status is None else StreamStatus(status.decode())
+        k = self._wire.keys(stream_id)
+        call = Wire.claim_call(k, token, ttl, lease, metadata)
+        try:
+            reply = await self._batcher.submit(self._scripts.claim, call)
+        except redis_errors.ResponseError as exc:
+            if unavailable(exc):
+                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
+            raise
+        return self._wire.claimed(stream_id, k, reply)
 
     async def write(
         self,
@@ -576,54 +494,24 @@ class RedisBackend:
         finished_ttl: float,
         lease: float,
     ) -> bool:
-        k = self._keys(stream_id)
-        keys = [k.meta, k.chunks, k.lease]
-        # First: a chunk msgpack cannot encode (a str with a lone surrogate) raises
-        # here, before anything was sent, as in `write_soon`.
-        args = self._write_args(k, token, start, chunks, end, ttl, finished_ttl, lease)
-        if end is not None:
-            self._live.pop(stream_id, None)  # the last write of this producer
+        k = self._wire.keys(stream_id)
         try:
-            if self._batcher is not None and not chunks and end is None:
-                _, stop = await self._batcher.renew(keys, token, start, _ms(ttl), _lease_ms(lease))
-            elif self._batcher is not None:
-                _, stop = await self._batcher.submit(self._write, [*keys, *args])
+            if not chunks and end is None:
+                keys = [k.meta, k.chunks, k.lease]
+                _, stop = await self._batcher.renew(keys, token, start, ms(ttl), lease_ms(lease))
             else:
-                _, stop = await self._call(self._write, keys, args)
+                # First: a chunk msgpack cannot encode (a str with a lone surrogate)
+                # raises here, before anything was sent, as in `write_soon`.
+                call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
+                if end is not None:
+                    self._wire.ended(stream_id)
+                _, stop = await self._batcher.submit(self._scripts.write, call)
         except redis_errors.ResponseError as exc:
             error = _write_error(stream_id, exc)
             if error is exc:
                 raise
             raise error from exc
         return bool(stop)
-
-    def _write_args(
-        self,
-        k: StreamKeys,
-        token: str,
-        start: int,
-        chunks: Sequence[Chunk],
-        end: Ended | None,
-        ttl: float,
-        finished_ttl: float,
-        lease: float,
-    ) -> list[Any]:
-        """``write.lua``'s arguments after its keys (see the script's header)."""
-        pack = self._packer.pack
-        if end is None:
-            end_status = end_error = end_message = b""
-        else:
-            end_status = end.status.value.encode()
-            end_error = (end.error or "").encode()
-            end_message = (
-                _END + pack(end.status.value) + pack(start + len(chunks)) + pack(end.error or "")
-            )
-        args: list[Any] = [
-            token, start, _ms(ttl), _ms(finished_ttl), _lease_ms(lease), k.events,
-            end_status, end_error, end_message, _APPEND + pack(start), self._publish,
-        ]
-        args.extend(pack(chunk) for chunk in chunks)
-        return args
 
     def write_soon(
         self,
@@ -638,12 +526,12 @@ class RedisBackend:
         lease: float,
     ) -> asyncio.Future[bool] | None:
         """`write`, queued for the next pipeline without a task of its own (see
-        `Backend`); None on a cluster, whose writes go one by one."""
-        if self._batcher is None or end is not None:
+        `WritesSoon`); None for the end of a stream (`write` forgets its keys)."""
+        if end is not None:
             return None
-        k = self._keys(stream_id)
-        args = self._write_args(k, token, start, chunks, None, ttl, finished_ttl, lease)
-        reply = self._batcher.submit(self._write, [k.meta, k.chunks, k.lease, *args])
+        k = self._wire.keys(stream_id)
+        call = self._wire.write_call(k, token, start, chunks, None, ttl, finished_ttl, lease)
+        reply = self._batcher.submit(self._scripts.write, call)
         result: asyncio.Future[bool] = reply.get_loop().create_future()
 
         def done(reply: asyncio.Future[Any]) -> None:
@@ -664,39 +552,21 @@ class RedisBackend:
         return result
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
-        k = self._keys(stream_id)
-        reply = await self._call(self._snapshot, [k.meta, k.chunks, k.lease], [start, limit])
-        if reply is None:
-            return None
-        status, error, length, lease, raw, metadata = reply
-        unpackb = msgpack.unpackb
-        return Snapshot(
-            status=StreamStatus(status.decode()),
-            length=length,
-            chunks=[unpackb(c, raw=False) for c in raw],
-            lease_alive=bool(lease),
-            error=error.decode() or None,
-            metadata=metadata,
-        )
+        call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
+        return parse_snapshot(await self._call(self._scripts.snapshot, call))
 
     async def request_stop(self, stream_id: str) -> bool:
-        stopped = await self._call(self._stop, [self._keys(stream_id).meta], [])
-        return bool(stopped)
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._call(self._scripts.stop, [meta], keys=1))
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        snap = await self.snapshot(stream_id, 0, 0)
-        if snap is None:
-            return None
-        if snap.status is StreamStatus.RUNNING and not snap.lease_alive:
-            return StreamStatus.FAILED  # the producer died
-        return snap.status
+        return status_of(await self.snapshot(stream_id, 0, 0))
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
-        return await self._hub.subscribe(self._keys(stream_id).events, max_buffered_bytes)
+        return await self._hub.subscribe(self._wire.keys(stream_id).events, max_buffered_bytes)
 
     async def aclose(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.aclose()
+        await self._batcher.aclose()
         await self._hub.aclose()
         if self._owned is not None:
             await self._owned.aclose()

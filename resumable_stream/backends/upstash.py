@@ -5,15 +5,15 @@ Upstash console (or Vercel's KV integration) calls ``UPSTASH_REDIS_REST_URL`` /
 ``UPSTASH_REDIS_REST_TOKEN`` (``KV_REST_API_URL`` / ``KV_REST_API_TOKEN``); with
 ``create_resumable_stream_context(None)`` those variables are picked up by themselves.
 
-Design notes (facts from ``shared/NOTES.md`` and Upstash's REST protocol):
+Design notes (measured facts and Upstash's REST protocol shaped them):
 
 * Storage is `RedisBackend`'s, byte for byte: the same keys and the same Lua scripts
-  (``EVALSHA``, then ``EVAL`` on ``NOSCRIPT``), so a stream written over REST can be
-  read over TCP (``rediss://`` to the same database) and the other way round. A JSON
-  body cannot carry msgpack bytes, so every script argument travels base64-encoded and
-  ``lua/rest_args.lua``, prepended to each script, decodes them before the shared text
-  runs. Replies are asked for with ``Upstash-Encoding: base64`` so that binary values
-  come back intact.
+  with the same arguments, written once in ``_wire.py`` (``EVALSHA``, then ``EVAL`` on
+  ``NOSCRIPT``), so a stream written over REST can be read over TCP (``rediss://`` to
+  the same database) and the other way round. A JSON body cannot carry msgpack bytes,
+  so every script argument travels base64-encoded and ``lua/rest_args.lua``, prepended
+  to each script, decodes them before the shared text runs. Replies are asked for
+  with ``Upstash-Encoding: base64`` so that binary values come back intact.
 * The official ``upstash-redis`` client is not used here, although it speaks the same
   protocol: it decodes every string reply as UTF-8 (chunks are msgpack, so they come back
   broken), it has no subscribe, it waits without a timeout and sleeps 3 s before a retry.
@@ -51,23 +51,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
 import json
 import logging
 import os
 import ssl
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
-import msgpack
-
 from .._exceptions import BackendUnavailable, InvalidArgument, ResumableStreamError, describe
-from .._keys import StreamKeys, validate_prefix
+from .._keys import StreamKeys
 from .._subscription import RESYNC, Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
-from ._protocol import StaleProducer
+from ._wire import NOSCRIPT, Script, Wire, parse_snapshot, scripts, status_of, write_error
 
 try:
     import httpx
@@ -80,8 +76,6 @@ __all__ = ["UpstashBackend", "UpstashUnavailable"]
 
 logger = logging.getLogger("resumable_stream")
 
-_APPEND = msgpack.packb(0)
-_END = msgpack.packb(1)
 _RETRY_FIRST, _RETRY_MAX = 0.05, 1.0  # backoff of polls and re-subscriptions, seconds
 _ERROR_TEXT = 300  # characters of an unexpected response body kept in an error
 # A reader's feed holds only doorbells (`RESYNC`). With a budget below one of them, a
@@ -122,15 +116,6 @@ def _unavailable_text(text: str) -> bool:
     requests limit exceeded``, daily or concurrency limits) and, as for the Redis
     backend, ``NOREPLICAS``."""
     return text.startswith("NOREPLICAS") or "limit exceeded" in text.lower()
-
-
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
-
-
-def _lease_ms(seconds: float) -> int:
-    """A write's lease in ms; 0 (a released claim) deletes the lease now."""
-    return 0 if seconds <= 0 else _ms(seconds)
 
 
 def _arg(value: bytes | str | int) -> str:
@@ -175,20 +160,15 @@ def _network_error(exc: Exception, what: str) -> UpstashUnavailable:
     return UpstashUnavailable(f"Upstash unreachable ({what}): {text}", status_code=None, error=text)
 
 
-class _Script:
-    """One of `RedisBackend`'s scripts behind the REST prelude, run by SHA."""
+def _command(script: Script, call: Sequence[Any], keys: int) -> list[str]:
+    """A script call (``_wire``'s: its first ``keys`` parts the keys) as a REST command:
+    keys as they are, arguments base64-encoded for the script's prelude."""
+    return ["EVALSHA", script.sha, str(keys), *call[:keys], *map(_arg, call[keys:])]
 
-    def __init__(self, name: str, prelude: str) -> None:
-        lua = resources.files(__package__).joinpath("lua")
-        self.text = prelude + lua.joinpath(name).read_text("utf-8")
-        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
 
-    def command(self, keys: Sequence[str], args: Sequence[bytes | str | int]) -> list[str]:
-        return ["EVALSHA", self.sha, str(len(keys)), *keys, *map(_arg, args)]
-
-    def fallback(self, command: list[str]) -> list[str]:
-        """The same call as ``EVAL`` with the text (which also caches the script)."""
-        return ["EVAL", self.text, *command[2:]]
+def _fallback(script: Script, command: list[str]) -> list[str]:
+    """The same call as ``EVAL`` with the text (which also caches the script)."""
+    return ["EVAL", script.text, *command[2:]]
 
 
 class _Feed:
@@ -251,18 +231,13 @@ class UpstashBackend:
             raise InvalidArgument("the Upstash REST token is empty")
         if not timeout > 0 or not subscribe_timeout > 0:
             raise InvalidArgument("timeout and subscribe_timeout must be > 0")
-        self.key_prefix = validate_prefix(key_prefix)
+        self._wire = Wire(key_prefix)
+        self.key_prefix = self._wire.key_prefix
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
         self._subscribe_timeout = subscribe_timeout
-        lua = resources.files(__package__).joinpath("lua")
-        prelude = lua.joinpath("rest_args.lua").read_text("utf-8")
-        self._claim = _Script("claim.lua", prelude)
-        self._write = _Script("write.lua", prelude)
-        self._snapshot = _Script("snapshot.lua", prelude)
-        self._stop = _Script("stop.lua", prelude)
-        self._packer = msgpack.Packer()
+        self._scripts = scripts(rest=True)
         # Made on first use, inside the running loop (a context is often made at import),
         # and made again in another loop (see `_bind`).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -371,22 +346,20 @@ class UpstashBackend:
             raise _CommandError(text)
         return _decode(answer.get("result"))
 
-    async def _run(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def _run(self, script: Script, call: Sequence[Any], keys: int = 3) -> Any:
         """Run one script (one request; two the first time a server meets it)."""
-        command = script.command(keys, args)
+        command = _command(script, call, keys)
         try:
             return self._result(await self._post("/", command, command[0]))
         except _CommandError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
+            if not str(exc).startswith(NOSCRIPT):
                 raise
-        return self._result(await self._post("/", script.fallback(command), "EVAL"))
+        return self._result(await self._post("/", _fallback(script, command), "EVAL"))
 
-    async def _pipeline(
-        self, script: _Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
-    ) -> list[Any]:
-        """Run one script for each of ``calls`` in one ``/pipeline`` request; each
-        result, or the `_CommandError` its command answered."""
-        commands = [script.command(keys, args) for keys, args in calls]
+    async def _pipeline(self, script: Script, calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run one three-key script for each of ``calls`` in one ``/pipeline`` request;
+        each result, or the `_CommandError` its command answered."""
+        commands = [_command(script, call, 3) for call in calls]
         answers = await self._post("/pipeline", commands, "/pipeline")
         if not isinstance(answers, list) or len(answers) != len(commands):
             raise UpstashUnavailable(
@@ -397,11 +370,11 @@ class UpstashBackend:
             try:
                 results.append(self._result(answer))
             except _CommandError as exc:
-                if not str(exc).startswith("NOSCRIPT"):
+                if not str(exc).startswith(NOSCRIPT):
                     results.append(exc)
                     continue
                 try:
-                    again = await self._post("/", script.fallback(command), "EVAL")
+                    again = await self._post("/", _fallback(script, command), "EVAL")
                     results.append(self._result(again))
                 except _CommandError as refused:
                     results.append(refused)
@@ -409,17 +382,13 @@ class UpstashBackend:
 
     # --- the Backend protocol -------------------------------------------------
 
-    def _keys(self, stream_id: str) -> StreamKeys:
-        return StreamKeys(self.key_prefix, stream_id)
-
     async def claim(
         self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
-        k = self._keys(stream_id)
-        status = await self._run(
-            self._claim, [k.meta, k.chunks, k.lease], [token, _ms(ttl), _ms(lease), metadata]
-        )
-        return None if status is None else StreamStatus(status.decode())
+        k = self._wire.keys(stream_id)
+        call = Wire.claim_call(k, token, ttl, lease, metadata)
+        reply = await self._run(self._scripts.claim, call)
+        return self._wire.claimed(stream_id, k, reply)
 
     async def write(
         self,
@@ -433,61 +402,29 @@ class UpstashBackend:
         finished_ttl: float,
         lease: float,
     ) -> bool:
-        k = self._keys(stream_id)
-        pack = self._packer.pack
-        if end is None:
-            end_status = end_error = end_message = b""
-        else:
-            end_status = end.status.value.encode()
-            end_error = (end.error or "").encode()
-            end_message = (
-                _END + pack(end.status.value) + pack(start + len(chunks)) + pack(end.error or "")
-            )
-        # The arguments of write.lua, exactly as RedisBackend passes them.
-        args: list[Any] = [
-            token, start, _ms(ttl), _ms(finished_ttl), _lease_ms(lease), k.events,
-            end_status, end_error, end_message, _APPEND + pack(start), "PUBLISH",
-        ]  # fmt: skip
-        args.extend(pack(chunk) for chunk in chunks)
+        k = self._wire.keys(stream_id)
+        call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
+        if end is not None:
+            self._wire.ended(stream_id)
         try:
-            _, stop = await self._run(self._write, [k.meta, k.chunks, k.lease], args)
+            _, stop = await self._run(self._scripts.write, call)
         except _CommandError as exc:
-            if str(exc).startswith("STALE"):
-                raise StaleProducer(f"stream {stream_id!r}: {exc}") from exc
-            raise
+            error = write_error(stream_id, exc)
+            if error is exc:
+                raise
+            raise error from exc
         return bool(stop)
 
-    @staticmethod
-    def _parse_snapshot(reply: Any) -> Snapshot | None:
-        if reply is None:
-            return None
-        status, error, length, lease, raw, metadata = reply
-        unpackb = msgpack.unpackb
-        return Snapshot(
-            status=StreamStatus(status.decode()),
-            length=length,
-            chunks=[unpackb(c, raw=False) for c in raw],
-            lease_alive=bool(lease),
-            error=error.decode() or None,
-            metadata=metadata,
-        )
-
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
-        k = self._keys(stream_id)
-        reply = await self._run(self._snapshot, [k.meta, k.chunks, k.lease], [start, limit])
-        return self._parse_snapshot(reply)
+        call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
+        return parse_snapshot(await self._run(self._scripts.snapshot, call))
 
     async def request_stop(self, stream_id: str) -> bool:
-        stopped = await self._run(self._stop, [self._keys(stream_id).meta], [])
-        return bool(stopped)
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._run(self._scripts.stop, [meta], keys=1))
 
     async def status(self, stream_id: str) -> StreamStatus | None:
-        snap = await self.snapshot(stream_id, 0, 0)
-        if snap is None:
-            return None
-        if snap.status is StreamStatus.RUNNING and not snap.lease_alive:
-            return StreamStatus.FAILED  # the producer died
-        return snap.status
+        return status_of(await self.snapshot(stream_id, 0, 0))
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
         """Start receiving doorbells for ``stream_id``; returns at once.
@@ -502,7 +439,7 @@ class UpstashBackend:
         credentials, the reader's `Subscription.get` raises `UpstashUnavailable`.
         """
         self._bind()
-        keys = self._keys(stream_id)
+        keys = self._wire.keys(stream_id)
         # ``max_buffered_bytes`` bounds live data; doorbells carry none.
         reader = Subscription(
             keys.events, max_buffered_bytes=_DOORBELL_BUDGET, on_close=self._release
@@ -632,8 +569,8 @@ class UpstashBackend:
                 return
             changed = False
             try:
-                calls = [([f.keys.meta, f.keys.chunks, f.keys.lease], [0, 0]) for f in feeds]
-                results = await self._pipeline(self._snapshot, calls)
+                calls = [Wire.snapshot_call(f.keys, 0, 0) for f in feeds]
+                results = await self._pipeline(self._scripts.snapshot, calls)
             except BackendUnavailable as exc:
                 logger.debug("polling Upstash failed: %s", exc)
             else:
@@ -641,7 +578,7 @@ class UpstashBackend:
                     if isinstance(result, Exception):
                         logger.debug("polling %s failed: %s", feed.channel, result)
                         continue
-                    snap = self._parse_snapshot(result)
+                    snap = parse_snapshot(result)
                     seen = (snap.status, snap.length, snap.lease_alive) if snap else ("gone",)
                     if seen != feed.observed:
                         changed = changed or feed.observed is not None

@@ -1,0 +1,290 @@
+"""The Redis wire format, written once for every backend that speaks it.
+
+`RedisBackend` (TCP, pipelined), `RedisClusterBackend` (TCP, one call per slot) and
+`UpstashBackend` (REST) store a stream byte for byte alike: the same keys, the same Lua
+scripts called with the same arguments, the same pub/sub messages, so that any of them
+reads what another wrote. What differs is only how a call travels, and that is all
+their modules do. Everything else lives here:
+
+* the scripts (``lua/*.lua``): text, SHA, and the RESP head of a call
+  (``EVALSHA <sha> <number of keys>``); `pack_call` packs the rest of a call;
+* durations in milliseconds (`ms`, `lease_ms`);
+* each call's keys and arguments, in the order they follow ``EVALSHA <sha> <n>``
+  (`Wire`), and the replies of ``claim.lua`` and ``snapshot.lua``;
+* the messages ``write.lua`` publishes (`APPEND`, `END`, `decode_event`);
+* what a refused write means (`write_error`).
+
+No driver is imported here: the Upstash backend needs only httpx. A script that the
+server does not know answers an error starting with `NOSCRIPT`; each transport then
+loads it (``SCRIPT LOAD``, or ``EVAL`` over REST) and sends the call again.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .._keys import StreamKeys, validate_prefix
+from .._types import Appended, Chunk, Ended, Event, Snapshot, StreamStatus
+from ._protocol import StaleProducer
+
+__all__ = [
+    "APPEND",
+    "END",
+    "NOSCRIPT",
+    "Script",
+    "Scripts",
+    "Wire",
+    "decode_event",
+    "lease_ms",
+    "ms",
+    "pack_call",
+    "parse_snapshot",
+    "scripts",
+    "status_of",
+    "stream_keys",
+    "write_error",
+]
+
+# Message kinds, the first msgpack value of every message write.lua publishes.
+APPEND = msgpack.packb(0)  # then the start index, then the chunks
+END = msgpack.packb(1)  # then the status, the length, the error text
+NOSCRIPT = "NOSCRIPT"  # how a server that lacks a script refuses its EVALSHA
+
+
+def ms(seconds: float) -> int:
+    """A duration in ms for a script, at least 1 (``PEXPIRE 0`` would delete now)."""
+    return max(1, int(seconds * 1000))
+
+
+def lease_ms(seconds: float) -> int:
+    """A write's lease in ms; 0 (a released claim) deletes the lease now."""
+    return 0 if seconds <= 0 else ms(seconds)
+
+
+def _lua(name: str) -> str:
+    return resources.files(__package__).joinpath("lua").joinpath(name).read_text("utf-8")
+
+
+class Script:
+    """One Lua script: its text (behind a prelude, over REST), its SHA, and ``head``,
+    the RESP of ``EVALSHA <sha> 3`` (a stream's three keys), packed once."""
+
+    __slots__ = ("head", "name", "sha", "text")
+
+    def __init__(self, name: str, prelude: str = "") -> None:
+        self.name = name
+        self.text = prelude + _lua(name)
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()
+        self.head = self.head_for(3)
+
+    def head_for(self, keys: int) -> bytes:
+        """``EVALSHA <sha> <keys>`` in RESP, the first three parts of a call."""
+        n = str(keys).encode()
+        return b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n$%d\r\n%s\r\n" % (self.sha.encode(), len(n), n)
+
+
+class Scripts(NamedTuple):
+    """Every script a backend runs (``renew`` only by `RedisBackend`'s pipelines)."""
+
+    claim: Script
+    write: Script
+    snapshot: Script
+    stop: Script
+    renew: Script
+
+
+@functools.cache
+def scripts(*, rest: bool = False) -> Scripts:
+    """The scripts, read once per process; with ``rest``, each behind
+    ``lua/rest_args.lua``, which decodes the base64 arguments a JSON body carries."""
+    prelude = ""
+    if rest:
+        prelude = _lua("rest_args.lua")
+    names = ("claim", "write", "snapshot", "stop", "renew")
+    return Scripts(*(Script(f"{name}.lua", prelude) for name in names))
+
+
+def pack_call(head: bytes, args: Sequence[Any]) -> bytes:
+    """One script call in RESP: ``head`` (see `Script.head_for`), then ``args``.
+
+    redis-py's ``pack_command`` costs more than the rest of a batched write (it
+    re-joins its buffer once per argument); the arguments here are only bytes,
+    str (keys, token, channel: UTF-8) and int.
+    """
+    parts = [b"*%d\r\n" % (len(args) + 3), head]
+    append = parts.append
+    for arg in args:
+        if type(arg) is not bytes:
+            arg = arg.encode() if type(arg) is str else str(int(arg)).encode()
+        append(b"$%d\r\n" % len(arg))
+        append(arg)
+        append(b"\r\n")
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
+    """A stream's keys, for readers and one-off commands."""
+    return StreamKeys(prefix, stream_id)
+
+
+class Wire:
+    """One backend's side of the scripts: its keys, and each call's keys and arguments.
+
+    Args:
+        key_prefix: first part of every key; must not contain ``{`` or ``}``.
+        publish: how ``write.lua`` announces: ``PUBLISH``, or ``SPUBLISH`` on a
+            Redis Cluster (the message stays on the shard of the stream's slot).
+
+    Raises:
+        InvalidArgument: a bad ``key_prefix``.
+    """
+
+    __slots__ = ("_live", "_pack", "key_prefix", "publish")
+
+    def __init__(self, key_prefix: str, *, publish: str = "PUBLISH") -> None:
+        self.key_prefix = validate_prefix(key_prefix)
+        self.publish = publish
+        self._pack = msgpack.Packer().pack
+        # Keys of the streams this process produces, made once: a write's other
+        # arguments cost less than escaping the id again (`stream_keys` for the rest).
+        self._live: dict[str, StreamKeys] = {}
+
+    def keys(self, stream_id: str) -> StreamKeys:
+        keys = self._live.get(stream_id)
+        return keys if keys is not None else stream_keys(self.key_prefix, stream_id)
+
+    @staticmethod
+    def claim_call(
+        k: StreamKeys, token: str, ttl: float, lease: float, metadata: bytes
+    ) -> list[Any]:
+        """``claim.lua``'s three keys and its arguments (see the script's header)."""
+        return [k.meta, k.chunks, k.lease, token, ms(ttl), ms(lease), metadata]
+
+    def claimed(self, stream_id: str, keys: StreamKeys, reply: bytes | None) -> StreamStatus | None:
+        """``claim.lua``'s reply: None, the caller produces (its keys are kept until its
+        end is written), or the status the stream has."""
+        if reply is None:
+            self._live[stream_id] = keys
+            return None
+        return StreamStatus(reply.decode())
+
+    def write_call(
+        self,
+        k: StreamKeys,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        end: Ended | None,
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> list[Any]:
+        """``write.lua``'s three keys and its arguments (see the script's header).
+
+        Raises:
+            UnicodeEncodeError: a str chunk holding a lone surrogate, which msgpack
+                cannot encode; nothing was sent.
+        """
+        pack = self._pack
+        if end is None:
+            end_status = end_error = end_message = b""
+        else:
+            end_status = end.status.value.encode()
+            end_error = (end.error or "").encode()
+            end_message = (
+                END + pack(end.status.value) + pack(start + len(chunks)) + pack(end.error or "")
+            )
+        args: list[Any] = [
+            k.meta, k.chunks, k.lease,
+            token, start, ms(ttl), ms(finished_ttl), lease_ms(lease), k.events,
+            end_status, end_error, end_message, APPEND + pack(start), self.publish,
+        ]  # fmt: skip
+        args.extend(pack(chunk) for chunk in chunks)
+        return args
+
+    @staticmethod
+    def snapshot_call(k: StreamKeys, start: int, limit: int) -> list[Any]:
+        """``snapshot.lua``'s three keys and its arguments."""
+        return [k.meta, k.chunks, k.lease, start, limit]
+
+    def ended(self, stream_id: str) -> None:
+        """The last write of this process's producer is on its way: forget its keys."""
+        self._live.pop(stream_id, None)
+
+
+def parse_snapshot(reply: Any) -> Snapshot | None:
+    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream."""
+    if reply is None:
+        return None
+    status, error, length, lease, raw, metadata = reply
+    unpackb = msgpack.unpackb
+    return Snapshot(
+        status=StreamStatus(status.decode()),
+        length=length,
+        chunks=[unpackb(c, raw=False) for c in raw],
+        lease_alive=bool(lease),
+        error=error.decode() or None,
+        metadata=metadata,
+    )
+
+
+def status_of(snap: Snapshot | None) -> StreamStatus | None:
+    """`Backend.status` from a snapshot: FAILED for a running stream whose lease lapsed."""
+    if snap is None:
+        return None
+    if snap.status is StreamStatus.RUNNING and not snap.lease_alive:
+        return StreamStatus.FAILED  # the producer died
+    return snap.status
+
+
+def _index(value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"not an index: {value!r:.40}")
+    return value
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode one pub/sub message written by ``write.lua``.
+
+    Anyone who can ``PUBLISH`` can put anything on a stream's channel, so every field
+    is checked: a reader must never see an `Appended` whose start is not an index.
+
+    Raises:
+        ValueError: ``data`` is not a message ``write.lua`` writes (msgpack's own
+            errors are ValueErrors too).
+    """
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    try:
+        kind = next(unpacker)
+        if kind == 0 and type(kind) is int:
+            start = _index(next(unpacker))
+            chunks = tuple(unpacker)
+            if not chunks or not all(type(c) is str or type(c) is bytes for c in chunks):
+                raise ValueError("an append without chunks, or with a chunk of another type")
+            return Appended(start, chunks)
+        if kind == 1 and type(kind) is int:
+            status, length, error = unpacker
+            ended = StreamStatus(status)
+            if ended is StreamStatus.RUNNING or not isinstance(error, str):
+                raise ValueError(f"not an end: {status!r:.40}, {error!r:.40}")
+            return Ended(ended, _index(length), error or None)
+    except StopIteration:
+        raise ValueError("a truncated message") from None
+    raise ValueError(f"unknown message kind {kind!r:.40}")
+
+
+def write_error(stream_id: str, exc: Exception) -> Exception:
+    """What a ``write.lua`` error reply means to the producer: `StaleProducer` for a
+    refusal (``STALE ...``: not its stream any more, or not at the stored length), else
+    ``exc`` itself, for the transport to map."""
+    if str(exc).startswith("STALE"):
+        return StaleProducer(f"stream {stream_id!r}: {exc}")
+    return exc
