@@ -291,9 +291,11 @@ class ResumableStreamContext:
         Bounded and shielded; if it fails, the lease lapses on its own."""
         with anyio.move_on_after(_LEAST_ATTEMPT, shield=True):
             try:
+                # Kept no longer than a finished stream: the next claim takes it over.
+                kept = self.options.finished_ttl or self.ttl
                 await self.backend.write(
-                    stream_id, token, 0, [], end=None, ttl=self.ttl,
-                    finished_ttl=self.options.finished_ttl or self.ttl, lease=_RELEASE,
+                    stream_id, token, 0, [], end=None, ttl=kept, finished_ttl=kept,
+                    lease=_RELEASE,
                 )
             except Exception as exc:  # StaleProducer: the claim never landed
                 logger.debug("stream %r: claim released (%s)", stream_id, describe(exc))

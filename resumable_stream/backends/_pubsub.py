@@ -8,7 +8,7 @@ A `Router` says which server announces a channel and how to reach it:
 * a Redis Cluster: sharded ``SSUBSCRIBE`` on the master that owns the channel's slot,
   so one link per master with readers, never one per reader.
 
-Design notes (facts from ``shared/NOTES.md`` and from the servers themselves):
+Design notes (facts measured on this machine, from redis-py and the servers themselves):
 
 * ``subscribe()`` returns only after the server's confirmation: a chunk announced
   before it would be missed by a reader that reads the list too early.
