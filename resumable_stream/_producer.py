@@ -168,6 +168,17 @@ class _Writer:
 
     def _on_tick(self) -> None:
         """SCHEDULED -> WRITING (issued here, through `write_soon`) or DUE (the task)."""
+        self._guarded(self._tick_now)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a callback's step; an exception goes to the state machine, never to the
+        loop's log (a stream must not end short because a callback died)."""
+        try:
+            step()
+        except Exception as exc:
+            self._give_up(exc)
+
+    def _tick_now(self) -> None:
         self._tick = None
         if self.state is not WriterState.SCHEDULED:
             return
@@ -195,6 +206,9 @@ class _Writer:
 
     def _on_soon_done(self, future: asyncio.Future[bool]) -> None:
         """A timer-issued write completed: WRITING -> landed, or RETRYING."""
+        self._guarded(lambda: self._soon_done(future))
+
+    def _soon_done(self, future: asyncio.Future[bool]) -> None:
         if future is not self._out_future:
             return  # abandoned by the task as overdue: its retry decides
         self._out_future = None
