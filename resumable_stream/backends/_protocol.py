@@ -19,7 +19,9 @@ to keep these invariants:
    ``subscribe`` confirmation.) If the feed may have missed messages (reconnect),
    the backend pushes `Resync`; if it is lost for good, it calls ``fail``.
 4. ``snapshot`` reads status, length, lease and a range in one atomic step, so a
-   "done" status always comes with every chunk of the stream.
+   "done" status always comes with every chunk of the stream. Backends report these
+   facts; the core takes every verdict from them (`ctx.get_status`, a lost producer),
+   so a backend needs no ``status()`` of its own (ours keep one for their users).
 5. ``request_stop`` sets a flag that every later ``write`` of that stream reports.
 6. Every stored record expires: ``ttl`` while running (renewed by each write),
    ``finished_ttl`` once ended; the lease expires ``lease`` seconds after the last write.
@@ -116,10 +118,6 @@ class Backend(Protocol):
         Returns:
             True if the stream was running.
         """
-        ...
-
-    async def status(self, stream_id: str) -> StreamStatus | None:
-        """The stream's status (FAILED if its lease lapsed), or None if no such stream."""
         ...
 
     async def subscribe(self, stream_id: str, *, max_buffered_bytes: int) -> Subscription:
