@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,16 @@ READ_TIMEOUT = 4.0
 STEP_TIMEOUT = 4.0
 STREAM_ID = "s"
 
-logging.getLogger("resumable_stream").setLevel(logging.CRITICAL)  # faults log by design
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> Iterator[None]:
+    """Injected faults log by design: quiet here, restored for the tests that follow."""
+    logger = logging.getLogger("resumable_stream")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    yield
+    logger.setLevel(level)
 
 
 def text(i: int) -> str:
