@@ -265,10 +265,16 @@ def decode_event(data: bytes) -> Event:
     try:
         kind = next(unpacker)
         if kind == 0 and type(kind) is int:
-            start = _index(next(unpacker))
+            # Inline checks, no generator: this runs for every message of every reader.
+            start = next(unpacker)
+            if type(start) is not int or start < 0:
+                raise ValueError(f"not an index: {start!r:.40}")
             chunks = tuple(unpacker)
-            if not chunks or not all(type(c) is str or type(c) is bytes for c in chunks):
-                raise ValueError("an append without chunks, or with a chunk of another type")
+            if not chunks:
+                raise ValueError("an append without chunks")
+            for chunk in chunks:
+                if type(chunk) is not str and type(chunk) is not bytes:
+                    raise ValueError(f"a chunk of another type: {type(chunk).__name__}")
             return Appended(start, chunks)
         if kind == 1 and type(kind) is int:
             status, length, error = unpacker
