@@ -44,6 +44,7 @@ STORAGE_LOST = (
 _RENEW_TICK = 0.05  # seconds: lease renewals are rounded down to this clock
 _LEAST_ATTEMPT = 1.0  # seconds one try may take even at the end of the retry window
 _SHUT_DOWN = "CancelledError: the producer was shut down"
+_UNEXPECTED = Ended(StreamStatus.FAILED, 0, "the producer ended unexpectedly")
 _CLEANUP = 1.0  # seconds the source's own cleanup (aclose) may take
 
 
@@ -73,6 +74,35 @@ class _Writer:
     a stored write) or `_give_up` (storage refused for good; the stream is marked
     failed). So a batch can be retried or failed, never dropped.
     """
+
+    __slots__ = (
+        "_backend",
+        "_end",
+        "_error",
+        "_finished_ttl",
+        "_last_write",
+        "_on_stop",
+        "_options",
+        "_out",
+        "_out_at",
+        "_out_bytes",
+        "_out_end",
+        "_out_future",
+        "_out_sizes",
+        "_pending",
+        "_pending_bytes",
+        "_room",
+        "_sizes",
+        "_soon",
+        "_stored",
+        "_stream_id",
+        "_tick",
+        "_token",
+        "_ttl",
+        "_wake",
+        "state",
+        "writes",
+    )
 
     def __init__(
         self,
@@ -515,6 +545,18 @@ class Producer:
     reader told. The context owns the task that runs `run`.
     """
 
+    __slots__ = (
+        "_ended",
+        "_feed",
+        "_index",
+        "_options",
+        "_source",
+        "_stop_scope",
+        "exception",
+        "stream_id",
+        "writer",
+    )
+
     def __init__(
         self,
         backend: Backend,
@@ -552,10 +594,8 @@ class Producer:
             self._feed.push(Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN))
 
     async def run(self) -> None:
-        writer_task = asyncio.create_task(
-            self.writer.run(), name=f"resumable-stream writer {self.stream_id}"
-        )
-        end = Ended(StreamStatus.FAILED, 0, "the producer ended unexpectedly")
+        writer_task = asyncio.create_task(self.writer.run())
+        end = _UNEXPECTED
         cancelled: BaseException | None = None
         try:
             end = await self._pull()
