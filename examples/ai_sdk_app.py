@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream", "fastapi", "uvicorn[standard]"]
+# dependencies = ["resumable-streams", "fastapi", "uvicorn[standard]"]
 # ///
 """A chat backend for the Vercel AI SDK's ``useChat({ resume: true })``, with a fake model.
 

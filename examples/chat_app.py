@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream", "fastapi", "uvicorn[standard]"]
+# dependencies = ["resumable-streams", "fastapi", "uvicorn[standard]"]
 # ///
 """A resumable chat endpoint with FastAPI: a fake agent, an SSE answer, a resume route.
 

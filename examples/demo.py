@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream"]
+# dependencies = ["resumable-streams"]
 # ///
 """Resume a streamed answer after the reader drops, in memory, in one process.
 

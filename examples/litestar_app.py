@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream", "litestar", "uvicorn[standard]"]
+# dependencies = ["resumable-streams", "litestar", "uvicorn[standard]"]
 # ///
 """A resumable SSE endpoint with Litestar, using the explicit response (no middleware).
 

@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream", "starlette", "uvicorn[standard]"]
+# dependencies = ["resumable-streams", "starlette", "uvicorn[standard]"]
 # ///
 """A resumable NDJSON endpoint with plain Starlette and `ResumableStreamMiddleware`.
 

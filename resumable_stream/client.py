@@ -47,7 +47,7 @@ try:
     import httpx
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "resumable_stream.client needs httpx: pip install 'resumable-stream[client]'"
+        "resumable_stream.client needs httpx: pip install 'resumable-streams[client]'"
     ) from exc
 
 from ._exceptions import ResumableStreamError

@@ -16,7 +16,7 @@ try:
     from starlette.types import Receive, Scope, Send
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "resumable_stream.starlette needs Starlette: pip install 'resumable-stream[starlette]'"
+        "resumable_stream.starlette needs Starlette: pip install 'resumable-streams[starlette]'"
     ) from exc
 
 from ._context import ResumableStreamContext

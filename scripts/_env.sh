@@ -20,5 +20,11 @@ ensure_venv() {
     fi
   fi
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # A .venv made before the rename holds this checkout as `resumable-stream` (now the name
+  # of an unrelated PyPI project): drop it, or two distributions would claim the package.
+  if .venv/bin/python -c "import importlib.metadata as m; m.distribution('resumable-stream')" \
+      2>/dev/null; then
+    .venv/bin/pip uninstall -q -y resumable-stream
+  fi
   .venv/bin/pip install -q -e ".[$1]"
 }

@@ -1,6 +1,6 @@
-"""Check an installation of resumable-stream with one extra (or none): a script, no pytest.
+"""Check an installation of resumable-streams with one extra (or none): a script, no pytest.
 
-    python tests/install_check.py EXTRA            # in a venv with resumable-stream[EXTRA]
+    python tests/install_check.py EXTRA            # in a venv with resumable-streams[EXTRA]
     python tests/install_check.py EXTRA --simulate # in a full venv, hiding what EXTRA lacks
 
 EXTRA is ``none``, ``redis``, ``starlette``, ``client``, ``upstash`` or ``all``. It checks
@@ -113,7 +113,7 @@ def check(extra: str, *, simulate: bool) -> None:
         if driver in provided:
             _build(module_name, importlib.import_module(module_name))
             continue
-        wanted = f"resumable-stream[{needs}]"
+        wanted = f"resumable-streams[{needs}]"
         try:
             importlib.import_module(module_name)
         except ImportError as exc:

@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["resumable-stream[upstash,starlette]", "uvicorn[standard]"]
+# dependencies = ["resumable-streams[upstash,starlette]", "uvicorn[standard]"]
 # ///
 """A resumable endpoint for a serverless function: Upstash over REST, and every producer
 finished before the function returns.

@@ -39,7 +39,7 @@ try:
     from redis.backoff import NoBackoff
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "the Redis Cluster backend needs redis-py: pip install 'resumable-stream[redis]'"
+        "the Redis Cluster backend needs redis-py: pip install 'resumable-streams[redis]'"
     ) from exc
 
 from .._subscription import Subscription

@@ -63,7 +63,7 @@ try:
     from redis.client import NEVER_DECODE
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "the Redis backend needs redis-py: pip install 'resumable-stream[redis]'"
+        "the Redis backend needs redis-py: pip install 'resumable-streams[redis]'"
     ) from exc
 
 from ._pubsub import CLASSIC, Dialect, PubSubHub

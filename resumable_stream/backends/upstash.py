@@ -69,7 +69,7 @@ try:
     import httpx
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "the Upstash backend needs httpx: pip install 'resumable-stream[upstash]'"
+        "the Upstash backend needs httpx: pip install 'resumable-streams[upstash]'"
     ) from exc
 
 __all__ = ["UpstashBackend", "UpstashUnavailable"]
