@@ -30,7 +30,7 @@ from ._producer import Producer
 from ._reader import ReaderSource, ResumableStream
 from ._subscription import Subscription
 from ._types import Chunk, Snapshot, StreamStatus
-from .backends._protocol import Backend
+from .backends._protocol import Backend, Deletes
 
 __all__ = ["ResumableStreamContext", "create_resumable_stream_context"]
 
@@ -45,6 +45,7 @@ awaitable of either) of ``str``/``bytes`` chunks."""
 _FIRST_PAGE = 100
 _LEAST_ATTEMPT = 1.0  # seconds one claim try may take even at the end of the retry window
 _RELEASE = 0.0  # the lease a released claim is left with: lapsed at once
+_TOMBSTONE_LEASES = 4  # a deleted stream's tombstone lasts this many leases + retry_window
 
 
 def _check_skip(skip_characters: int | None) -> int:
@@ -357,6 +358,41 @@ class ResumableStreamContext:
         stopped = local is not None and local.stop()
         running = await self.backend.request_stop(stream_id)
         return running or stopped
+
+    async def delete_stream(self, stream_id: str) -> bool:
+        """Delete a stream from storage, from any process, whatever its state.
+
+        Every key of the stream goes at once. Its producer stops: at once in this
+        process, at its next write in another (within ``lease / 3`` when idle). Every
+        reader of it, in any process, the original one included, ends with
+        `StreamDeleted`; a later resume raises `StreamNotFound`. A short-lived tombstone
+        (``4 * lease + retry_window`` seconds) keeps the id from being made again
+        meanwhile, by the old producer above all: until it expires, `resumable_stream`
+        and `create_new_resumable_stream` answer None for the id, as for a finished one.
+
+        Returns:
+            True if a stream was there (running or ended), False if there was none.
+
+        Raises:
+            TypeError: the backend cannot delete (it implements no `Deletes`).
+            InvalidStreamId, BackendUnavailable: as `resumable_stream`.
+        """
+        stream_id = validate_stream_id(stream_id)
+        backend = self.backend
+        if not isinstance(backend, Deletes):
+            raise TypeError(
+                f"{type(backend).__name__} cannot delete streams: it has no "
+                "delete(stream_id, *, ttl) and deleted(stream_id) (see backends.Deletes)"
+            )
+        options = self.options
+        # Outlasts the old producer's next write: a renewal every lease / 3, retried
+        # for retry_window; so it is refused by the tombstone, not by an empty key.
+        tombstone = _TOMBSTONE_LEASES * options.lease + options.retry_window
+        existed = await backend.delete(stream_id, ttl=tombstone)
+        # After the backend: if it cannot be reached, nothing changed anywhere.
+        local = self._local.get(stream_id)
+        running_here = local is not None and local.delete()
+        return existed or running_here
 
     async def has_existing_stream(self, stream_id: str) -> Literal[True, "DONE"] | None:
         """None if there is no such stream, True while it runs, "DONE" once it ended.

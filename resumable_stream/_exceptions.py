@@ -9,6 +9,7 @@ The tree::
     ├── StreamAlreadyExists
     ├── StreamFailed            the producer's source raised; carries its message
     │   └── StreamTooLarge      the stream passed ``max_stream_bytes`` and was cut there
+    ├── StreamDeleted           ``ctx.delete_stream`` removed the stream while it was read
     ├── ProducerLost            the producer stopped renewing its lease (process died)
     ├── TooManyStreams          ``max_streams`` producers already run in this context
     ├── TooManyFollowers        ``max_followers`` readers already follow this stream here
@@ -24,6 +25,7 @@ __all__ = [
     "ProducerLost",
     "ResumableStreamError",
     "StreamAlreadyExists",
+    "StreamDeleted",
     "StreamFailed",
     "StreamNotFound",
     "StreamTooLarge",
@@ -94,6 +96,23 @@ class StreamTooLarge(StreamFailed):
     @classmethod
     def for_limit(cls, stream_id: str, limit: int) -> StreamTooLarge:
         return cls(stream_id, f"{cls.PREFIX} more than max_stream_bytes={limit} bytes")
+
+
+class StreamDeleted(ResumableStreamError):
+    """The stream was deleted (`ResumableStreamContext.delete_stream`) while it was read.
+
+    Every reader of the stream, in any process, the original one included, ends with
+    this error; its stored chunks are gone, so nothing more is delivered. A resume that
+    starts after the delete gets `StreamNotFound`, as for an id that never existed.
+    The deletion travels as a failed end whose error text starts with `PREFIX`.
+    """
+
+    PREFIX = "StreamDeleted:"
+    ERROR = f"{PREFIX} the stream was deleted"
+
+    def __init__(self, stream_id: str) -> None:
+        super().__init__(f"stream {stream_id!r} was deleted")
+        self.stream_id = stream_id
 
 
 class ProducerLost(ResumableStreamError):

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 
-from ._exceptions import BackendUnavailable, StreamTooLarge, describe
+from ._exceptions import BackendUnavailable, StreamDeleted, StreamTooLarge, describe
 from ._options import StreamOptions
 from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
@@ -112,9 +112,11 @@ class _Writer:
         options: StreamOptions,
         ttl: float,
         on_stop: Callable[[], object],
+        on_deleted: Callable[[], object],
     ) -> None:
         self._backend = backend
         self._on_stop = on_stop
+        self._on_deleted = on_deleted
         self._stream_id = stream_id
         self._token = token
         self._options = options
@@ -307,6 +309,22 @@ class _Writer:
         self._room.set()
         self._wake.set()
 
+    def _deleted(self, exc: StaleProducer) -> None:
+        """-> BROKEN, quietly: the stream was deleted. The producer stops its source and
+        ends the original reader with `StreamDeleted`; nothing is marked failed."""
+        logger.info("stream %r: deleted; its producer stops", self._stream_id)
+        self._cancel_tick()
+        self.state = WriterState.BROKEN
+        self._error = exc
+        self._pending.clear()
+        self._sizes.clear()
+        self._pending_bytes = 0
+        self._out = []
+        self._out_bytes = 0
+        self._room.set()
+        self._wake.set()
+        self._on_deleted()
+
     # -- the batch ---------------------------------------------------------------------
 
     def _take(self) -> None:
@@ -414,6 +432,11 @@ class _Writer:
                         lease=self._options.lease,
                     )
             except StaleProducer as exc:
+                if exc.deleted:
+                    # The stream was deleted (from any process): stop, store nothing
+                    # more, and never take the vanished record for lost storage.
+                    self._deleted(exc)
+                    return
                 # An earlier try (ours, or a resend inside the client after a cut) may
                 # have been applied with its reply lost.
                 if await self._applied():
@@ -471,6 +494,7 @@ class _Writer:
                     # end it failed where storage now stands (fenced by our token).
                     lost_at = snap.length
                 else:
+                    # A deleted stream's tombstone answers FAILED here: not re-created.
                     taken = await self._backend.claim(
                         self._stream_id, self._token, ttl=self._ttl, lease=self._options.lease
                     )
@@ -571,10 +595,11 @@ class Producer:
         self._source = source
         self._feed = feed
         self._options = options
-        self.writer = _Writer(backend, stream_id, token, options, ttl, self.stop)
+        self.writer = _Writer(backend, stream_id, token, options, ttl, self.stop, self.delete)
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False
+        self._deleted = False
         self._stop_scope = anyio.CancelScope()
 
     def stop(self) -> bool:
@@ -586,6 +611,18 @@ class Producer:
         stopping = not self._ended and not self._stop_scope.cancel_called
         self._stop_scope.cancel()
         return stopping
+
+    def delete(self) -> bool:
+        """The stream was deleted: stop pulling from the source, and end the original
+        reader with `StreamDeleted` instead of an end of its own.
+
+        Returns:
+            True if it was still running (its original reader not told of an end yet).
+        """
+        running = not self._ended
+        self._deleted = True
+        self._stop_scope.cancel()
+        return running
 
     def on_task_done(self, task: asyncio.Task[None]) -> None:
         """Done-callback: a task cancelled before it ran must still end its reader."""
@@ -603,6 +640,10 @@ class Producer:
             cancelled = exc
             end = Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN)
         finally:
+            if self._deleted:
+                # Whatever the source did meanwhile: the writer's end is refused by the
+                # tombstone, and the original reader ends as every other reader does.
+                end = Ended(StreamStatus.FAILED, self._index, StreamDeleted.ERROR)
             # However the source ended, the unit ends: writes finished (never hanging
             # on them, even when shutting down), the writer's task gone, the reader told.
             self.writer.close(end)

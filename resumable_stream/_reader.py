@@ -37,6 +37,7 @@ import anyio
 from ._exceptions import (
     BackendUnavailable,
     ProducerLost,
+    StreamDeleted,
     StreamFailed,
     StreamNotFound,
     StreamTooLarge,
@@ -46,7 +47,7 @@ from ._merge import DELIVER, DONE, LOST, READ, WAIT, Merge, Step
 from ._options import StreamOptions
 from ._subscription import RESYNC, Subscription
 from ._types import Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
-from .backends._protocol import Backend
+from .backends._protocol import Backend, Deletes
 
 __all__ = ["ReaderSource", "ResumableStream"]
 
@@ -118,6 +119,7 @@ class ResumableStream:
         ProducerLost: the producer's process stopped renewing its lease (seen lapsed
             ``poll_interval`` apart, with no chunk in between).
         BackendUnavailable: storage could not be reached for ``retry_window`` seconds.
+        StreamDeleted: the stream was deleted (``ctx.delete_stream``) while being read.
         StreamNotFound: the stream expired from storage while being read (or vanished
             in a restart, before its producer marked it failed).
 
@@ -342,6 +344,8 @@ class ResumableStream:
         if step is LOST:
             return ProducerLost(self.stream_id)
         merge = self._merge
+        if merge.error and merge.error.startswith(StreamDeleted.PREFIX):
+            return StreamDeleted(self.stream_id)  # announced by `delete_stream`, any process
         if merge.exception is not None:
             return merge.exception  # the local feed's end: the source's own exception
         if self._source.origin_error is not None:
@@ -356,7 +360,12 @@ class ResumableStream:
     async def _read(self) -> Snapshot:
         snap = await self._backend.snapshot(self.stream_id, self._merge.pos, _PAGE)
         if snap is None:
-            # Expired (or deleted) while we were reading it: nothing more will come.
+            # Expired or deleted while we were reading it: nothing more will come. A
+            # deletion's tombstone tells them apart (the announcement may not have
+            # reached us first: a doorbell-only feed, or a feed being replaced).
+            backend = self._backend
+            if isinstance(backend, Deletes) and await backend.deleted(self.stream_id):
+                raise StreamDeleted(self.stream_id)
             raise StreamNotFound(self.stream_id)
         return snap
 

@@ -15,7 +15,9 @@ UI message chunks:
 * ``DELETE {api}/{chatId}/stream`` (ours, for a stop button): stops the active stream
   from any process with `ResumableStreamContext.stop_stream`; every reader's response
   then ends with ``text-end`` for the text still open, an ``abort`` chunk and
-  ``[DONE]``, and a later ``GET`` answers ``204``.
+  ``[DONE]``, and a later ``GET`` answers ``204``. With ``allow_delete=True``,
+  ``DELETE {api}/{chatId}/stream?delete=1`` deletes the active answer's stream instead
+  (`ChatStreams.delete`): ``204``; without the opt-in it gets ``405``.
 
 Decisions worth knowing:
 
@@ -76,6 +78,7 @@ from ._exceptions import (
     BackendUnavailable,
     ProducerLost,
     ResumableStreamError,
+    StreamDeleted,
     StreamFailed,
     StreamNotFound,
     describe,
@@ -94,7 +97,7 @@ from ._http import wait_disconnect as _disconnected
 from ._reader import ResumableStream
 from ._sse import EventDecoder, with_id
 from ._types import StreamStatus
-from .asgi import DEFAULT_PING_INTERVAL, Authorize, new_stream_id
+from .asgi import DEFAULT_PING_INTERVAL, Authorize, new_stream_id, wants_delete
 from .backends._protocol import Backend, StaleProducer
 
 __all__ = [
@@ -492,6 +495,8 @@ class ChatStreams:
         max_body_bytes: a larger ``POST`` body gets ``413``.
         path_param: the path parameter holding the chat id (else the path segment before
             ``/stream`` is used).
+        allow_delete: serve ``DELETE {api}/{chat_id}/stream?delete=1`` (`delete`, then
+            ``204``); off by default, when it answers ``405``.
     """
 
     def __init__(
@@ -506,6 +511,7 @@ class ChatStreams:
         pointer_ttl: float | None = None,
         max_body_bytes: int = 16 * 1024 * 1024,
         path_param: str = "chat_id",
+        allow_delete: bool = False,
     ) -> None:
         if pointer_ttl is not None and not pointer_ttl > 0:
             raise ValueError("pointer_ttl must be > 0 seconds")
@@ -517,6 +523,7 @@ class ChatStreams:
         self.ping_interval = ping_interval
         self.max_body_bytes = max_body_bytes
         self.path_param = path_param
+        self.allow_delete = allow_delete
         self._active = _ActiveStreams(context.backend, pointer_ttl or context.ttl)
         self.chat_endpoint = _Endpoint(self._serve_chat)
         """ASGI app for ``POST {api}``."""
@@ -557,6 +564,28 @@ class ChatStreams:
             return False
         await self._active.clear(chat_id, stream_id)
         return await self.context.stop_stream(stream_id)
+
+    async def delete(self, chat_id: str) -> bool:
+        """Delete the chat's active answer from storage (a user deleted the chat).
+
+        The pointer is cleared first, then the stream deleted with
+        `ResumableStreamContext.delete_stream`: its producer stops wherever it runs, every
+        reader's response ends with an ``error`` chunk and ``[DONE]``, and a resume
+        answers ``204``. Answers that already ended are no longer tracked by the chat;
+        they expire with their ``finished_ttl``.
+
+        Returns:
+            True if the chat had an active answer (it is deleted now), False if not.
+
+        Raises:
+            TypeError: the context's backend cannot delete.
+            BackendUnavailable: storage could not be reached.
+        """
+        stream_id = await self._active.get(chat_id)
+        if stream_id is None:
+            return False
+        await self._active.clear(chat_id, stream_id)
+        return await self.context.delete_stream(stream_id)
 
     # -- POST {api} -------------------------------------------------------------------------
 
@@ -695,7 +724,7 @@ class ChatStreams:
                 else:
                     parts.see(event)
                 yield with_id(event, index)
-        except (StreamFailed, ProducerLost) as exc:
+        except (StreamFailed, ProducerLost, StreamDeleted) as exc:
             if not done:
                 tail = [error_chunk(self._error_text(exc))]
         else:
@@ -747,6 +776,13 @@ class ChatStreams:
         if method not in ("GET", "HEAD", "DELETE"):
             await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD, DELETE")])
             return
+        purge = method == "DELETE" and wants_delete(scope)
+        if purge and not self.allow_delete:
+            await _plain(
+                send, 405, "deleting chats is not enabled here (allow_delete)",
+                [(b"allow", b"GET, HEAD, DELETE")],
+            )  # fmt: skip
+            return
         chat_id = self._chat_id(scope)
         if chat_id is None:
             await _plain(send, 404, "no such chat")
@@ -755,6 +791,10 @@ class ChatStreams:
             await _plain(send, 403, "forbidden")
             return
         try:
+            if purge:
+                await self.delete(chat_id)
+                await _no_content(send)  # deleted, or nothing to delete: gone either way
+                return
             if method == "DELETE":
                 if await self.stop(chat_id):
                     await _plain(send, 202, "stopping")

@@ -28,7 +28,10 @@ resumes and gets the failure; ``400`` a bad position; ``403`` refused by
 (the index of the last SSE event received) or ``?resumeAt=<characters>`` for other
 bodies (an SSE client with no event yet sends ``?resumeAt=0``). A client that gives a
 position gets the tail of a stream that finished while it was away. ``DELETE`` on the
-same path stops the stream's producer (``202``).
+same path stops the stream's producer (``202``). ``DELETE`` with ``?delete=1`` deletes
+the stream instead (`ResumableStreamContext.delete_stream`), only where the app opted
+in with ``allow_delete=True``: ``204`` deleted, ``404`` unknown; without the opt-in it
+is refused with ``405`` and nothing changes.
 
 Resource caps (`StreamOptions`): a request that would start a stream beyond
 ``max_streams`` gets ``503`` with ``Retry-After: 1`` before the app runs, and nothing
@@ -141,7 +144,8 @@ async def _allowed(authorize: Authorize | None, scope: Scope, stream_id: str) ->
 
 
 class ResumeEndpoint:
-    """The resume endpoint as an ASGI app: ``GET`` resumes, ``DELETE`` stops.
+    """The resume endpoint as an ASGI app: ``GET`` resumes, ``DELETE`` stops, and
+    ``DELETE ?delete=1`` deletes (with ``allow_delete``).
 
     The stream id comes from ``scope["path_params"][path_param]`` (Starlette, FastAPI
     and Litestar routing set it) or else from the last segment of the path.
@@ -151,6 +155,9 @@ class ResumeEndpoint:
         authorize: ``authorize(scope, stream_id) -> bool`` (or awaitable); False gives ``403``.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
         path_param: the name of the path parameter holding the id.
+        allow_delete: serve ``DELETE ?delete=1``: delete the stream (``204``; ``404``
+            unknown). Off by default: then that request gets ``405`` and a plain
+            ``DELETE`` still only stops.
     """
 
     def __init__(
@@ -160,11 +167,13 @@ class ResumeEndpoint:
         authorize: Authorize | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         path_param: str = "stream_id",
+        allow_delete: bool = False,
     ) -> None:
         self.context = context
         self.authorize = authorize
         self.ping_interval = ping_interval
         self.path_param = path_param
+        self.allow_delete = allow_delete
 
     def _stream_id(self, scope: Scope) -> str:
         """The id the request names: the router's path parameter, else the last path
@@ -190,6 +199,14 @@ class ResumeEndpoint:
         if method not in ("GET", "HEAD", "DELETE"):
             await _plain(send, 405, "method not allowed", [(b"allow", b"GET, HEAD, DELETE")])
             return
+        purge = method == "DELETE" and wants_delete(scope)
+        if purge and not self.allow_delete:
+            # Before anything else: an endpoint that does not delete says so to everyone.
+            await _plain(
+                send, 405, "deleting streams is not enabled here (allow_delete)",
+                [(b"allow", b"GET, HEAD, DELETE")],
+            )  # fmt: skip
+            return
         if self.context is None:
             await _plain(send, 503, "resumable streams are not configured")
             return
@@ -209,7 +226,9 @@ class ResumeEndpoint:
             await send(message)
 
         try:
-            if method == "DELETE":
+            if purge:
+                await self._delete(stream_id, tracked)
+            elif method == "DELETE":
                 await self._stop(stream_id, tracked)
             else:
                 await self._resume(scope, receive, tracked, stream_id)
@@ -228,6 +247,14 @@ class ResumeEndpoint:
         else:
             done = b"done" if status is StreamStatus.DONE else b"failed"
             await _plain(send, 410, "the stream has already ended", [(b"x-stream-status", done)])
+
+    async def _delete(self, stream_id: str, send: Send) -> None:
+        assert self.context is not None
+        if await self.context.delete_stream(stream_id):
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await _plain(send, 404, "no such stream")
 
     async def _resume(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
         assert self.context is not None
@@ -329,6 +356,12 @@ class ResumeEndpoint:
 
 def method_is_head(scope: Scope) -> bool:
     return bool(scope.get("method") == "HEAD")
+
+
+def wants_delete(scope: Scope) -> bool:
+    """``?delete=1`` (or ``true``) on a ``DELETE``: delete the stream, not only stop it."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return any(v.lower() in ("1", "true") for v in query.get("delete", ()))
 
 
 def _resume_at(query: dict[str, list[str]]) -> int | None:
@@ -503,6 +536,8 @@ class ResumableStreamMiddleware:
             the response pass through, not resumable.
         authorize: passed to the resume endpoint.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
+        allow_delete: the resume endpoint serves ``DELETE ?delete=1`` (see
+            `ResumeEndpoint`).
     """
 
     def __init__(
@@ -516,6 +551,7 @@ class ResumableStreamMiddleware:
         stream_id: Callable[[Scope], str | None] | None = None,
         authorize: Authorize | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        allow_delete: bool = False,
     ) -> None:
         self.app = app
         self.context = context
@@ -530,7 +566,9 @@ class ResumableStreamMiddleware:
         if resume_path is not None and "{stream_id}" not in resume_path:
             raise ValueError("resume_path must contain '{stream_id}'")
         self._resume_regex = None if resume_path is None else _compile(resume_path)
-        self.endpoint = ResumeEndpoint(context, authorize=authorize, ping_interval=ping_interval)
+        self.endpoint = ResumeEndpoint(
+            context, authorize=authorize, ping_interval=ping_interval, allow_delete=allow_delete
+        )
         self.stream_id = stream_id
         self.ping_interval = ping_interval
         self._apps: set[asyncio.Task[None]] = set()

@@ -10,19 +10,21 @@ only when used, so that its driver stays optional.
 
 A backend of your own implements `Backend` with the public types here only (`Snapshot`,
 `Subscription` and the live events `Appended`, `Ended`, `Resync`), optionally
-`WritesSoon`, and checks itself with `resumable_stream.testing`.
+`WritesSoon` and `Deletes` (which `ctx.delete_stream` needs), and checks itself with
+`resumable_stream.testing`.
 """
 
 from __future__ import annotations
 
 from .._subscription import Subscription
 from .._types import Appended, Ended, Resync, Snapshot
-from ._protocol import Backend, StaleProducer, WritesSoon
+from ._protocol import Backend, Deletes, StaleProducer, WritesSoon
 from .memory import MemoryBackend
 
 __all__ = [
     "Appended",
     "Backend",
+    "Deletes",
     "Ended",
     "MemoryBackend",
     "Resync",

@@ -34,6 +34,13 @@ starts the write at once, without a task, and returns a future that resolves as
 write clock's timer, and its task sleeps unless it renews, retries or ends; writes
 started this way must be applied in the order they were started. `MemoryBackend`
 and `RedisBackend` (through its pipelines) have it.
+
+Optionally, a backend may delete streams (`Deletes`): every backend of this package
+does. A deleted stream leaves a tombstone for a short while (``ttl`` seconds), so that
+its producer, wherever it runs, is refused with ``StaleProducer(deleted=True)`` and
+stops instead of taking the id for a "storage lost" marker; meanwhile a claim of the
+id answers FAILED (a finished stream) and a snapshot None (no stream). Once the
+tombstone expires, the id is free.
 """
 
 from __future__ import annotations
@@ -46,11 +53,20 @@ from .._exceptions import ResumableStreamError
 from .._subscription import Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
 
-__all__ = ["Backend", "StaleProducer", "WritesSoon"]
+__all__ = ["Backend", "Deletes", "StaleProducer", "WritesSoon"]
 
 
 class StaleProducer(ResumableStreamError):
-    """A write was refused: the caller is no longer this stream's producer."""
+    """A write was refused: the caller is no longer this stream's producer.
+
+    Attributes:
+        deleted: the stream was deleted (its tombstone refused the write): the producer
+            stops and nobody re-creates the id.
+    """
+
+    def __init__(self, message: str, *, deleted: bool = False) -> None:
+        super().__init__(message)
+        self.deleted = deleted
 
 
 @runtime_checkable
@@ -152,3 +168,28 @@ class WritesSoon(Protocol):
         finished_ttl: float,
         lease: float,
     ) -> asyncio.Future[bool] | None: ...
+
+
+@runtime_checkable
+class Deletes(Protocol):
+    """Optional: a backend that can delete a stream (`ctx.delete_stream` needs it)."""
+
+    async def delete(self, stream_id: str, *, ttl: float) -> bool:
+        """Remove every stored key of the stream, atomically, and leave a tombstone that
+        expires after ``ttl`` seconds; then announce `Ended` (FAILED, length 0, error
+        ``StreamDeleted.ERROR``) to its subscribers.
+
+        While the tombstone lasts, `Backend.write` refuses the stream's producer with
+        ``StaleProducer(deleted=True)``, `Backend.claim` answers FAILED and
+        `Backend.snapshot` None. Nothing is done (and nothing announced) for an id with
+        no stream, or one deleted already.
+
+        Returns:
+            True if a stream was there.
+        """
+        ...
+
+    async def deleted(self, stream_id: str) -> bool:
+        """True while the tombstone of a deleted stream lasts: how a reader whose
+        re-read finds nothing tells a deletion from an expiry."""
+        ...

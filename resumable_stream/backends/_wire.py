@@ -12,7 +12,7 @@ their modules do. Everything else lives here:
 * each call's keys and arguments, in the order they follow ``EVALSHA <sha> <n>``
   (`Wire`), and the replies of ``claim.lua`` and ``snapshot.lua``;
 * the messages ``write.lua`` publishes (`APPEND`, `END`, `decode_event`);
-* what a refused write means (`write_error`).
+* what a refused write means (`write_error`), and a deletion (`Wire.delete_call`).
 
 No driver is imported here: the Upstash backend needs only httpx. A script that the
 server does not know answers an error starting with `NOSCRIPT`; each transport then
@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from .._exceptions import StreamDeleted
 from .._keys import StreamKeys, validate_prefix
 from .._types import Appended, Chunk, Ended, Event, Snapshot, StreamStatus
 from ._protocol import StaleProducer
@@ -97,6 +98,8 @@ class Scripts(NamedTuple):
     snapshot: Script
     stop: Script
     renew: Script
+    delete: Script
+    deleted: Script
 
 
 @functools.cache
@@ -106,7 +109,7 @@ def scripts(*, rest: bool = False) -> Scripts:
     prelude = ""
     if rest:
         prelude = _lua("rest_args.lua")
-    names = ("claim", "write", "snapshot", "stop", "renew")
+    names = ("claim", "write", "snapshot", "stop", "renew", "delete", "deleted")
     return Scripts(*(Script(f"{name}.lua", prelude) for name in names))
 
 
@@ -214,6 +217,13 @@ class Wire:
         """``snapshot.lua``'s three keys and its arguments."""
         return [k.meta, k.chunks, k.lease, start, limit]
 
+    def delete_call(self, k: StreamKeys, ttl: float) -> list[Any]:
+        """``delete.lua``'s three keys and its arguments: the tombstone's expiry and the
+        end it announces (failed at length 0: every reader is at or past it, so none
+        tries to read chunks that are gone)."""
+        message = END + self._pack("failed") + self._pack(0) + self._pack(StreamDeleted.ERROR)
+        return [k.meta, k.chunks, k.lease, ms(ttl), k.events, message, self.publish]
+
     def ended(self, stream_id: str) -> None:
         """The last write of this process's producer is on its way: forget its keys."""
         self._live.pop(stream_id, None)
@@ -289,8 +299,12 @@ def decode_event(data: bytes) -> Event:
 
 def write_error(stream_id: str, exc: Exception) -> Exception:
     """What a ``write.lua`` error reply means to the producer: `StaleProducer` for a
-    refusal (``STALE ...``: not its stream any more, or not at the stored length), else
-    ``exc`` itself, for the transport to map."""
-    if str(exc).startswith("STALE"):
-        return StaleProducer(f"stream {stream_id!r}: {exc}")
+    refusal (``STALE ...``: not its stream any more, or not at the stored length; with
+    ``deleted`` for ``STALE deleted``, a tombstone's), else ``exc`` itself, for the
+    transport to map."""
+    text = str(exc)
+    if text.startswith("STALE"):
+        return StaleProducer(
+            f"stream {stream_id!r}: {text}", deleted=text.startswith("STALE deleted")
+        )
     return exc

@@ -187,6 +187,16 @@ class RedisClusterBackend:
         meta = self._wire.keys(stream_id).meta
         return bool(await self._call(self._scripts.stop, [meta], keys=1))
 
+    async def delete(self, stream_id: str, *, ttl: float) -> bool:
+        """Delete the stream, leaving a tombstone for ``ttl`` seconds (see `Deletes`):
+        one script on the stream's slot (its keys and channel share the hash tag)."""
+        call = self._wire.delete_call(self._wire.keys(stream_id), ttl)
+        return bool(await self._call(self._scripts.delete, call))
+
+    async def deleted(self, stream_id: str) -> bool:
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._call(self._scripts.deleted, [meta], keys=1))
+
     async def status(self, stream_id: str) -> StreamStatus | None:
         return status_of(await self.snapshot(stream_id, 0, 0))
 

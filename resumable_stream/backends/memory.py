@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .._exceptions import StreamDeleted
 from .._subscription import Subscription
 from .._types import Appended, Chunk, Ended, Snapshot, StreamStatus
 from ._protocol import StaleProducer
@@ -38,6 +39,7 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
+        self._tombstones: dict[str, float] = {}  # deleted ids -> when the tombstone expires
         self._next_sweep = 0.0
 
     def _get(self, stream_id: str, now: float) -> _Entry | None:
@@ -53,12 +55,23 @@ class MemoryBackend:
         self._next_sweep = now + 1.0
         for stream_id in [k for k, e in self._entries.items() if e.expires_at <= now]:
             del self._entries[stream_id]
+        for stream_id in [k for k, until in self._tombstones.items() if until <= now]:
+            del self._tombstones[stream_id]
+
+    def _tombstoned(self, stream_id: str, now: float) -> bool:
+        until = self._tombstones.get(stream_id)
+        if until is not None and until <= now:
+            del self._tombstones[stream_id]
+            return False
+        return until is not None
 
     async def claim(
         self, stream_id: str, token: str, *, ttl: float, lease: float, metadata: bytes = b""
     ) -> StreamStatus | None:
         now = time.monotonic()
         self._sweep(now)
+        if self._tombstoned(stream_id, now):
+            return StreamStatus.FAILED  # deleted moments ago: finished, to a claim
         entry = self._get(stream_id, now)
         if entry is not None:
             if entry.status is StreamStatus.RUNNING and entry.token == token:
@@ -132,6 +145,8 @@ class MemoryBackend:
     ) -> bool:
         now = time.monotonic()
         entry = self._get(stream_id, now)
+        if entry is None and self._tombstoned(stream_id, now):
+            raise StaleProducer(f"stream {stream_id!r} was deleted", deleted=True)
         if entry is None or entry.token != token or entry.status is not StreamStatus.RUNNING:
             raise StaleProducer(f"not the producer of running stream {stream_id!r}")
         if start != len(entry.chunks):
@@ -174,6 +189,22 @@ class MemoryBackend:
             return False
         entry.stop = True
         return True
+
+    async def delete(self, stream_id: str, *, ttl: float) -> bool:
+        """Drop the stream, keep a tombstone for ``ttl`` seconds (see `Deletes`)."""
+        now = time.monotonic()
+        entry = self._get(stream_id, now)
+        if entry is None:
+            return False
+        del self._entries[stream_id]
+        self._tombstones[stream_id] = now + ttl
+        ended = Ended(StreamStatus.FAILED, 0, StreamDeleted.ERROR)
+        for sub in self._subscribers.get(stream_id, ()):
+            sub.push(ended)
+        return True
+
+    async def deleted(self, stream_id: str) -> bool:
+        return self._tombstoned(stream_id, time.monotonic())
 
     async def status(self, stream_id: str) -> StreamStatus | None:
         now = time.monotonic()

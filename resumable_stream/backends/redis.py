@@ -376,6 +376,10 @@ def _fan_out(reply: asyncio.Future[Any], renewals: list[_Renewal]) -> None:
             future.set_exception(
                 redis_errors.ResponseError("STALE not the producer of a running stream")
             )
+        elif code == -3:
+            future.set_exception(
+                redis_errors.ResponseError("STALE deleted: the stream was deleted")
+            )
         else:
             future.set_exception(
                 redis_errors.ResponseError(f"STALE renewal at {stored}: stored length differs")
@@ -558,6 +562,15 @@ class RedisBackend:
     async def request_stop(self, stream_id: str) -> bool:
         meta = self._wire.keys(stream_id).meta
         return bool(await self._call(self._scripts.stop, [meta], keys=1))
+
+    async def delete(self, stream_id: str, *, ttl: float) -> bool:
+        """Delete the stream, leaving a tombstone for ``ttl`` seconds (see `Deletes`)."""
+        call = self._wire.delete_call(self._wire.keys(stream_id), ttl)
+        return bool(await self._call(self._scripts.delete, call))
+
+    async def deleted(self, stream_id: str) -> bool:
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._call(self._scripts.deleted, [meta], keys=1))
 
     async def status(self, stream_id: str) -> StreamStatus | None:
         return status_of(await self.snapshot(stream_id, 0, 0))

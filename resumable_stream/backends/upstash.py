@@ -423,6 +423,16 @@ class UpstashBackend:
         meta = self._wire.keys(stream_id).meta
         return bool(await self._run(self._scripts.stop, [meta], keys=1))
 
+    async def delete(self, stream_id: str, *, ttl: float) -> bool:
+        """Delete the stream, leaving a tombstone for ``ttl`` seconds (see `Deletes`);
+        its readers here are rung, re-read, find nothing and ask `deleted`."""
+        call = self._wire.delete_call(self._wire.keys(stream_id), ttl)
+        return bool(await self._run(self._scripts.delete, call))
+
+    async def deleted(self, stream_id: str) -> bool:
+        meta = self._wire.keys(stream_id).meta
+        return bool(await self._run(self._scripts.deleted, [meta], keys=1))
+
     async def status(self, stream_id: str) -> StreamStatus | None:
         return status_of(await self.snapshot(stream_id, 0, 0))
 

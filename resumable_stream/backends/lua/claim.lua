@@ -2,7 +2,9 @@
 -- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
 -- ARGV[1] producer token, ARGV[2] ttl in ms, ARGV[3] lease in ms, ARGV[4] metadata
 -- Returns nil if the caller is now the producer, else the stored status as stored (a
--- running stream whose lease lapsed is still 'running': the core judges leases).
+-- running stream whose lease lapsed is still 'running': the core judges leases), or
+-- 'failed' for a deleted stream's tombstone (see delete.lua): the id reads as finished
+-- until it expires, so that its old producer cannot make it again.
 -- The caller is the producer if:
 -- * no record exists;
 -- * the record is running under ARGV[1] already: this very claim, retried because its
@@ -15,6 +17,9 @@
 local ttl, lease = tonumber(ARGV[2]), tonumber(ARGV[3])
 local fields = redis.call('HMGET', KEYS[1], 'status', 'producer', 'length')
 local status = fields[1]
+if status == 'deleted' then
+  return 'failed'
+end
 if status then
   local length = redis.call('LLEN', KEYS[2])
   if status == 'running' and fields[2] == ARGV[1] then

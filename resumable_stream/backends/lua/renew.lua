@@ -4,7 +4,8 @@
 -- ARGV[1] ttl ms, ARGV[2] lease ms, then per stream i: ARGV[2i+1] producer token,
 -- ARGV[2i+2] stored length (the index the producer writes next)
 -- Returns per stream: 1 if a stop was requested, 0 if not, -1 if not the producer of a
--- running stream, -2 if the stored length is not the producer's (chunks lost).
+-- running stream, -2 if the stored length is not the producer's (chunks lost), -3 if
+-- the stream was deleted (its tombstone, see delete.lua).
 local ttl, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 for i = 1, #KEYS / 3 do
@@ -13,7 +14,9 @@ for i = 1, #KEYS / 3 do
   -- pcall: a key of the wrong type refuses this stream only, not the whole call.
   local fields = redis.pcall('HMGET', meta, 'status', 'producer', 'stop')
   local length = redis.pcall('LLEN', list)
-  if fields.err or fields[1] ~= 'running' or fields[2] ~= token then
+  if not fields.err and fields[1] == 'deleted' then
+    out[i] = -3
+  elseif fields.err or fields[1] ~= 'running' or fields[2] ~= token then
     out[i] = -1
   elseif type(length) ~= 'number' then
     out[i] = -2

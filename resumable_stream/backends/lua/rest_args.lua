@@ -1,4 +1,4 @@
--- Prepended to every script the Upstash REST backend runs (claim, write, snapshot, stop).
+-- Prepended to every script the Upstash REST backend runs (each one in this folder).
 -- A JSON request body cannot carry bytes that are not UTF-8, so over REST every argument
 -- arrives base64-encoded: decode them into a local ARGV that shadows the global one, and
 -- the script below, the very text the TCP backend runs, sees the bytes it would have

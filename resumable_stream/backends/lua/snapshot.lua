@@ -1,10 +1,10 @@
 -- Read a stream's state and a range of its chunks in one atomic step.
 -- KEYS[1] meta hash, KEYS[2] chunks list, KEYS[3] lease string
 -- ARGV[1] start index, ARGV[2] at most this many chunks
--- Returns nil if there is no such stream, else
+-- Returns nil if there is no such stream (or only its tombstone: see delete.lua), else
 -- {status, error, length, lease_alive, chunks, metadata}.
 local fields = redis.call('HMGET', KEYS[1], 'status', 'error', 'info', 'length')
-if not fields[1] then
+if not fields[1] or fields[1] == 'deleted' then
   return false
 end
 local length = redis.call('LLEN', KEYS[2])

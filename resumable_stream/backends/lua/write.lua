@@ -10,6 +10,9 @@
 -- Returns {new length, 1 if a stop was requested else 0}, or an error starting with STALE.
 local meta, list, lease = KEYS[1], KEYS[2], KEYS[3]
 local fields = redis.call('HMGET', meta, 'status', 'producer', 'stop')
+if fields[1] == 'deleted' then
+  return redis.error_reply('STALE deleted: the stream was deleted')
+end
 if fields[1] ~= 'running' or fields[2] ~= ARGV[1] then
   return redis.error_reply('STALE not the producer of a running stream')
 end
