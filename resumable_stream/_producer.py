@@ -81,6 +81,7 @@ class _Writer:
         "_error",
         "_finished_ttl",
         "_last_write",
+        "_on_deleted",
         "_on_stop",
         "_options",
         "_out",
@@ -298,6 +299,10 @@ class _Writer:
             "other readers will get an error",
             self._stream_id, self._stored, describe(exc),
         )
+        self._halt(exc)
+
+    def _halt(self, exc: BaseException) -> None:
+        """-> BROKEN: drop what is pending (nothing more is written) and wake the task."""
         self._cancel_tick()
         self.state = WriterState.BROKEN
         self._error = exc
@@ -313,16 +318,7 @@ class _Writer:
         """-> BROKEN, quietly: the stream was deleted. The producer stops its source and
         ends the original reader with `StreamDeleted`; nothing is marked failed."""
         logger.info("stream %r: deleted; its producer stops", self._stream_id)
-        self._cancel_tick()
-        self.state = WriterState.BROKEN
-        self._error = exc
-        self._pending.clear()
-        self._sizes.clear()
-        self._pending_bytes = 0
-        self._out = []
-        self._out_bytes = 0
-        self._room.set()
-        self._wake.set()
+        self._halt(exc)
         self._on_deleted()
 
     # -- the batch ---------------------------------------------------------------------
@@ -570,6 +566,7 @@ class Producer:
     """
 
     __slots__ = (
+        "_deleted",
         "_ended",
         "_feed",
         "_index",
