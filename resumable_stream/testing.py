@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from ._types import Appended, Chunk, Ended, Resync, Snapshot, StreamStatus
-from .backends._protocol import Backend, StaleProducer, WritesSoon
+from .backends._protocol import Backend, Deletes, StaleProducer, WritesSoon
 
 __all__ = ["CHECKS", "BackendFactory", "Check", "check_backend"]
 
@@ -262,6 +262,43 @@ async def check_write_soon(backend: Backend) -> None:
 # -- expiry ----------------------------------------------------------------------------
 
 
+async def check_delete(backend: Backend) -> None:
+    """If the backend is a `Deletes`: a deleted stream reads as absent, refuses its
+    producer as deleted, answers FAILED to a claim while its tombstone lasts, tells
+    subscribers it ended, and a second delete finds nothing."""
+    if not isinstance(backend, Deletes):
+        return
+    sid = _sid("delete")
+    assert await backend.claim(sid, "t", ttl=_TTL, lease=_LEASE) is None
+    await _write(backend, sid, "t", 0, ["a", "b"])
+    feed = await backend.subscribe(sid, max_buffered_bytes=_BUDGET)
+    try:
+        assert await backend.delete(sid, ttl=_TTL) is True, "delete of a stream answered False"
+        assert await backend.snapshot(sid, 0, 10) is None, "a deleted stream is still read"
+        assert await backend.deleted(sid) is True, "deleted() is False after a delete"
+        refusal: StaleProducer | None = None
+        try:
+            await _write(backend, sid, "t", 2, ["c"])
+        except StaleProducer as exc:
+            refusal = exc
+        assert refusal is not None, "the producer of a deleted stream could still write"
+        assert refusal.deleted, f"the producer's refusal does not say deleted: {refusal!r}"
+        got = await backend.claim(sid, "new", ttl=_TTL, lease=_LEASE)
+        assert got is StreamStatus.FAILED, f"a claim during the tombstone answered {got}"
+        # Subscribers are told: an end, or a resync after which storage reads as absent.
+        event = await feed.get(_PATIENCE)
+        told = isinstance(event, Ended) or (
+            isinstance(event, Resync) and await backend.snapshot(sid, 0, 0) is None
+        )
+        assert told, f"subscribers were told {event!r}, not an end"
+        assert await backend.delete(sid, ttl=_TTL) is False, "a second delete answered True"
+        other = _sid("never")
+        assert await backend.delete(other, ttl=_TTL) is False, "delete of no stream: True"
+        assert await backend.deleted(other) is False, "deleted() of no stream is True"
+    finally:
+        await feed.aclose()
+
+
 async def check_records_expire(backend: Backend) -> None:
     """A running record lives ``ttl`` past its last write, an ended one ``finished_ttl``;
     a take-over sets the new claim's ``ttl``."""
@@ -335,6 +372,7 @@ CHECKS: tuple[Check, ...] = (
     check_writes_are_refused_when_stale,
     check_request_stop,
     check_write_soon,
+    check_delete,
     check_records_expire,
     check_subscribe_before_read,
 )
