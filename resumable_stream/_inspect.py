@@ -229,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _duration(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:g} s"
+    return "none" if seconds is None else f"{seconds:.1f} s"
 
 
 def _print_stream(stream_id: str, info: dict[str, Any]) -> None:
@@ -239,7 +239,7 @@ def _print_stream(stream_id: str, info: dict[str, Any]) -> None:
         ("chunks", str(info["chunks"])),
         ("bytes", str(info["bytes"])),
         ("ttl", _duration(info["ttl"])),
-        ("lease", _duration(info["lease"]) if info["lease"] is not None else "none"),
+        ("lease", _duration(info["lease"])),
         ("owner", info["owner"] if info["owner"] is not None else "-"),
     ]
     if info["error"]:
