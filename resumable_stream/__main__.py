@@ -10,6 +10,13 @@ For people debugging a deployment::
 
 It reconnects by itself, logging each attempt to stderr, and exits 0 at the end of the
 stream, 1 if it cannot get the stream.
+
+For operators, what Redis holds (`resumable_stream._inspect`; the ``redis`` extra)::
+
+    python -m resumable_stream inspect ID [--redis-url URL] [--key-prefix P] [--json]
+    python -m resumable_stream list [--redis-url URL] [--key-prefix P] [--json] [--limit N]
+
+The first argument picks: ``inspect`` or ``list`` (never a URL), else a URL.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m resumable_stream",
         description="Start, follow or resume a resumable stream and print it.",
+        epilog="Also: 'inspect ID' and 'list' read what Redis holds (see 'inspect --help').",
     )
     parser.add_argument("url", help="the stream's URL, or the server's base URL with --stream-id")
     parser.add_argument("-X", "--method", help="HTTP method (default POST with a body, else GET)")
@@ -91,7 +99,15 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = ("inspect", "list")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        from ._inspect import main as inspect_main
+
+        return inspect_main(argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
@@ -58,6 +59,16 @@ def _check_skip(skip_characters: int | None) -> int:
     if skip_characters < 0:
         raise InvalidArgument(f"skip_characters must be >= 0, got {skip_characters}")
     return skip_characters
+
+
+def _check_ttl(ttl: object) -> float:
+    """A per-stream ``ttl`` in seconds, checked as the context's is (a finite number
+    > 0; a bool is refused, not read as 0 or 1)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise InvalidArgument(f"ttl must be a number of seconds, not {type(ttl).__name__}")
+    if not 0 < ttl < math.inf:
+        raise InvalidArgument(f"ttl must be > 0 seconds (and finite), got {ttl!r}")
+    return float(ttl)
 
 
 async def _iterate_sync(iterable: Iterable[Chunk]) -> AsyncIterator[Chunk]:
@@ -138,6 +149,7 @@ class ResumableStreamContext:
         skip_characters: int | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        ttl: float | None = None,
     ) -> ResumableStream | None:
         """Create the stream, or join it if it is running.
 
@@ -150,6 +162,8 @@ class ResumableStreamContext:
             metadata: a small msgpack-serialisable mapping stored with the stream
                 (for example an HTTP status and content type); every reader gets it
                 as ``stream.metadata``.
+            ttl: seconds this stream is kept, instead of the context's ``ttl``; every
+                write renews it (``finished_ttl``, if set, still applies once it ends).
 
         Returns:
             A reader from the start of the stream (after the skipped characters), or
@@ -157,7 +171,7 @@ class ResumableStreamContext:
 
         Raises:
             InvalidStreamId: bad ``stream_id``.
-            InvalidArgument: bad ``skip_characters`` or ``metadata``.
+            InvalidArgument: bad ``skip_characters``, ``metadata`` or ``ttl``.
             TypeError: ``make_stream`` is not callable or returned no iterable (the
                 stream is then marked failed).
             TooManyStreams: ``max_streams`` producers already run in this context and
@@ -170,6 +184,7 @@ class ResumableStreamContext:
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
         packed = _pack_metadata(metadata)
+        keep = self.ttl if ttl is None else _check_ttl(ttl)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
         if self.at_capacity():
@@ -180,7 +195,7 @@ class ResumableStreamContext:
             if status is not StreamStatus.RUNNING:
                 return None
             return await self._follow(stream_id, 0, skip, mode="join")
-        existing = await self._claim(stream_id, make_stream, skip, metadata, packed)
+        existing = await self._claim(stream_id, make_stream, skip, metadata, packed, keep)
         if isinstance(existing, ResumableStream):
             return existing
         if existing is not StreamStatus.RUNNING:
@@ -194,8 +209,16 @@ class ResumableStreamContext:
         skip_characters: int | None = None,
         *,
         metadata: Mapping[str, Any] | None = None,
+        ttl: float | None = None,
     ) -> ResumableStream | None:
         """Create a stream and return its original reader.
+
+        Args:
+            stream_id: as `resumable_stream`.
+            make_stream: as `resumable_stream`.
+            skip_characters: as `resumable_stream`.
+            metadata: as `resumable_stream`.
+            ttl: as `resumable_stream`: this stream's, instead of the context's.
 
         Returns:
             The original reader, or None if a stream with this id already finished.
@@ -211,11 +234,12 @@ class ResumableStreamContext:
         skip = _check_skip(skip_characters)
         self._check_callable(make_stream)
         packed = _pack_metadata(metadata)
+        keep = self.ttl if ttl is None else _check_ttl(ttl)
         if self._closed:
             raise ResumableStreamError("the context is closed: it starts no new producers")
         if self.at_capacity():
             raise TooManyStreams(self.options.max_streams or 0)
-        existing = await self._claim(stream_id, make_stream, skip, metadata, packed)
+        existing = await self._claim(stream_id, make_stream, skip, metadata, packed, keep)
         if isinstance(existing, ResumableStream):
             return existing
         if existing is StreamStatus.RUNNING:
@@ -232,6 +256,7 @@ class ResumableStreamContext:
         skip: int,
         metadata: Mapping[str, Any] | None,
         packed: bytes,
+        ttl: float,
     ) -> ResumableStream | StreamStatus:
         """Claim the id and start its producer, holding a place under ``max_streams``
         from before the claim until the producer task exists (no await in between
@@ -248,23 +273,25 @@ class ResumableStreamContext:
         token = uuid.uuid4().hex
         release = True  # until the answer says "not yours" or the producer owns the claim
         try:
-            existing = await self._claim_once(stream_id, token, packed)
+            existing = await self._claim_once(stream_id, token, packed, ttl)
             if existing is not None:
                 release = False
                 return existing
             if self._closed:  # closed while the claim was out: start nothing untracked
                 raise ResumableStreamError("the context is closed: it starts no new producers")
-            stream = await self._start(stream_id, token, make_stream, skip, metadata)
+            stream = await self._start(stream_id, token, make_stream, skip, metadata, ttl)
             release = False
             return stream
         except BaseException:
             if release:
-                await self._release_claim(stream_id, token)
+                await self._release_claim(stream_id, token, ttl)
             raise
         finally:
             self._claiming -= 1
 
-    async def _claim_once(self, stream_id: str, token: str, packed: bytes) -> StreamStatus | None:
+    async def _claim_once(
+        self, stream_id: str, token: str, packed: bytes, ttl: float
+    ) -> StreamStatus | None:
         """`Backend.claim`, retried with the same token while the backend is unreachable."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.retry_window
@@ -273,7 +300,7 @@ class ResumableStreamContext:
             try:
                 with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
                     return await self.backend.claim(
-                        stream_id, token, ttl=self.ttl, lease=self.options.lease, metadata=packed
+                        stream_id, token, ttl=ttl, lease=self.options.lease, metadata=packed
                     )
             except (BackendUnavailable, TimeoutError) as exc:
                 if self._closed or loop.time() + delay > deadline:
@@ -286,14 +313,14 @@ class ResumableStreamContext:
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
 
-    async def _release_claim(self, stream_id: str, token: str) -> None:
+    async def _release_claim(self, stream_id: str, token: str, ttl: float) -> None:
         """Give up a claim that may have landed: its lease lapses now (fenced by the
         token: a claim that never landed, or someone else's stream, is untouched).
         Bounded and shielded; if it fails, the lease lapses on its own."""
         with anyio.move_on_after(_LEAST_ATTEMPT, shield=True):
             try:
                 # Kept no longer than a finished stream: the next claim takes it over.
-                kept = self.options.finished_ttl or self.ttl
+                kept = self.options.finished_ttl or ttl
                 await self.backend.write(
                     stream_id, token, 0, [], end=None, ttl=kept, finished_ttl=kept,
                     lease=_RELEASE,
@@ -474,6 +501,7 @@ class ResumableStreamContext:
         make_stream: MakeStream,
         skip: int,
         metadata: Mapping[str, Any] | None,
+        ttl: float,
     ) -> ResumableStream:
         # If this raises, `_claim` releases the claim: a stream that stored nothing is
         # never reported as finished, and the next claim of the id starts it afresh.
@@ -488,7 +516,7 @@ class ResumableStreamContext:
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )
         producer = Producer(
-            self.backend, stream_id, token, source, feed, self.options, self.ttl
+            self.backend, stream_id, token, source, feed, self.options, ttl
         )
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)
