@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from ._exceptions import InvalidArgument
+
 __all__ = [
     "PING",
     "EventDecoder",
@@ -178,8 +180,9 @@ def is_text(content_type: str | None) -> bool:
 def parse_last_event_id(value: str | None) -> int | None:
     """Parse a ``Last-Event-ID`` header: None if absent or empty, else a chunk index.
 
-    Raises `ValueError` for anything but a non-negative decimal integer, so that a bad
-    header is a client error rather than a silent replay from the start.
+    Raises `InvalidArgument` (a ``ValueError``) for anything but a non-negative decimal
+    integer, so that a bad header is a client error rather than a silent replay from the
+    start.
     """
     if value is None:
         return None
@@ -187,11 +190,11 @@ def parse_last_event_id(value: str | None) -> int | None:
     if not text:
         return None
     if len(text) > _MAX_ID_DIGITS:
-        raise ValueError(
+        raise InvalidArgument(
             f"Last-Event-ID is {len(text)} characters long; at most {_MAX_ID_DIGITS} digits"
         )
     if not _DIGITS.fullmatch(text):
-        raise ValueError(f"Last-Event-ID must be a non-negative decimal integer, not {text!r}")
+        raise InvalidArgument(f"Last-Event-ID must be a non-negative decimal integer, not {text!r}")
     return int(text)
 
 

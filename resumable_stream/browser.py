@@ -35,6 +35,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from importlib import resources
 from typing import Any
 
+from ._exceptions import InvalidArgument
+
 __all__ = ["CLIENT_FILES", "browser_client_app", "client_source"]
 
 Scope = MutableMapping[str, Any]
@@ -52,7 +54,7 @@ _CONTENT_TYPE = b"text/javascript; charset=utf-8"
 def client_source(name: str = "resumable-stream.js") -> bytes:
     """The bytes of one of `CLIENT_FILES` (to inline it, or serve it another way)."""
     if name not in CLIENT_FILES:
-        raise ValueError(f"no such client file: {name!r} (one of {CLIENT_FILES})")
+        raise InvalidArgument(f"no such client file: {name!r} (one of {CLIENT_FILES})")
     return resources.files("resumable_stream").joinpath("static").joinpath(name).read_bytes()
 
 

@@ -28,6 +28,14 @@ raised, its producer's process died, its storage was lost), which raises
 `StreamFailedError`, as does a resume's ``413`` (the stream was cut at its size limit).
 A response cut because its stream failed is aborted by the server, never ended, so
 the client resumes and gets that failure: a failed stream never reads as complete.
+
+Where it resumes: the ``Location`` of the last streaming (``2xx``) answer if the server
+sent one (resolved against that answer's URL; a ``Location`` on another origin is
+refused, logged, and the template used instead), else ``resume_path``. With
+``base_url`` set, httpx joins ``resume_path`` onto it as before; without, it is resolved
+(`urllib.parse.urljoin`) against the URL that answered the start, so a client started
+with an absolute URL resumes on the same origin. Bad arguments raise `InvalidArgument`
+(a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urljoin
 
 import anyio
 
@@ -50,7 +58,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "resumable_stream.client needs httpx: pip install 'resumable-streams[client]'"
     ) from exc
 
-from ._exceptions import ResumableStreamError
+from ._exceptions import InvalidArgument, ResumableStreamError
 from ._sse import EventDecoder, is_event_stream
 
 __all__ = ["ResumableStreamClient", "ResumeFailed", "StreamFailedError", "StreamMessage"]
@@ -59,6 +67,12 @@ logger = logging.getLogger("resumable_stream.client")
 
 _FINAL = {403, 404}
 _RETRY = {502, 503, 504}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port (the default port spelled out): what "same origin" compares."""
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme)
 
 
 @dataclass(frozen=True)
@@ -118,9 +132,16 @@ class ResumableStreamClient:
         max_retries: attempts in a row without progress before giving up.
         retry_delay: seconds before the first retry; doubles per attempt (with
             jitter) up to ``max_retry_delay``.
-        resume_path: the resume endpoint, with ``{stream_id}``.
+        resume_path: the resume endpoint, with ``{stream_id}``: a path (joined onto
+            ``base_url`` if set, else resolved against the URL the stream started
+            at) or an absolute URL. A same-origin ``Location`` sent by the server
+            takes its place.
         base_url, headers, timeout: for the httpx client made when ``client`` is None.
         client: an ``httpx.AsyncClient`` to use (not closed by this object).
+
+    Raises:
+        InvalidArgument: a negative ``max_retries``, ``retry_delay`` or
+            ``max_retry_delay``, or a ``resume_path`` without ``{stream_id}``.
     """
 
     def __init__(
@@ -138,10 +159,10 @@ class ResumableStreamClient:
         timeout: float | None = 30.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
-        if max_retries < 0 or retry_delay < 0:
-            raise ValueError("max_retries and retry_delay must be >= 0")
+        if max_retries < 0 or retry_delay < 0 or max_retry_delay < 0:
+            raise InvalidArgument("max_retries, retry_delay and max_retry_delay must be >= 0")
         if "{stream_id}" not in resume_path:
-            raise ValueError("resume_path must contain '{stream_id}'")
+            raise InvalidArgument("resume_path must contain '{stream_id}'")
         self.on_message = on_message
         self.on_error = on_error
         self.on_complete = on_complete
@@ -161,6 +182,11 @@ class ResumableStreamClient:
         self.completed = False
         self._retry_hint: int | None = None  # the SSE retry: field, in ms
         self._scope: anyio.CancelScope | None = None
+        # The absolute URL that answered the last start: resume_path is resolved
+        # against it when there is no base_url. Kept for `follow` on the same client.
+        self._started_at: httpx.URL | None = None
+        # The server's same-origin Location for this stream, absolute: resumes go there.
+        self._location: httpx.URL | None = None
 
     # -- the callback form ----------------------------------------------------------------
 
@@ -183,11 +209,19 @@ class ResumableStreamClient:
             self._scope.cancel()
 
     async def stop(self) -> int:
-        """Ask the server to stop the stream's producer (``DELETE``); returns the status."""
+        """Ask the server to stop the stream's producer (``DELETE``); returns the status.
+
+        The ``DELETE`` goes to ``resume_path`` (our server's stop route), never to a
+        ``Location``: a third-party server's resume URL may give ``DELETE`` another meaning.
+
+        Raises:
+            ResumeFailed: no stream id is known.
+            InvalidArgument: as `follow`, the stop URL is not absolute.
+        """
         if self.stream_id is None:
             raise ResumeFailed("no stream to stop", status=None, stream_id=None)
         async with self._http() as http:
-            response = await http.delete(self._resume_url())
+            response = await http.delete(self._checked(http, self._template_url(http)))
             return response.status_code
 
     async def _run(self, form: Any) -> None:
@@ -221,13 +255,28 @@ class ResumableStreamClient:
     async def follow(
         self, stream_id: str, *, last_event_id: str | None = None, resume_at: int | None = None
     ) -> AsyncIterator[AsyncIterator[StreamMessage]]:
-        """Like `stream`, for a stream that already exists."""
+        """Like `stream`, for a stream that already exists.
+
+        It resumes at ``resume_path``: joined onto ``base_url``, else resolved against
+        the URL the last `stream` of this client started at, unless it is absolute.
+
+        Raises:
+            InvalidArgument: an empty ``stream_id``, a negative ``resume_at``, or no way
+                to make the resume URL absolute (no ``base_url``, no earlier start, a
+                relative ``resume_path``) for the httpx client this object makes.
+        """
+        if not stream_id:
+            raise InvalidArgument("stream_id must be a non-empty str")
+        if resume_at is not None and resume_at < 0:
+            raise InvalidArgument(f"resume_at must be >= 0, got {resume_at}")
         self.stream_id = stream_id
         self.last_event_id = last_event_id
         self.characters = resume_at or 0
         known = last_event_id is not None or resume_at is not None
         self.sse = (last_event_id is not None) if known else None
+        self._location = None  # a Location belongs to the response that sent it
         async with self._http() as http:
+            self._checked(http, self._template_url(http))
             yield self._messages(http, None)
 
     @asynccontextmanager
@@ -239,9 +288,64 @@ class ResumableStreamClient:
             async with httpx.AsyncClient(**args) as http:
                 yield http
 
-    def _resume_url(self) -> str:
+    def _template_url(self, http: httpx.AsyncClient) -> httpx.URL:
+        """``resume_path`` for this stream, made absolute where it can be.
+
+        With a ``base_url`` the path stays relative: httpx joins it onto the base (keeping
+        the base's own path prefix, which `urljoin` would drop). Without one it is
+        resolved against the URL that answered the start, so the resume goes to the
+        origin the stream came from.
+        """
         assert self.stream_id is not None
-        return self.resume_path.replace("{stream_id}", quote(self.stream_id, safe=""))
+        path = self.resume_path.replace("{stream_id}", quote(self.stream_id, safe=""))
+        if http.base_url.is_absolute_url or self._started_at is None:
+            return httpx.URL(path)
+        return httpx.URL(urljoin(str(self._started_at), path))
+
+    def _resume_url(self, http: httpx.AsyncClient) -> httpx.URL:
+        """The server's Location if it sent one, else the template, with the position.
+
+        The position goes into the query with ``copy_set_param``: httpx's ``params=``
+        would replace a query the Location already has.
+        """
+        url = self._location if self._location is not None else self._template_url(http)
+        for name, value in self._position_params().items():
+            url = url.copy_set_param(name, value)
+        return url
+
+    def _checked(self, http: httpx.AsyncClient, url: httpx.URL) -> httpx.URL:
+        """``url``, or `InvalidArgument` if the httpx client we made could never send it.
+
+        A client passed in may have a transport that takes relative URLs (an
+        ``ASGITransport``), so only ours is checked.
+        """
+        if self._client is None and not http.base_url.is_absolute_url and (
+            not url.is_absolute_url
+        ):
+            raise InvalidArgument(
+                f"cannot resume at {url}: give base_url, an absolute resume_path, or start "
+                "the stream with this client from an absolute URL"
+            )
+        return url
+
+    def _take_location(self, response: httpx.Response) -> None:
+        """Resume at the response's ``Location`` from now on, if it names one on its origin.
+
+        Cross-origin targets are refused: following them would send this stream's
+        position (and the client's default headers) to a host the caller never chose.
+        """
+        raw = response.headers.get("location")
+        if not raw:
+            return
+        target = httpx.URL(urljoin(str(response.url), raw))
+        if not target.is_absolute_url or _origin(target) != _origin(response.url):
+            self._location = None
+            logger.warning(
+                "stream %s: refused the Location %s (not on the origin of %s); "
+                "resuming at resume_path", self.stream_id, raw, response.url,
+            )
+            return
+        self._location = target
 
     async def _messages(
         self, http: httpx.AsyncClient, first: tuple[str, str, dict[str, Any]] | None
@@ -249,6 +353,9 @@ class ResumableStreamClient:
         self.completed = False
         self.attempts = 0
         retry_ms: int | None = None
+        if first is not None:
+            self._started_at = None
+            self._location = None
         while True:
             if first is not None:
                 method, url, request = first
@@ -258,14 +365,13 @@ class ResumableStreamClient:
                 starting = True
             else:
                 builder = http.build_request(
-                    "GET", self._resume_url(), headers=self._position_headers(),
-                    params=self._position_params(),
+                    "GET", self._resume_url(http), headers=self._position_headers()
                 )
                 starting = False
             try:
                 response = await http.send(builder, stream=True)
             except httpx.TransportError as exc:
-                if starting or self.stream_id is None:
+                if starting or not self._resumable():
                     raise ResumeFailed(
                         f"could not start the stream: {exc}", status=None, stream_id=None
                     ) from exc
@@ -274,6 +380,8 @@ class ResumableStreamClient:
             try:
                 status = response.status_code
                 if starting:
+                    if response.url.is_absolute_url:
+                        self._started_at = response.url
                     raw = response.headers.get("x-stream-id")
                     # The header holds the id percent-encoded (UTF-8): decode it once.
                     self.stream_id = unquote(raw, errors="strict") if raw else raw
@@ -297,6 +405,8 @@ class ResumableStreamClient:
                         )
                     retry_ms = await self._backoff(f"status {status}", retry_ms, status)
                     continue
+                if 200 <= status < 300:
+                    self._take_location(response)
                 if self.sse is None:
                     self.sse = is_event_stream(response.headers.get("content-type"))
                 try:
@@ -307,14 +417,19 @@ class ResumableStreamClient:
                     return
                 except _Interrupted as exc:
                     retry_ms = self._retry_hint or retry_ms
-                    if self.stream_id is None:
+                    if not self._resumable():
                         raise ResumeFailed(
-                            "the connection broke and the server sent no X-Stream-Id",
+                            "the connection broke and the server sent no X-Stream-Id "
+                            "nor Location",
                             status=status, stream_id=None,
                         ) from exc
                     retry_ms = await self._backoff(f"connection broke: {exc}", retry_ms, None)
             finally:
                 await response.aclose()
+
+    def _resumable(self) -> bool:
+        """A resume URL is known: a stream id for the template, or a Location."""
+        return self.stream_id is not None or self._location is not None
 
     async def _failure(self, response: httpx.Response) -> StreamFailedError:
         """The typed error for a resume's ``410 failed`` or ``413``."""

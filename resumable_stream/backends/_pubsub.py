@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import anyio
 from redis import exceptions as redis_errors
 
-from .._exceptions import BackendUnavailable, describe
+from .._exceptions import BackendUnavailable, InvalidArgument, describe
 from .._subscription import RESYNC, Subscription
 from .._types import Event
 from ._redis_errors import UNAVAILABLE
@@ -180,7 +180,7 @@ class PubSubHub:
             connections set their own ``health_check_interval``.
 
     Raises:
-        ValueError: ``health_interval`` is not > 0.
+        InvalidArgument: ``health_interval`` is not > 0.
     """
 
     def __init__(
@@ -192,7 +192,7 @@ class PubSubHub:
         health_interval: float = HEALTH_INTERVAL,
     ) -> None:
         if not health_interval > 0:
-            raise ValueError("health_interval must be > 0")
+            raise InvalidArgument("health_interval must be > 0")
         self._router = router
         self._repair_timeout = repair_timeout
         self._health_interval = health_interval
