@@ -98,12 +98,6 @@ class _Hold:
         self.feed.close_nowait()
 
 
-def _retrieve(task: asyncio.Future[Snapshot | None]) -> None:
-    """A page read ahead that nobody awaits: its error is not the loop's to log."""
-    if not task.cancelled():
-        task.exception()
-
-
 class ResumableStream:
     """An async iterator over a stream's chunks (``str`` or ``bytes``), with `aclose`.
 
@@ -153,8 +147,6 @@ class ResumableStream:
         self._feed = feed
         self._local = local
         self._stale = False  # the feed broke or fell behind: replace it before reading
-        # The next page of a long replay, being read while this one is handed out.
-        self._ahead: tuple[int, asyncio.Future[Snapshot | None]] | None = None
         self._quiet_at: float | None = None  # when a follower's wait turns into a read
         self._ended = False
         self._error: BaseException | None = None  # the end still to raise
@@ -340,7 +332,6 @@ class ResumableStream:
 
     async def _release(self) -> None:
         """Give back the follower place and the subscription (both once)."""
-        self._drop_ahead()
         self._hold.release()
         closing = self._feed.release_soon()
         if closing is not None:
@@ -367,17 +358,7 @@ class ResumableStream:
         return StreamFailed(self.stream_id, error or "unknown error")
 
     async def _read(self) -> Snapshot:
-        pos = self._merge.pos
-        snap = await self._read_ahead(pos)
-        if snap is None:
-            snap = await self._backend.snapshot(self.stream_id, pos, _PAGE)
-        if snap is not None and len(snap.chunks) >= _PAGE and snap.length > pos + _PAGE:
-            # A long replay: read the next page while this one is handed out, so that
-            # the reader does not wait a round trip per page.
-            ahead = pos + len(snap.chunks)
-            task = asyncio.ensure_future(self._backend.snapshot(self.stream_id, ahead, _PAGE))
-            task.add_done_callback(_retrieve)
-            self._ahead = (ahead, task)
+        snap = await self._backend.snapshot(self.stream_id, self._merge.pos, _PAGE)
         if snap is None:
             # Expired or deleted while we were reading it: nothing more will come. A
             # deletion's tombstone tells them apart (the announcement may not have
@@ -388,30 +369,6 @@ class ResumableStream:
             raise StreamNotFound(self.stream_id)
         return snap
 
-    async def _read_ahead(self, pos: int) -> Snapshot | None:
-        """The page read ahead from ``pos``, if there is one (None: read it now)."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return None
-        start, task = ahead
-        if start != pos:
-            task.cancel()
-            return None
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.cancelled():
-                self._ahead = ahead  # this read was cancelled, not the page: keep it
-                raise
-            return None
-        except Exception:  # the read ahead failed: read again, with the usual handling
-            return None
-
-    def _drop_ahead(self) -> None:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            ahead[1].cancel()
-
     async def _reread(self) -> Snapshot:
         """Read from storage; if it is unreachable, recover as from a broken feed."""
         try:
@@ -420,9 +377,6 @@ class ResumableStream:
             return await self._recover()
 
     async def _resubscribe(self) -> None:
-        # A page read before the new subscription is active could miss what is
-        # announced in between: read again after it (subscribe, then read).
-        self._drop_ahead()
         self._feed.release_soon()  # unsubscribes in a task of its own
         self._local = False
         feed = await self._backend.subscribe(
