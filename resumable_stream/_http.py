@@ -5,6 +5,10 @@ How an HTTP response is stored as a stream:
 * The stream's metadata holds ``{"http": {"status", "headers", "body"}}``: the
   original status line and the headers worth replaying (not ``content-length``,
   hop-by-hop headers, ``set-cookie`` or ``date``), and the body mode.
+* With an ``owner=`` callable, the metadata also holds ``{"owner": <str>}``, the
+  owner the stream was bound to when it was made (`OWNER_KEY`, reserved). A stream
+  without it (made with no owner, or before owners existed) is readable by anyone.
+  Whoever else asks for an owned stream gets the unknown-id answer (`may_access`).
 * Body mode ``"sse"`` (``text/event-stream``): one chunk per SSE event, split at
   blank lines whatever the app's chunk boundaries; on the way out every event gets
   ``id: <chunk index>``, so ``Last-Event-ID`` is an index to resume after.
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import hmac
+import inspect
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -39,6 +45,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Mapping,
     MutableMapping,
 )
 from typing import Any
@@ -46,22 +53,28 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 
 import anyio
 
+from ._context import ResumableStreamContext, _unpack_metadata
 from ._reader import ResumableStream
 from ._sse import PING, EventSplitter, is_event_stream, is_text, with_id
 from ._types import Chunk, IndexedChunk
 
 __all__ = [
+    "OWNER_KEY",
     "BodyEncoder",
     "Message",
+    "Owner",
     "Receive",
     "Scope",
     "Send",
     "ended_response",
     "http_metadata",
+    "may_access",
+    "may_access_stream",
     "parse_stream_id_header",
     "path_segments",
     "pump",
     "replay_headers",
+    "request_owner",
     "stream_headers",
     "stream_id_header",
 ]
@@ -72,6 +85,11 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+Owner = Callable[[Scope], str | Awaitable[str | None] | None]
+"""``owner(scope) -> str | None`` (or awaitable): who is asking, say the session's user id."""
+
+OWNER_KEY = "owner"
+"""The metadata key that holds a stream's owner (reserved: the HTTP layer sets it)."""
 
 STREAM_ID_HEADER = b"x-stream-id"
 STREAM_STATUS_HEADER = b"x-stream-status"  # "done" or "failed" on a 410/413 of a resume
@@ -110,8 +128,11 @@ def body_mode(content_type: str | None) -> str:
     return "bytes"
 
 
-def http_metadata(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict[str, Any]:
-    """The metadata that lets a resume reproduce the original's status and headers."""
+def http_metadata(
+    status: int, headers: Iterable[tuple[bytes, bytes]], owner: str | None = None
+) -> dict[str, Any]:
+    """The metadata that lets a resume reproduce the original's status and headers,
+    and names the stream's owner if it has one."""
     kept = [
         [k.decode("latin-1").lower(), v.decode("latin-1")]
         for k, v in headers
@@ -119,7 +140,64 @@ def http_metadata(status: int, headers: Iterable[tuple[bytes, bytes]]) -> dict[s
     ]
     content_type = header(headers, b"content-type")
     mode = body_mode(None if content_type is None else content_type.decode("latin-1"))
-    return {"http": {"status": status, "headers": kept, "body": mode}}
+    metadata: dict[str, Any] = {"http": {"status": status, "headers": kept, "body": mode}}
+    if owner is not None:
+        metadata[OWNER_KEY] = owner
+    return metadata
+
+
+async def request_owner(owner: Owner | None, scope: Scope) -> str | None:
+    """Who the request comes from, by the app's ``owner`` callable (None: nobody).
+
+    An empty string counts as None, so an app that answers "" for anonymous visitors
+    does not bind their streams to one shared "" owner.
+
+    Raises:
+        TypeError: the callable gave something other than a str or None.
+    """
+    if owner is None:
+        return None
+    value = owner(scope)
+    if inspect.isawaitable(value):
+        value = await value
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"owner() must return a str or None, not {type(value).__name__}")
+    return value
+
+
+def may_access(metadata: Mapping[str, Any] | None, requester: str | None) -> bool:
+    """May ``requester`` resume, stop or delete a stream with this metadata?
+
+    Yes if the stream has no owner (none stored, or None); else only its owner, compared
+    in constant time so the comparison tells nothing about the stored value. An owner
+    value that is not a str (metadata a user wrote by hand) matches nobody.
+    """
+    stored = None if metadata is None else metadata.get(OWNER_KEY)
+    if stored is None:
+        return True
+    if requester is None or not isinstance(stored, str):
+        return False
+    # Bytes: compare_digest takes only ASCII str; surrogatepass so no input can raise.
+    return hmac.compare_digest(
+        stored.encode("utf-8", "surrogatepass"), requester.encode("utf-8", "surrogatepass")
+    )
+
+
+async def may_access_stream(
+    context: ResumableStreamContext, stream_id: str, requester: str | None
+) -> bool:
+    """`may_access` for a stream by id: False also if there is no such stream, so the
+    caller answers "unknown" for both and an owned stream is never confirmed.
+
+    Raises:
+        BackendUnavailable: storage could not be reached.
+    """
+    snap = await context.backend.snapshot(stream_id, 0, 0)
+    if snap is None:
+        return False
+    return may_access(_unpack_metadata(snap.metadata), requester)
 
 
 # RFC 3986 pchar without "%": what a path segment may hold unescaped.

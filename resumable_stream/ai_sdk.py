@@ -18,6 +18,9 @@ UI message chunks:
   ``[DONE]``, and a later ``GET`` answers ``204``. With ``allow_delete=True``,
   ``DELETE {api}/{chatId}/stream?delete=1`` deletes the active answer's stream instead
   (`ChatStreams.delete`): ``204``; without the opt-in it gets ``405``.
+* With ``owner=``, each answer's stream is bound to the owner of the ``POST`` that made
+  it; a ``GET`` or ``DELETE`` by anyone else (or by nobody) gets exactly what a chat with
+  no active answer gets (``204``), so an answer is never confirmed to another user.
 
 Decisions worth knowing:
 
@@ -84,12 +87,16 @@ from ._exceptions import (
     describe,
 )
 from ._http import (
+    Owner,
     Receive,
     Scope,
     Send,
     http_metadata,
+    may_access,
+    may_access_stream,
     path_segments,
     pump,
+    request_owner,
     stream_headers,
 )
 from ._http import plain_response as _plain
@@ -497,6 +504,9 @@ class ChatStreams:
             ``/stream`` is used).
         allow_delete: serve ``DELETE {api}/{chat_id}/stream?delete=1`` (`delete`, then
             ``204``); off by default, when it answers ``405``.
+        owner: ``owner(scope) -> str | None`` (or awaitable): bind each answer to the
+            owner of its ``POST``; a ``GET`` or ``DELETE`` of it by anyone else (or by
+            None) answers ``204``, as for a chat with no active answer.
     """
 
     def __init__(
@@ -512,6 +522,7 @@ class ChatStreams:
         max_body_bytes: int = 16 * 1024 * 1024,
         path_param: str = "chat_id",
         allow_delete: bool = False,
+        owner: Owner | None = None,
     ) -> None:
         if pointer_ttl is not None and not pointer_ttl > 0:
             raise ValueError("pointer_ttl must be > 0 seconds")
@@ -524,6 +535,7 @@ class ChatStreams:
         self.max_body_bytes = max_body_bytes
         self.path_param = path_param
         self.allow_delete = allow_delete
+        self.owner = owner
         self._active = _ActiveStreams(context.backend, pointer_ttl or context.ttl)
         self.chat_endpoint = _Endpoint(self._serve_chat)
         """ASGI app for ``POST {api}``."""
@@ -562,6 +574,9 @@ class ChatStreams:
         stream_id = await self._active.get(chat_id)
         if stream_id is None:
             return False
+        return await self._stop(chat_id, stream_id)
+
+    async def _stop(self, chat_id: str, stream_id: str) -> bool:
         await self._active.clear(chat_id, stream_id)
         return await self.context.stop_stream(stream_id)
 
@@ -584,8 +599,16 @@ class ChatStreams:
         stream_id = await self._active.get(chat_id)
         if stream_id is None:
             return False
+        return await self._delete(chat_id, stream_id)
+
+    async def _delete(self, chat_id: str, stream_id: str) -> bool:
         await self._active.clear(chat_id, stream_id)
         return await self.context.delete_stream(stream_id)
+
+    async def _may(self, stream_id: str, requester: str | None) -> bool:
+        """Without ``owner=``, anyone may; with it, only the answer's owner (False for
+        an unknown stream too: both answer as a chat with no active answer)."""
+        return self.owner is None or await may_access_stream(self.context, stream_id, requester)
 
     # -- POST {api} -------------------------------------------------------------------------
 
@@ -626,6 +649,7 @@ class ChatStreams:
             scope=scope,
         )
         headers = [(k.encode(), v.encode()) for k, v in UI_MESSAGE_STREAM_HEADERS.items()]
+        owner = await request_owner(self.owner, scope)
         stream_id = new_stream_id()
         previous: str | None = None
         try:
@@ -638,7 +662,7 @@ class ChatStreams:
             reader = await self.context.create_new_resumable_stream(
                 stream_id,
                 lambda: self._stored_events(request, stream_id),
-                metadata=http_metadata(200, headers),
+                metadata=http_metadata(200, headers, owner),
             )
         except BackendUnavailable as exc:
             logger.warning("chat %r is not resumable (%s); streaming it directly", chat_id, exc)
@@ -790,23 +814,29 @@ class ChatStreams:
         if not await _allowed(self.authorize, scope, chat_id):
             await _plain(send, 403, "forbidden")
             return
+        requester = await request_owner(self.owner, scope)
         try:
-            if purge:
-                await self.delete(chat_id)
-                await _no_content(send)  # deleted, or nothing to delete: gone either way
-                return
             if method == "DELETE":
-                if await self.stop(chat_id):
+                stream_id = await self._active.get(chat_id)
+                if stream_id is None or not await self._may(stream_id, requester):
+                    await _no_content(send)  # no answer, or not this requester's
+                    return
+                if purge:
+                    await self._delete(chat_id, stream_id)
+                    await _no_content(send)  # deleted, or nothing to delete: gone either way
+                elif await self._stop(chat_id, stream_id):
                     await _plain(send, 202, "stopping")
                 else:
                     await _no_content(send)  # no answer running
                 return
-            await self._resume(scope, receive, send, chat_id)
+            await self._resume(scope, receive, send, chat_id, requester)
         except BackendUnavailable as exc:
             logger.warning("chat %r: storage unavailable (%s)", chat_id, exc)
             await _plain(send, 503, "stream storage is unavailable", [(b"retry-after", b"1")])
 
-    async def _resume(self, scope: Scope, receive: Receive, send: Send, chat_id: str) -> None:
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, chat_id: str, requester: str | None
+    ) -> None:
         stream_id = await self._active.get(chat_id)
         reader = None
         if stream_id is not None:
@@ -817,6 +847,9 @@ class ChatStreams:
             except BackendUnavailable:
                 raise
             except ResumableStreamError as exc:  # TooManyFollowers of it here
+                if not await self._may(stream_id, requester):
+                    await _no_content(send)  # a 503 would confirm another's answer
+                    return
                 logger.warning("chat %r: not resumed (%s)", chat_id, describe(exc))
                 await _plain(send, 503, "too many readers", [(b"retry-after", b"1")])
                 return
@@ -824,6 +857,10 @@ class ChatStreams:
             await _no_content(send)  # no answer running: nothing, or it finished
             return
         assert stream_id is not None
+        if self.owner is not None and not may_access(reader.metadata, requester):
+            await reader.aclose()
+            await _no_content(send)  # another's answer reads as none at all
+            return
         if reader.status is not StreamStatus.RUNNING:  # its producer died: no active stream
             await reader.aclose()
             await _no_content(send)

@@ -33,6 +33,16 @@ the stream instead (`ResumableStreamContext.delete_stream`), only where the app 
 in with ``allow_delete=True``: ``204`` deleted, ``404`` unknown; without the opt-in it
 is refused with ``405`` and nothing changes.
 
+Owners (``owner=``, on the middleware, `ResumeEndpoint` and `ResumableStreamResponse`):
+``owner(scope) -> str | None`` says who a request comes from. A stream is bound to the
+owner of the request that made it, stored in its metadata under ``"owner"`` (a reserved
+key). A resume, stop or delete of an owned stream by anyone else, or by nobody (None),
+gets exactly what an unknown id gets (``404``, same body and headers), so the stream's
+existence is never confirmed to them; owners are compared in constant time. A stream
+made with no owner (None, or no ``owner=``) is readable by anyone, as are streams made
+before owners existed. Only an endpoint given ``owner=`` checks: give whatever serves
+resumes the same callable as whatever makes the streams (the middleware does both).
+
 Resource caps (`StreamOptions`): a request that would start a stream beyond
 ``max_streams`` gets ``503`` with ``Retry-After: 1`` before the app runs, and nothing
 is stored (503, not 429: the limit is the process's, not the client's rate). A stream
@@ -83,6 +93,7 @@ from ._exceptions import (
 from ._http import (
     BodyEncoder,
     Message,
+    Owner,
     Receive,
     Scope,
     Send,
@@ -92,9 +103,12 @@ from ._http import (
     header,
     http_metadata,
     iterate_content,
+    may_access,
+    may_access_stream,
     path_segments,
     pump,
     replay_headers,
+    request_owner,
     stream_headers,
 )
 from ._http import (
@@ -109,6 +123,7 @@ from ._types import StreamStatus
 __all__ = [
     "ASGIApp",
     "Authorize",
+    "Owner",
     "ResumableStreamMiddleware",
     "ResumableStreamResponse",
     "ResumeEndpoint",
@@ -158,6 +173,9 @@ class ResumeEndpoint:
         allow_delete: serve ``DELETE ?delete=1``: delete the stream (``204``; ``404``
             unknown). Off by default: then that request gets ``405`` and a plain
             ``DELETE`` still only stops.
+        owner: ``owner(scope) -> str | None`` (or awaitable): who asks. A stream bound
+            to an owner answers anyone else (or None) as an unknown id does (``404``).
+            Without it, owners are not checked.
     """
 
     def __init__(
@@ -168,12 +186,14 @@ class ResumeEndpoint:
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         path_param: str = "stream_id",
         allow_delete: bool = False,
+        owner: Owner | None = None,
     ) -> None:
         self.context = context
         self.authorize = authorize
         self.ping_interval = ping_interval
         self.path_param = path_param
         self.allow_delete = allow_delete
+        self.owner = owner
 
     def _stream_id(self, scope: Scope) -> str:
         """The id the request names: the router's path parameter, else the last path
@@ -225,18 +245,27 @@ class ResumeEndpoint:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        requester = await request_owner(self.owner, scope)
         try:
-            if purge:
+            if method == "DELETE" and not await self._may(stream_id, requester):
+                await _plain(send, 404, "no such stream")  # what an unknown id gets
+            elif purge:
                 await self._delete(stream_id, tracked)
             elif method == "DELETE":
                 await self._stop(stream_id, tracked)
             else:
-                await self._resume(scope, receive, tracked, stream_id)
+                await self._resume(scope, receive, tracked, stream_id, requester)
         except BackendUnavailable as exc:
             if started:
                 raise  # mid-body: the server aborts it and the client resumes later
             logger.warning("resume of %r: backend unavailable (%s)", stream_id, exc)
             await _plain(send, 503, "stream storage is unavailable")
+
+    async def _may(self, stream_id: str, requester: str | None) -> bool:
+        """Without ``owner=``, anyone may; with it, see `may_access_stream` (False for
+        an unknown stream too, whose answer is the same ``404``)."""
+        assert self.context is not None
+        return self.owner is None or await may_access_stream(self.context, stream_id, requester)
 
     async def _stop(self, stream_id: str, send: Send) -> None:
         assert self.context is not None
@@ -256,7 +285,9 @@ class ResumeEndpoint:
         else:
             await _plain(send, 404, "no such stream")
 
-    async def _resume(self, scope: Scope, receive: Receive, send: Send, stream_id: str) -> None:
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, stream_id: str, requester: str | None
+    ) -> None:
         assert self.context is not None
         headers = scope.get("headers") or []
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -281,11 +312,24 @@ class ResumeEndpoint:
             await _plain(send, 404, "no such stream")
             return
         except TooManyFollowers:
-            await _plain(send, 503, "too many readers of this stream", RETRY_AFTER)
+            # A 503 would confirm the stream: only to whoever may read it.
+            if await self._may(stream_id, requester):
+                await _plain(send, 503, "too many readers of this stream", RETRY_AFTER)
+            else:
+                await _plain(send, 404, "no such stream")
             return
         if reader is None:
+            if not await self._may(stream_id, requester):
+                await _plain(send, 404, "no such stream")  # and not how it ended
+                return
             # Nothing left: say how it ended (a failure must never read as an end).
             await self._ended(send, stream_id, known_done=after is None and resume_at is None)
+            return
+        if self.owner is not None and not may_access(reader.metadata, requester):
+            # Checked on the reader's own metadata, read with its first chunks: the
+            # usual resume costs no extra round trip.
+            await reader.aclose()
+            await _plain(send, 404, "no such stream")
             return
         status, replay, mode = replay_headers(dict(reader.metadata))
         if resume_at and mode == "sse":
@@ -387,6 +431,9 @@ class ResumableStreamResponse:
         stream_id: defaults to `new_stream_id()`; read it back as ``.stream_id``.
         status_code, headers, media_type: as in Starlette's ``StreamingResponse``.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
+        owner: ``owner(scope) -> str | None`` (or awaitable): the stream is bound to
+            the owner of the request it answers (None: readable by anyone). Give the
+            resume endpoint the same callable.
     """
 
     def __init__(
@@ -399,6 +446,7 @@ class ResumableStreamResponse:
         headers: Iterable[tuple[bytes, bytes]] | dict[str, str] | None = None,
         media_type: str | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        owner: Owner | None = None,
     ) -> None:
         self.content = content
         self.context = context
@@ -406,6 +454,7 @@ class ResumableStreamResponse:
         self.status_code = status_code
         self.raw_headers = _raw_headers(headers, media_type)
         self.ping_interval = ping_interval
+        self.owner = owner
 
     def _content(self) -> Any:
         content = self.content
@@ -431,11 +480,12 @@ class ResumableStreamResponse:
                 for chunk in encoder.flush():
                     yield chunk
 
+            owner = await request_owner(self.owner, scope)
             try:
                 reader = await self.context.create_new_resumable_stream(
                     self.stream_id,
                     chunks,
-                    metadata=http_metadata(self.status_code, self.raw_headers),
+                    metadata=http_metadata(self.status_code, self.raw_headers, owner),
                 )
             except TooManyStreams:
                 await _plain(send, 503, "too many streams", RETRY_AFTER)
@@ -538,6 +588,9 @@ class ResumableStreamMiddleware:
         ping_interval: seconds of silence before an SSE comment ping; None disables.
         allow_delete: the resume endpoint serves ``DELETE ?delete=1`` (see
             `ResumeEndpoint`).
+        owner: ``owner(scope) -> str | None`` (or awaitable): each stream is bound to
+            the owner of the request that made it, and the resume endpoint answers
+            anyone else as it answers an unknown id (see `ResumeEndpoint`).
     """
 
     def __init__(
@@ -552,6 +605,7 @@ class ResumableStreamMiddleware:
         authorize: Authorize | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         allow_delete: bool = False,
+        owner: Owner | None = None,
     ) -> None:
         self.app = app
         self.context = context
@@ -567,8 +621,10 @@ class ResumableStreamMiddleware:
             raise ValueError("resume_path must contain '{stream_id}'")
         self._resume_regex = None if resume_path is None else _compile(resume_path)
         self.endpoint = ResumeEndpoint(
-            context, authorize=authorize, ping_interval=ping_interval, allow_delete=allow_delete
-        )
+            context, authorize=authorize, ping_interval=ping_interval,
+            allow_delete=allow_delete, owner=owner,
+        )  # fmt: skip
+        self.owner = owner
         self.stream_id = stream_id
         self.ping_interval = ping_interval
         self._apps: set[asyncio.Task[None]] = set()
@@ -856,8 +912,9 @@ class _Call:
 
         reader = None
         try:
+            owner = await request_owner(self.middleware.owner, self.scope)
             reader = await self.context.create_new_resumable_stream(
-                stream_id, body, metadata=http_metadata(start["status"], headers)
+                stream_id, body, metadata=http_metadata(start["status"], headers, owner)
             )
         except TooManyStreams:
             # Another request took the last place while the app was starting.

@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ._context import ResumableStreamContext
 from ._keys import validate_stream_id
-from .asgi import DEFAULT_PING_INTERVAL, ResumableStreamResponse, new_stream_id
+from .asgi import DEFAULT_PING_INTERVAL, Owner, ResumableStreamResponse, new_stream_id
 
 __all__ = ["ResumableStreamingResponse"]
 
@@ -39,6 +39,8 @@ class ResumableStreamingResponse(Response):
         stream_id: defaults to a random 128-bit id.
         status_code, headers, media_type, background: as for ``StreamingResponse``.
         ping_interval: seconds of silence before an SSE comment ping; None disables.
+        owner: ``owner(scope) -> str | None`` (or awaitable): bind the stream to the
+            request's owner (see `resumable_stream.asgi.ResumableStreamResponse`).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class ResumableStreamingResponse(Response):
         media_type: str | None = None,
         background: BackgroundTask | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        owner: Owner | None = None,
     ) -> None:
         self.content = content
         self.context = context
@@ -60,6 +63,7 @@ class ResumableStreamingResponse(Response):
         self.media_type = self.media_type if media_type is None else media_type
         self.background = background
         self.ping_interval = ping_interval
+        self.owner = owner
         self.init_headers(headers)
         # Starlette adds a content-length for bodies it knows; a stream has none.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -72,6 +76,7 @@ class ResumableStreamingResponse(Response):
             status_code=self.status_code,
             headers=self.raw_headers,
             ping_interval=self.ping_interval,
+            owner=self.owner,
         )
         await response(scope, receive, send)
         if self.background is not None:

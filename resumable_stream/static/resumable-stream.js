@@ -35,6 +35,10 @@
  *   `retryDelay` ms apart, doubling each time (with +-20% jitter, at most
  *   `maxRetryDelay`), where an SSE `retry:` field replaces `retryDelay` and a
  *   `Retry-After` header lengthens the wait. Any delivered data resets the count.
+ * - Every resume is sent with the `credentials` and `headers` of the request that started
+ *   the stream (`start`'s `init`, or `resume`'s), less its `content-type`: a server that
+ *   binds streams to their owner (a session cookie, an `Authorization` header) answers
+ *   a resume without them as it answers an unknown id (404).
  * - Delivery is exactly once: the client resumes after the last event it delivered and
  *   drops any event whose numeric id is not above the last one it delivered.
  *
@@ -454,6 +458,8 @@ class ConnectionCut extends Error {
  * @property {boolean} triedWithoutPosition  the 400 fallback for old servers was used
  * @property {number | null} [lastStatus]   the status of the last failed attempt
  * @property {boolean} forgetOnFinish       drop the sessionStorage entry when it ends
+ * @property {Headers} [headers]            sent again with every resume
+ * @property {RequestCredentials} [credentials]  used again for every resume
  */
 
 // -- the client --------------------------------------------------------------------------
@@ -520,6 +526,7 @@ export class ResumableStreamClient {
    */
   async start(url, body, init = {}) {
     const run = this._begin(null);
+    this._keepAuth(run, init);
     const userSignal = init.signal;
     if (userSignal) {
       // The caller's own signal aborts the whole stream, resumes included.
@@ -588,15 +595,18 @@ export class ResumableStreamClient {
    * after that event id (event streams).
    * @param {string} [streamId]  default: the saved unfinished stream
    * @param {string | number | null} [lastEventId]
+   * @param {{ headers?: HeadersInit, credentials?: RequestCredentials }} [init]  sent with
+   *   every resume request (say, an `Authorization` header)
    * @returns {Promise<StreamResult>}
    */
-  async resume(streamId, lastEventId) {
+  async resume(streamId, lastEventId, init = {}) {
     const saved = this.storageKey ? ResumableStreamClient.saved(this.storageKey) : null;
     if (streamId === undefined || streamId === null) {
       if (!saved) return { streamId: null, status: "none" };
       streamId = saved.streamId;
     }
     const run = this._begin(streamId);
+    this._keepAuth(run, init);
     if (lastEventId === undefined && saved && saved.streamId === streamId) {
       run.mode = saved.mode ?? null;
       run.lastEventId = saved.lastEventId ?? null;
@@ -666,6 +676,22 @@ export class ResumableStreamClient {
     };
     this._run = run;
     return run;
+  }
+
+  /**
+   * Keep the credentials and headers of `init` for the run's resumes (a GET: no body,
+   * so no content-type, which would also turn a cross-origin GET into a preflight).
+   * @param {RunState} run
+   * @param {RequestInit} init
+   */
+  _keepAuth(run, init) {
+    if (init.credentials !== undefined) run.credentials = init.credentials;
+    if (init.headers !== undefined) {
+      const headers = new Headers(init.headers);
+      headers.delete("content-type");
+      headers.delete("content-length");
+      run.headers = headers;
+    }
   }
 
   /** @param {RunState} run */
@@ -784,7 +810,9 @@ export class ResumableStreamClient {
    */
   async _resumeRequest(run, noPosition) {
     let url = this.resumeUrl(/** @type {string} */ (run.streamId));
-    const headers = new Headers({ accept: "text/event-stream, */*" });
+    const headers = new Headers(run.headers);
+    if (!headers.has("accept")) headers.set("accept", "text/event-stream, */*");
+    headers.delete("last-event-id");
     if (!noPosition) {
       if (run.mode !== "text" && run.mode !== "bytes" && run.lastEventId) {
         headers.set("last-event-id", run.lastEventId);
@@ -795,12 +823,10 @@ export class ResumableStreamClient {
       }
     }
     const connection = this._connect(run);
-    return this._fetch(url, {
-      method: "GET",
-      headers,
-      cache: "no-store",
-      signal: connection.signal,
-    });
+    /** @type {RequestInit} */
+    const init = { method: "GET", headers, cache: "no-store", signal: connection.signal };
+    if (run.credentials !== undefined) init.credentials = run.credentials;
+    return this._fetch(url, init);
   }
 
   /**
