@@ -19,7 +19,8 @@ Design decisions:
 * ``list`` walks ``SCAN`` with ``MATCH <prefix>:{*}:meta``: it stops after ``--limit``
   streams or `MAX_SCANS` calls, whichever comes first, and says so. It scans one server
   (not a Redis Cluster's every master).
-* ``owner`` is read from the meta hash's ``owner`` field, null when absent.
+* ``owner`` is the owner the HTTP layer bound the stream to (``owner=``: the
+  ``"owner"`` key of the stream's metadata), null for an unbound stream.
 
 Exit codes: 0 found, 1 no such stream (``{"error": "not found", "id": ...}`` with
 ``--json``), 2 bad arguments, no Redis configured, or Redis unreachable.
@@ -96,11 +97,11 @@ async def inspect_stream(client: Any, key_prefix: str, stream_id: str) -> dict[s
     """
     keys = StreamKeys(validate_prefix(key_prefix), validate_stream_id(stream_id))
     async with client.pipeline(transaction=True) as pipe:
-        pipe.hmget(keys.meta, "status", "error", "length", "stop", "owner")
+        pipe.hmget(keys.meta, "status", "error", "length", "stop", "info")
         pipe.llen(keys.chunks)
         pipe.pttl(keys.meta)
         pipe.pttl(keys.lease)
-        (status, error, length, stop, owner), chunks, ttl, lease = await pipe.execute()
+        (status, error, length, stop, info), chunks, ttl, lease = await pipe.execute()
     if status is None:
         return None
     state = status.decode()
@@ -117,7 +118,7 @@ async def inspect_stream(client: Any, key_prefix: str, stream_id: str) -> dict[s
         "bytes": size,
         "ttl": _seconds(ttl),
         "lease": _seconds(lease),
-        "owner": _text(owner),
+        "owner": _owner(info),
         "error": _text(error) or None,
         "stop": stop is not None,
     }
@@ -317,3 +318,15 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_run(args, url))
+
+
+def _owner(info: bytes | None) -> str | None:
+    """The bound owner from the stream's packed metadata (what ``owner=`` stored)."""
+    if not info:
+        return None
+    try:
+        metadata = msgpack.unpackb(info, raw=False)
+    except ValueError:
+        return None
+    owner = metadata.get("owner") if isinstance(metadata, dict) else None
+    return owner if isinstance(owner, str) else None

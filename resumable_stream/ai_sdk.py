@@ -79,6 +79,7 @@ import anyio
 from ._context import ResumableStreamContext
 from ._exceptions import (
     BackendUnavailable,
+    InvalidArgument,
     ProducerLost,
     ResumableStreamError,
     StreamDeleted,
@@ -525,7 +526,7 @@ class ChatStreams:
         owner: Owner | None = None,
     ) -> None:
         if pointer_ttl is not None and not pointer_ttl > 0:
-            raise ValueError("pointer_ttl must be > 0 seconds")
+            raise InvalidArgument("pointer_ttl must be > 0 seconds")
         self.context = context
         self.handler = handler
         self.authorize = authorize

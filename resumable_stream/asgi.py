@@ -81,6 +81,7 @@ import anyio
 from ._context import ResumableStreamContext
 from ._exceptions import (
     BackendUnavailable,
+    InvalidArgument,
     InvalidStreamId,
     ProducerLost,
     StreamAlreadyExists,
@@ -618,7 +619,7 @@ class ResumableStreamMiddleware:
                 scope["method"] in self.methods and regex.match(scope["path"]) is not None
             )
         if resume_path is not None and "{stream_id}" not in resume_path:
-            raise ValueError("resume_path must contain '{stream_id}'")
+            raise InvalidArgument("resume_path must contain '{stream_id}'")
         self._resume_regex = None if resume_path is None else _compile(resume_path)
         self.endpoint = ResumeEndpoint(
             context, authorize=authorize, ping_interval=ping_interval,

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 
@@ -203,9 +204,10 @@ async def test_inspect_unknown_id(redis_server: RedisServer, key_prefix: str) ->
 async def test_inspect_owner_field(
     redis_server: RedisServer, key_prefix: str, streams: Streams, redis_client: aioredis.Redis
 ) -> None:
-    """Read from the meta hash, so it shows once streams are bound to owners."""
+    """The owner ``owner=`` bound the stream to, from the stream's metadata."""
     await streams.running("o")
-    await redis_client.hset(stream_keys(key_prefix, "o").meta, "owner", "user-7")
+    packed = msgpack.packb({"http": {}, "owner": "user-7"})
+    await redis_client.hset(stream_keys(key_prefix, "o").meta, "info", packed)
     assert (await inspect_json(redis_server, key_prefix, "o"))["owner"] == "user-7"
 
 
