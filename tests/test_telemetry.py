@@ -372,3 +372,22 @@ def test_an_api_that_is_found_but_fails_to_import_turns_it_off() -> None:
     hook turns into a no-op and the chat goes on."""
     code = "from resumable_stream import _telemetry\nassert _telemetry.ENABLED\n"
     assert _python(code + _BLOCKED + _CHAT, RESUMABLE_STREAM_OTEL="1") == "False"
+
+
+def test_the_demo_prints_a_trace_and_the_metrics_of_one_chat() -> None:
+    """examples/telemetry_demo.py, through the SDK's console exporters."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "telemetry_demo.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "RESUMABLE_STREAM_OTEL": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "OK: one chat traced and measured" in out
+    for name in (
+        '"resumable_stream.claim"', '"resumable_stream.resume"', '"chat"',
+        '"resumable_stream.streams.started"', '"resumable_stream.streams.ended"',
+        '"resumable_stream.chunks.stored"', '"resumable_stream.resumes"',
+        '"resumable_stream.write.duration"', '"resumable_stream.follower.lag"',
+    ):
+        assert f'"name": {name}' in out, name
