@@ -14,6 +14,7 @@ from typing import Any, Literal
 import anyio
 import msgpack
 
+from . import _telemetry
 from ._exceptions import (
     BackendUnavailable,
     InvalidArgument,
@@ -249,6 +250,7 @@ class ResumableStreamContext:
                 raise StreamAlreadyExists(stream_id)
         return None
 
+    @_telemetry.claim_span
     async def _claim(
         self,
         stream_id: str,
@@ -303,6 +305,8 @@ class ResumableStreamContext:
                         stream_id, token, ttl=ttl, lease=self.options.lease, metadata=packed
                     )
             except (BackendUnavailable, TimeoutError) as exc:
+                if _telemetry.ENABLED:
+                    _telemetry.backend_error(exc, "claim")
                 if self._closed or loop.time() + delay > deadline:
                     if isinstance(exc, TimeoutError):
                         raise BackendUnavailable(
@@ -524,6 +528,8 @@ class ResumableStreamContext:
         task.add_done_callback(self._producers.discard)
         task.add_done_callback(producer.on_task_done)
         task.add_done_callback(lambda _: self._local.pop(stream_id, None))
+        if _telemetry.ENABLED:
+            _telemetry.stream_started()
         if self._wait_until is not None:
             self._wait_until(task)
         where = ReaderSource(
@@ -535,6 +541,7 @@ class ResumableStreamContext:
             metadata=dict(metadata) if metadata else None,
         )
 
+    @_telemetry.resume_span
     async def _follow(
         self, stream_id: str, start: int, skip: int, *, mode: Literal["join", "resume", "after"]
     ) -> ResumableStream | None:

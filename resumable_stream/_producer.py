@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 
 import anyio
 
+from . import _telemetry
 from ._exceptions import BackendUnavailable, StreamDeleted, StreamTooLarge, describe
 from ._options import StreamOptions
 from ._subscription import Bell, Subscription
@@ -131,7 +132,7 @@ class _Writer:
         self._out: list[Chunk] = []  # the chunks of the write in flight (or to retry)
         self._out_sizes: list[int] = []
         self._out_bytes = 0
-        self._out_at = 0.0  # when a timer-issued write went out
+        self._out_at = 0.0  # when the write in flight (its last try) went out
         self._out_end: Ended | None = None  # the end, if the write in flight carries it
         self._out_future: asyncio.Future[bool] | None = None  # a timer-issued write
         self._stored = 0  # chunks stored: the index of the first chunk of `_out`
@@ -262,17 +263,22 @@ class _Writer:
     def _failed(self, error: BaseException) -> None:
         """WRITING -> RETRYING: the task retries ``_out`` (or gives up) with the usual
         window; nothing else is written meanwhile."""
+        if _telemetry.ENABLED:
+            _telemetry.backend_error(error, "write")
         self._error = error
         self.state = WriterState.RETRYING
         self._wake.set()
 
     def _landed(self, stop: bool) -> None:
         """The write in flight is stored: the one place that records it."""
+        now = asyncio.get_running_loop().time()
+        if _telemetry.ENABLED:
+            _telemetry.write_landed(len(self._out), now - self._out_at)
         self._stored += len(self._out)
         self._out = []
         self._out_bytes = 0
         self.writes += 1
-        self._last_write = asyncio.get_running_loop().time()
+        self._last_write = now
         self._error = None
         ended = self._out_end is not None
         self._out_end = None
@@ -299,6 +305,8 @@ class _Writer:
             "other readers will get an error",
             self._stream_id, self._stored, describe(exc),
         )
+        if _telemetry.ENABLED:
+            _telemetry.backend_error(exc, "write")
         self._halt(exc)
 
     def _halt(self, exc: BaseException) -> None:
@@ -420,6 +428,7 @@ class _Writer:
         deadline = loop.time() + self._options.retry_window
         delay = 0.05
         while True:
+            self._out_at = loop.time()
             try:
                 with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
                     stop = await self._backend.write(
@@ -445,6 +454,8 @@ class _Writer:
                 if loop.time() + delay > deadline:
                     self._give_up(exc)
                     return
+                if _telemetry.ENABLED:
+                    _telemetry.backend_error(exc, "write")
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
                 delay = min(delay * 2, 1.0)
                 continue
@@ -626,6 +637,8 @@ class Producer:
         if not self._ended:
             self._ended = True
             self._feed.push(Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN))
+            if _telemetry.ENABLED:
+                _telemetry.stream_ended("failed")
 
     async def run(self) -> None:
         writer_task = asyncio.create_task(self.writer.run())
@@ -655,8 +668,21 @@ class Producer:
             # once per stream): then every reader and `has_existing_stream` see it.
             self._ended = True
             self._feed.push(end)
+            if _telemetry.ENABLED:
+                _telemetry.stream_ended(self._outcome(end))
         if cancelled is not None:
             raise cancelled
+
+    def _outcome(self, end: Ended) -> str:
+        """How the stream ended, for ``resumable_stream.streams.ended``."""
+        if self._deleted:
+            return "deleted"
+        if not self.writer.stores:
+            return "lost"  # the original reader got it all; no other reader can
+        if end.status is StreamStatus.FAILED:
+            return "failed"
+        # Stopped before its end was stored, as `stop_stream` answered True.
+        return "stopped" if self._stop_scope.cancel_called else "done"
 
     async def _pull(self) -> Ended:
         """Run the source to its end; the end to store. Raises only CancelledError."""

@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from . import _telemetry
 from ._exceptions import (
     BackendUnavailable,
     ProducerLost,
@@ -46,7 +47,7 @@ from ._lease import LeaseWatch, Liveness
 from ._merge import DELIVER, DONE, LOST, READ, WAIT, Merge, Step
 from ._options import StreamOptions
 from ._subscription import RESYNC, Subscription
-from ._types import Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
+from ._types import Appended, Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
 from .backends._protocol import Backend, Deletes
 
 __all__ = ["ReaderSource", "ResumableStream"]
@@ -148,6 +149,7 @@ class ResumableStream:
         self._local = local
         self._stale = False  # the feed broke or fell behind: replace it before reading
         self._quiet_at: float | None = None  # when a follower's wait turns into a read
+        self._live_at = 0.0  # telemetry: when a follower took the live event last (0: none)
         self._ended = False
         self._error: BaseException | None = None  # the end still to raise
         self._metadata: Mapping[str, Any] = metadata or {}
@@ -266,6 +268,8 @@ class ResumableStream:
                 while True:
                     if step is DELIVER:
                         self._take()
+                        if self._live_at:  # only set if _telemetry.ENABLED
+                            self._lag()
                         return
                     if step is WAIT:
                         step = await self._next_event()
@@ -301,6 +305,9 @@ class ResumableStream:
                 return merge.event(RESYNC)
             if event is not None:
                 self._quiet_at = None
+                if _telemetry.ENABLED and not self._local:
+                    live = type(event) is Appended
+                    self._live_at = asyncio.get_running_loop().time() if live else 0.0
                 if self._local and type(event) is Resync:
                     # The original reader fell behind its budget: read from storage.
                     self._stale = True
@@ -322,6 +329,7 @@ class ResumableStream:
                 # Nothing for poll_interval: a message may be lost, or the producer may
                 # be (the merge has its lease judged on the snapshot it asks for).
                 self._quiet_at = None
+                self._live_at = 0.0  # what a poll's read delivers arrived by no event
                 return merge.event(None)
 
     async def _end(self, error: BaseException | None) -> None:
@@ -339,6 +347,14 @@ class ResumableStream:
             # bounded, as a backend that cannot be reached may not answer.
             await asyncio.wait((closing,), timeout=_CLOSE_TIMEOUT)
         self._finalizer.detach()
+
+    def _lag(self) -> None:
+        """``resumable_stream.follower.lag``: from taking the live event to handing out
+        its first chunk (through a re-read, when it showed a gap)."""
+        lag = asyncio.get_running_loop().time() - self._live_at
+        self._live_at = 0.0
+        if _telemetry.ENABLED:
+            _telemetry.follower_lag(lag)
 
     def _failure(self, step: Step) -> BaseException:
         if step is LOST:
@@ -408,7 +424,9 @@ class ResumableStream:
                     f"no answer from the backend within retry_window "
                     f"({self._options.retry_window} s)"
                 ) from None
-            except BackendUnavailable:
+            except BackendUnavailable as exc:
+                if _telemetry.ENABLED:
+                    _telemetry.backend_error(exc, "read")
                 if loop.time() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)  # backoff between retries, not synchronisation
