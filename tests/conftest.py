@@ -135,6 +135,25 @@ async def backend(
         await client.aclose()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def memory_or_redis(
+    request: pytest.FixtureRequest, key_prefix: str
+) -> AsyncIterator[Backend]:
+    """The in-memory backend, then Redis on the private server: for test modules that
+    take their ``backend`` from it instead of all five."""
+    client: aioredis.Redis | None = None
+    if request.param == "memory":
+        made: Backend = MemoryBackend()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = aioredis.Redis.from_url(server.url)
+        made = RedisBackend(client, key_prefix=key_prefix)
+    yield made
+    await made.aclose()
+    if client is not None:
+        await client.aclose()
+
+
 @pytest.fixture
 async def ctx(backend: Backend) -> AsyncIterator[ResumableStreamContext]:
     context = create_resumable_stream_context(backend, options=FAST)

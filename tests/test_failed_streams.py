@@ -29,7 +29,6 @@ from resumable_stream import (
     create_resumable_stream_context,
 )
 from resumable_stream.asgi import ResumableStreamMiddleware
-from resumable_stream.backends.redis import RedisBackend
 from resumable_stream.client import ResumableStreamClient, ResumeFailed, StreamFailedError
 
 from .apps.restart_app import build, chunk_text, message_text
@@ -45,19 +44,9 @@ STEP = 10.0
 OPTIONS = StreamOptions(lease=0.5, poll_interval=0.25, shutdown_grace=2.0)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Backend]:
-    client: aioredis.Redis | None = None
-    if request.param == "memory":
-        made: Backend = MemoryBackend()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url)
-        made = RedisBackend(client, key_prefix=key_prefix)
-    yield made
-    await made.aclose()
-    if client is not None:
-        await client.aclose()
+@pytest.fixture
+def backend(memory_or_redis: Backend) -> Backend:
+    return memory_or_redis
 
 
 @pytest.fixture

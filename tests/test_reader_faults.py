@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +23,6 @@ from resumable_stream import (
 )
 from resumable_stream._subscription import RESYNC, Subscription
 from resumable_stream._types import Appended
-from resumable_stream.backends.redis import RedisBackend
 
 from .helpers import ControlledSource, read_all
 from .servers import RedisServer
@@ -35,19 +33,9 @@ STEP = 10.0  # seconds any one wait of these tests may take at most
 OPTIONS = StreamOptions(lease=1.0, poll_interval=0.05, shutdown_grace=2.0)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Backend]:
-    client: aioredis.Redis | None = None
-    if request.param == "memory":
-        made: Backend = MemoryBackend()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url)
-        made = RedisBackend(client, key_prefix=key_prefix)
-    yield made
-    await made.aclose()
-    if client is not None:
-        await client.aclose()
+@pytest.fixture
+def backend(memory_or_redis: Backend) -> Backend:
+    return memory_or_redis
 
 
 def text(i: int) -> str:

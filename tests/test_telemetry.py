@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import pytest
-import redis.asyncio as aioredis
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -36,11 +35,9 @@ from resumable_stream import (
 )
 from resumable_stream import _telemetry as telemetry
 from resumable_stream.backends import Backend
-from resumable_stream.backends.redis import RedisBackend
 
 from .conftest import FAST
 from .faulty_backend import Fault, FaultPlan, FaultyBackend
-from .servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP = 10.0  # bound on any one test's waits, in seconds
@@ -103,19 +100,9 @@ def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
     tracer_provider.shutdown()
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[Backend]:
-    client: aioredis.Redis | None = None
-    if request.param == "memory":
-        made: Backend = MemoryBackend()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = aioredis.Redis.from_url(server.url)
-        made = RedisBackend(client, key_prefix=key_prefix)
-    yield made
-    await made.aclose()
-    if client is not None:
-        await client.aclose()
+@pytest.fixture
+def backend(memory_or_redis: Backend) -> Backend:
+    return memory_or_redis
 
 
 @pytest.fixture
