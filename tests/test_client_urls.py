@@ -187,7 +187,9 @@ async def test_stop_goes_to_the_start_origin(server: LiveServer, app: LocationAp
         async for message in messages:
             if message.id == "4":
                 break
-    assert await client.stop() == 202
+    # 202 stopped, or 410 if the short answer ended first: either way our resume route
+    # on the start's origin answered (the old client raised UnsupportedProtocol).
+    assert await client.stop() in (202, 410)
     assert [hit.path for hit in app.resumes(RESUME)] == [f"{RESUME}{client.stream_id}"]
 
 

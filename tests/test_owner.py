@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+import resumable_stream
 from resumable_stream import (
     MemoryBackend,
     ResumableStreamContext,
@@ -475,7 +476,8 @@ async def test_python_client_sends_its_headers_and_cookies_on_resumes(
         assert refused.value.status == 404
 
 
-BROWSER_CLIENT = Path(__file__).parents[1] / "resumable_stream" / "static" / "resumable-stream.js"
+# The installed package's file (in CI the tests run against the wheel, not the checkout).
+BROWSER_CLIENT = Path(resumable_stream.__file__).parent / "static" / "resumable-stream.js"
 
 # A scripted fetch: the first answer breaks mid-stream, every resume is recorded.
 NODE_SCRIPT = r"""
