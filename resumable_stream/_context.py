@@ -28,8 +28,9 @@ from ._exceptions import (
 from ._keys import validate_stream_id
 from ._lease import LeaseWatch, Liveness, settle
 from ._options import StreamOptions
-from ._producer import Producer
+from ._producer import Producer, close_source
 from ._reader import ReaderSource, ResumableStream
+from ._retry import LEAST_ATTEMPT, RetryWindow
 from ._subscription import Subscription
 from ._types import Chunk, Snapshot, StreamStatus
 from .backends._protocol import Backend, Deletes
@@ -45,7 +46,6 @@ awaitable of either) of ``str``/``bytes`` chunks."""
 # A resume's first read is small, so that it answers fast even when many resumes of
 # long streams come at once; the reader then reads the rest in pages of 2,000.
 _FIRST_PAGE = 100
-_LEAST_ATTEMPT = 1.0  # seconds one claim try may take even at the end of the retry window
 _RELEASE = 0.0  # the lease a released claim is left with: lapsed at once
 _TOMBSTONE_LEASES = 4  # a deleted stream's tombstone lasts this many leases + retry_window
 
@@ -295,33 +295,30 @@ class ResumableStreamContext:
         self, stream_id: str, token: str, packed: bytes, ttl: float
     ) -> StreamStatus | None:
         """`Backend.claim`, retried with the same token while the backend is unreachable."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.retry_window
-        delay = 0.05
+        window = RetryWindow(self.options.retry_window)
         while True:
             try:
-                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                with anyio.fail_after(window.attempt()):
                     return await self.backend.claim(
                         stream_id, token, ttl=ttl, lease=self.options.lease, metadata=packed
                     )
             except (BackendUnavailable, TimeoutError) as exc:
                 if _telemetry.ENABLED:
                     _telemetry.backend_error(exc, "claim")
-                if self._closed or loop.time() + delay > deadline:
+                if self._closed or window.exhausted():
                     if isinstance(exc, TimeoutError):
                         raise BackendUnavailable(
                             f"no answer to the claim of {stream_id!r} within retry_window "
                             f"({self.options.retry_window} s)"
                         ) from None
                     raise
-                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
-                delay = min(delay * 2, 1.0)
+                await window.pause()
 
     async def _release_claim(self, stream_id: str, token: str, ttl: float) -> None:
         """Give up a claim that may have landed: its lease lapses now (fenced by the
         token: a claim that never landed, or someone else's stream, is untouched).
         Bounded and shielded; if it fails, the lease lapses on its own."""
-        with anyio.move_on_after(_LEAST_ATTEMPT, shield=True):
+        with anyio.move_on_after(LEAST_ATTEMPT, shield=True):
             try:
                 # Kept no longer than a finished stream: the next claim takes it over.
                 kept = self.options.finished_ttl or ttl
@@ -511,10 +508,7 @@ class ResumableStreamContext:
         # never reported as finished, and the next claim of the id starts it afresh.
         source = await _open_source(make_stream)
         if self._closed:  # closed while the source opened: `aclose` would not see it
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                with anyio.move_on_after(1.0, shield=True):
-                    await aclose()
+            await close_source(source, stream_id)
             raise ResumableStreamError("the context is closed: it starts no new producers")
         feed = Subscription(
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes

@@ -28,6 +28,7 @@ import anyio
 from . import _telemetry
 from ._exceptions import BackendUnavailable, StreamDeleted, StreamTooLarge, describe
 from ._options import StreamOptions
+from ._retry import LEAST_ATTEMPT, RetryWindow
 from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer, WritesSoon
@@ -43,7 +44,6 @@ STORAGE_LOST = (
 
 
 _RENEW_TICK = 0.05  # seconds: lease renewals are rounded down to this clock
-_LEAST_ATTEMPT = 1.0  # seconds one try may take even at the end of the retry window
 _SHUT_DOWN = "CancelledError: the producer was shut down"
 _UNEXPECTED = Ended(StreamStatus.FAILED, 0, "the producer ended unexpectedly")
 _CLEANUP = 1.0  # seconds the source's own cleanup (aclose) may take
@@ -372,7 +372,7 @@ class _Writer:
         # Renewals fall on a coarse shared clock, so that a process' idle streams
         # renew together (one call, not one round trip each).
         clock = min(_RENEW_TICK, renew_every / 2)
-        overdue = max(self._options.retry_window, _LEAST_ATTEMPT)
+        overdue = max(self._options.retry_window, LEAST_ATTEMPT)
         loop = asyncio.get_running_loop()
         self._last_write = loop.time()
         try:
@@ -425,12 +425,11 @@ class _Writer:
         unreachable for up to ``retry_window``; each try has its own deadline. Ends in
         `_landed` or `_give_up`."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._options.retry_window
-        delay = 0.05
+        window = RetryWindow(self._options.retry_window)
         while True:
             self._out_at = loop.time()
             try:
-                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                with anyio.fail_after(window.attempt()):
                     stop = await self._backend.write(
                         self._stream_id, self._token, self._stored, self._out,
                         end=self._out_end, ttl=self._ttl, finished_ttl=self._finished_ttl,
@@ -451,13 +450,12 @@ class _Writer:
                 await self._if_lost()
                 return
             except (BackendUnavailable, OSError, TimeoutError) as exc:
-                if loop.time() + delay > deadline:
+                if window.exhausted():
                     self._give_up(exc)
                     return
                 if _telemetry.ENABLED:
                     _telemetry.backend_error(exc, "write")
-                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
-                delay = min(delay * 2, 1.0)
+                await window.pause()
                 continue
             except Exception as exc:  # refused for good (an error no retry fixes)
                 self._give_up(exc)
@@ -473,7 +471,7 @@ class _Writer:
         ``stored + len(out)`` with the expected status means that try was applied.
         """
         try:
-            with anyio.fail_after(_LEAST_ATTEMPT):
+            with anyio.fail_after(LEAST_ATTEMPT):
                 snap = await self._backend.snapshot(self._stream_id, 0, 0)
         except Exception:  # unknowable now; the caller decides on its own evidence
             return False
@@ -492,7 +490,7 @@ class _Writer:
         a later producer could start again under the same id). Bounded in time."""
         lost_at: int | None = None
         try:
-            with anyio.fail_after(3 * _LEAST_ATTEMPT):
+            with anyio.fail_after(3 * LEAST_ATTEMPT):
                 snap = await self._backend.snapshot(self._stream_id, 0, 0)
                 if snap is not None:
                     if snap.status is not StreamStatus.RUNNING or snap.length >= self._stored:
@@ -528,7 +526,7 @@ class _Writer:
         can (bounded); otherwise the lease lapses and readers get `ProducerLost`."""
         error = f"persistence failed: {describe(self._error) if self._error else 'unknown'}"
         try:
-            with anyio.fail_after(_LEAST_ATTEMPT):
+            with anyio.fail_after(LEAST_ATTEMPT):
                 await self._backend.write(
                     self._stream_id, self._token, self._stored, [],
                     end=Ended(StreamStatus.FAILED, self._stored, error),
@@ -657,7 +655,7 @@ class Producer:
             # However the source ended, the unit ends: writes finished (never hanging
             # on them, even when shutting down), the writer's task gone, the reader told.
             self.writer.close(end)
-            grace = max(self._options.lease, self._options.retry_window) + 2 * _LEAST_ATTEMPT
+            grace = max(self._options.lease, self._options.retry_window) + 2 * LEAST_ATTEMPT
             with anyio.move_on_after(grace, shield=True):
                 await asyncio.wait([writer_task])
             if not writer_task.done():
@@ -726,15 +724,17 @@ class Producer:
         return end
 
     async def _close_source(self) -> None:
-        """Close the source (bounded). Its cleanup raising is logged, not fatal: the
-        stream still ends as the source's iteration did."""
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is None:
-            return
-        try:
-            with anyio.move_on_after(_CLEANUP, shield=True):
-                await aclose()
-        except Exception as exc:
-            logger.warning(
-                "stream %r: its source raised %s while closing", self.stream_id, describe(exc)
-            )
+        await close_source(self._source, self.stream_id)
+
+
+async def close_source(source: object, stream_id: str) -> None:
+    """Close a source (bounded, shielded). Its cleanup raising is logged, not fatal: the
+    stream still ends as the source's iteration did."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        with anyio.move_on_after(_CLEANUP, shield=True):
+            await aclose()
+    except Exception as exc:
+        logger.warning("stream %r: its source raised %s while closing", stream_id, describe(exc))

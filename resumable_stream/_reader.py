@@ -46,6 +46,7 @@ from ._exceptions import (
 from ._lease import LeaseWatch, Liveness
 from ._merge import DELIVER, DONE, LOST, READ, WAIT, Merge, Step
 from ._options import StreamOptions
+from ._retry import RetryWindow
 from ._subscription import RESYNC, Subscription
 from ._types import Appended, Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
 from .backends._protocol import Backend, Deletes
@@ -53,7 +54,6 @@ from .backends._protocol import Backend, Deletes
 __all__ = ["ReaderSource", "ResumableStream"]
 
 _PAGE = 2000  # chunks per snapshot read
-_LEAST_ATTEMPT = 1.0  # seconds a recovery attempt may take even at the end of the window
 _CLOSE_TIMEOUT = 5.0  # seconds a reader's close waits for the backend to unsubscribe
 
 
@@ -409,14 +409,12 @@ class ResumableStream:
             BackendUnavailable: still unreachable at the end of the window.
         """
         self._stale = True  # until a subscription succeeded (a cancelled one is retried)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._options.retry_window
-        delay = 0.05
+        window = RetryWindow(self._options.retry_window)
         while True:
             try:
                 # Bounded: a half-open connection may never answer (a backend's own
                 # timeouts can be longer than the window, or absent).
-                with anyio.fail_after(max(deadline - loop.time(), _LEAST_ATTEMPT)):
+                with anyio.fail_after(window.attempt()):
                     await self._resubscribe()
                     return await self._read()
             except TimeoutError:
@@ -427,10 +425,9 @@ class ResumableStream:
             except BackendUnavailable as exc:
                 if _telemetry.ENABLED:
                     _telemetry.backend_error(exc, "read")
-                if loop.time() + delay > deadline:
+                if window.exhausted():
                     raise
-                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
-                delay = min(delay * 2, 1.0)
+                await window.pause()
 
 
 class _Indexed:
