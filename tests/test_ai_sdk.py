@@ -37,8 +37,6 @@ from resumable_stream.ai_sdk import (
     UI_MESSAGE_STREAM_HEADERS,
     ChatRequest,
     ChatStreams,
-    _ActiveStreams,
-    _ui_chunks,
     abort_chunk,
     encode_chunk,
     error_chunk,
@@ -49,6 +47,8 @@ from resumable_stream.ai_sdk import (
     text_end_chunk,
     text_start_chunk,
 )
+from resumable_stream._ai_sdk_chunks import ui_chunks as _ui_chunks
+from resumable_stream._ai_sdk_pointer import ActiveStreams as _ActiveStreams
 from resumable_stream.backends import Backend
 from resumable_stream.backends.redis import RedisBackend
 
@@ -465,10 +465,12 @@ async def test_stop_ends_every_reader_properly(site: Site, http: httpx.AsyncClie
             await follower.rest()
         await first.rest()
     for events in (first, follower):
-        # The open text part is ended, then abort and [DONE]: no " world".
-        assert [c["type"] for c in events.chunks][-3:] == ["text-delta", "text-end", "abort"]
-        assert events.chunks[-1] == {"type": "abort", "reason": "stopped"}
-        assert events.chunks[-2] == {"type": "text-end", "id": "text-1"}
+        # The open text part is ended, then abort, finish and [DONE]: no " world".
+        kinds = [c["type"] for c in events.chunks][-4:]
+        assert kinds == ["text-delta", "text-end", "abort", "finish"]
+        assert events.chunks[-1] == {"type": "finish"}
+        assert events.chunks[-2] == {"type": "abort", "reason": "stopped"}
+        assert events.chunks[-3] == {"type": "text-end", "id": "text-1"}
         assert events.data[-1] == "[DONE]"
         assert "world" not in "".join(events.data)
     response, _ = await read_all(http, "GET", f"/api/chat/{chat}/stream")
@@ -523,12 +525,15 @@ async def test_handler_error_becomes_an_error_chunk(http: httpx.AsyncClient) -> 
     chat = new_chat()
     response, events = await read_all(http, "POST", "/api/chat", json=body_for(chat, "raise"))
     assert response.status_code == 200
-    assert events.chunks[-1] == {"type": "error", "errorText": "sorry: the model broke"}
+    assert events.chunks[-2:] == [
+        {"type": "error", "errorText": "sorry: the model broke"},
+        {"type": "finish", "finishReason": "error"},
+    ]
     assert events.data[-1] == "[DONE]"
     assert (await http.get(f"/api/chat/{chat}/stream")).status_code == 204
     _, bad = await read_all(http, "POST", "/api/chat", json=body_for(new_chat(), "bad"))
-    assert bad.chunks[-1]["type"] == "error"
-    assert bad.chunks[-1]["errorText"].startswith("sorry: a chat handler yields dicts")
+    assert bad.chunks[-2]["type"] == "error"
+    assert bad.chunks[-2]["errorText"].startswith("sorry: a chat handler yields dicts")
 
 
 async def test_sse_text_handler_gets_a_start_with_the_message_id(http: httpx.AsyncClient) -> None:
@@ -553,7 +558,8 @@ async def test_refusals(http: httpx.AsyncClient) -> None:
     assert (await http.get(f"/api/chat/{forbidden}/stream")).status_code == 403
     assert (await http.delete(f"/api/chat/{forbidden}/stream")).status_code == 403
     assert (await http.post("/api/chat", content=b"{not json")).status_code == 400
-    assert (await http.post("/api/chat", json={"messages": []})).status_code == 400
+    assert (await http.post("/api/chat", json={"id": 7, "messages": []})).status_code == 400
+    assert (await http.post("/api/chat", json=[])).status_code == 400
     assert (await http.post("/api/chat", json={"id": "x", "messages": "no"})).status_code == 400
     assert (await http.post("/api/chat", json={"id": "x" * 201})).status_code == 400
     huge = body_for(new_chat(), padding="x" * 20_000)
@@ -623,9 +629,21 @@ class FakeReader:
 @pytest.mark.parametrize(
     ("error", "tail"),
     [
-        (None, ['{"type":"text-end","id":"t"}', '{"type":"abort","reason":"stopped"}']),
-        (StreamFailed("s", "lost"), ['{"type":"error","errorText":"sorry: lost"}']),
-        (ProducerLost("s"), ['{"type":"error","errorText":"An error occurred."}']),
+        (
+            None,
+            ['{"type":"text-end","id":"t"}', '{"type":"abort","reason":"stopped"}',
+             '{"type":"finish"}'],
+        ),
+        (
+            StreamFailed("s", "lost"),
+            ['{"type":"error","errorText":"sorry: lost"}',
+             '{"type":"finish","finishReason":"error"}'],
+        ),
+        (
+            ProducerLost("s"),
+            ['{"type":"error","errorText":"An error occurred."}',
+             '{"type":"finish","finishReason":"error"}'],
+        ),
     ],
 )
 async def test_response_ends_properly_whatever_the_stored_end(
@@ -751,8 +769,8 @@ async def test_an_answer_past_its_size_cap_ends_with_an_error_chunk(capped: Site
             http, "POST", "/api/chat", json=body_for(chat, "long", text=long_text)
         )
         assert response.status_code == 200
-        assert events.chunks[-1]["type"] == "error"
-        assert "300" in events.chunks[-1]["errorText"]  # on_error saw StreamTooLarge
+        assert [c["type"] for c in events.chunks[-2:]] == ["error", "finish"]
+        assert "300" in events.chunks[-2]["errorText"]  # on_error saw StreamTooLarge
         assert events.data[-1] == "[DONE]"
         assert long_text not in "".join(events.data)
         assert await active_id(http, chat) is None
