@@ -2,12 +2,17 @@
 # requires-python = ">=3.10"
 # dependencies = ["resumable-streams", "fastapi", "uvicorn[standard]"]
 # ///
-"""A chat backend for the Vercel AI SDK's ``useChat({ resume: true })``, with a fake model.
+"""A chat backend for the Vercel AI SDK's ``useChat({ resume: true })`` and its
+``WorkflowChatTransport``, with a fake model.
 
-`resumable_stream.ai_sdk.ChatStreams` serves the routes ``DefaultChatTransport`` calls:
-``POST /api/chat`` streams the answer (UI message stream protocol v1) and stores it,
-``GET /api/chat/{id}/stream`` resumes the chat's running answer from its start (``204``
-when there is none), and ``DELETE /api/chat/{id}/stream`` stops it, from any process.
+`resumable_stream.ai_sdk.ChatStreams` serves the routes both transports call, at their
+defaults: ``POST /api/chat`` streams the answer (UI message stream protocol v1) and
+stores it, with its run id in ``x-workflow-run-id``; ``GET /api/chat/{id}/stream``
+resumes the chat's running answer from its start (``204`` when there is none), and with
+``?startIndex=N`` replays the answer (``id`` a run id or a chat id) from its chunk N,
+which is how ``WorkflowChatTransport`` reconnects by itself after a break;
+``POST /api/chat/{id}/stop`` (the AI SDK docs' stop route) and the older
+``DELETE /api/chat/{id}/stream`` stop it, from any process.
 The model is fake: it echoes the last user message, then a canned reply, one word every
 ``AI_SDK_DELAY`` seconds (0.05 by default). A message containing "please fail" makes it
 raise after a few words: the client gets an ``error`` chunk.
@@ -28,7 +33,8 @@ With curl (the front end is a stock ``useChat``; see the README's "AI SDK" secti
          -d '{"id": "c1", "messages": [{"id": "m1", "role": "user",
               "parts": [{"type": "text", "text": "Hello"}]}]}' --max-time 0.5   # cut
     curl -sN http://127.0.0.1:8000/api/chat/c1/stream            # from the start, then live
-    curl -si -X DELETE http://127.0.0.1:8000/api/chat/c1/stream  # stop it: 202 (204: none)
+    curl -sN 'http://127.0.0.1:8000/api/chat/c1/stream?startIndex=5'  # from chunk 5
+    curl -s -X POST http://127.0.0.1:8000/api/chat/c1/stop       # {"success":true,"stopped":true}
     curl -si http://127.0.0.1:8000/api/chat/c1/stream            # 204: nothing running
 """
 
@@ -130,6 +136,7 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
 app = FastAPI(title="AI SDK chat", lifespan=lifespan)
 app.add_route("/api/chat", chats.chat_endpoint, methods=["POST"])
 app.add_route("/api/chat/{chat_id}/stream", chats.stream_endpoint, methods=["GET", "DELETE"])
+app.add_route("/api/chat/{chat_id}/stop", chats.stop_endpoint, methods=["POST"])
 
 
 @app.get("/api/chat/{chat_id}/active")
@@ -144,6 +151,7 @@ starlette_app = Starlette(
     routes=[
         Route("/api/chat", chats.chat_endpoint, methods=["POST"]),
         Route("/api/chat/{chat_id}/stream", chats.stream_endpoint, methods=["GET", "DELETE"]),
+        Route("/api/chat/{chat_id}/stop", chats.stop_endpoint, methods=["POST"]),
     ],
     lifespan=lifespan,
 )
@@ -174,7 +182,13 @@ def create_litestar_app() -> Any:
     async def reconnect_or_stop() -> ASGIApp:
         return chats.stream_endpoint
 
-    return Litestar(route_handlers=[send_messages, reconnect_or_stop], on_shutdown=[ctx.aclose])
+    @post("/api/chat/{chat_id:str}/stop", status_code=200)
+    async def stop() -> ASGIApp:
+        return chats.stop_endpoint
+
+    return Litestar(
+        route_handlers=[send_messages, reconnect_or_stop, stop], on_shutdown=[ctx.aclose]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

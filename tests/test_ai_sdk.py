@@ -31,6 +31,8 @@ from resumable_stream import (
     StreamStatus,
     create_resumable_stream_context,
 )
+from resumable_stream._ai_sdk_chunks import ui_chunks as _ui_chunks
+from resumable_stream._ai_sdk_pointer import ActiveStreams as _ActiveStreams
 from resumable_stream._keys import StreamKeys
 from resumable_stream.ai_sdk import (
     DONE,
@@ -47,8 +49,6 @@ from resumable_stream.ai_sdk import (
     text_end_chunk,
     text_start_chunk,
 )
-from resumable_stream._ai_sdk_chunks import ui_chunks as _ui_chunks
-from resumable_stream._ai_sdk_pointer import ActiveStreams as _ActiveStreams
 from resumable_stream.backends import Backend
 from resumable_stream.backends.redis import RedisBackend
 
