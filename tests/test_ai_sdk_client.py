@@ -254,18 +254,25 @@ def test_two_tabs_resume_at_once(setup: Setup) -> None:
     assert len(ids) == 1
 
 
-def test_stop_then_resume_is_204(setup: Setup) -> None:
+@pytest.mark.parametrize("via", ["DELETE .../stream", "POST .../stop"])
+def test_stop_then_resume_is_204(setup: Setup, via: str) -> None:
     text = "Stop me"
     stop_after = HEAD + 5
-    result = run(setup, "stop", text=text, stopAfter=stop_after)
-    assert result["stopStatus"] == 202
-    assert result["again"] == 204  # nothing left to stop
+    post_route = via.startswith("POST")
+    via_config = {"stopVia": "post"} if post_route else {}
+    result = run(setup, "stop", text=text, stopAfter=stop_after, **via_config)
+    if post_route:  # the AI SDK docs' stop route: 200 and JSON, whether or not it stopped
+        assert result["stopStatus"] == {"status": 200, "success": True, "stopped": True}
+        assert result["again"] == {"status": 200, "success": True, "stopped": False}
+    else:
+        assert result["stopStatus"] == 202
+        assert result["again"] == 204  # nothing left to stop
     first = result["first"]
     assert_clean(first)  # the stop ends the answer cleanly, not as an error
     post = result["log"][0]
     assert post["method"] == "POST"
     assert post["events"][-1] == "[DONE]"
-    assert [c["type"] for c in chunks(post)][-2:] == ["text-end", "abort"]
+    assert [c["type"] for c in chunks(post)][-3:] == ["text-end", "abort", "finish"]
     answer = example().answer_for(text)
     part = assistant(first)["parts"][-1]
     assert part["state"] == "done"
@@ -320,5 +327,12 @@ def test_framework_cut_and_resume(framework: Setup) -> None:
 def test_framework_stop(framework: Setup) -> None:
     result = run(framework, "stop", text="Stop here", stopAfter=HEAD + 2)
     assert (result["stopStatus"], result["again"]) == (202, 204)
+    assert_clean(result["first"])
+    assert result["log"][1]["status"] == 204
+
+
+def test_framework_stop_route(framework: Setup) -> None:
+    result = run(framework, "stop", text="Stop there", stopAfter=HEAD + 2, stopVia="post")
+    assert result["stopStatus"] == {"status": 200, "success": True, "stopped": True}
     assert_clean(result["first"])
     assert result["log"][1]["status"] == 204

@@ -145,10 +145,19 @@ const userMessage = (text) => ({
   parts: [{ type: "text", text }],
 });
 
-async function stopChat(chatId) {
-  const response = await fetch(`${config.stop}/api/chat/${encodeURIComponent(chatId)}/stream`, {
-    method: "DELETE",
-  });
+// The stop: `DELETE .../stream` (its status), or with `stopVia: "post"` the AI SDK docs'
+// route, `POST .../stop` with the partial message (its status and JSON body).
+async function stopChat(chatId, assistantMessage) {
+  const base = `${config.stop}/api/chat/${encodeURIComponent(chatId)}`;
+  if (config.stopVia === "post") {
+    const response = await fetch(`${base}/stop`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(assistantMessage ? { assistantMessage } : {}),
+    });
+    return { status: response.status, ...(await response.json()) };
+  }
+  const response = await fetch(`${base}/stream`, { method: "DELETE" });
   await response.text();
   return response.status;
 }
@@ -206,14 +215,14 @@ const scenarios = {
     return { tabs: tabs.map(view) };
   },
 
-  // Stop (DELETE, from the resume process) after `stopAfter` events: the answer ends
+  // Stop (DELETE, or the POST stop route: `stopVia`; from the resume process) after `stopAfter` events: the answer ends
   // cleanly for the tab streaming it, and a reloaded page finds nothing to resume.
   async stop() {
     const tab = makeChat({ id: config.chatId });
     let stopped = null;
     nextEventHook = (entry) => {
       if (entry.method === "POST" && entry.events.length === config.stopAfter && !stopped) {
-        stopped = stopChat(config.chatId);
+        stopped = stopChat(config.chatId, tab.chat.messages.at(-1));
       }
     };
     const message = userMessage(config.text);
