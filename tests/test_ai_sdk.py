@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from resumable_stream import (
     BackendUnavailable,
+    InvalidArgument,
     MemoryBackend,
     ProducerLost,
     StreamFailed,
@@ -38,6 +39,7 @@ from resumable_stream.ai_sdk import (
     DONE,
     UI_MESSAGE_STREAM_HEADERS,
     ChatRequest,
+    ChatStop,
     ChatStreams,
     abort_chunk,
     encode_chunk,
@@ -274,6 +276,7 @@ class Site:
         self.server = server
         self.probe = probe
         self.chats: ChatStreams | None = None
+        self.stops: list[ChatStop] = []
 
     async def wait(self, name: str) -> None:
         with anyio.fail_after(STEP):
@@ -288,6 +291,7 @@ def make_site(
 ) -> Iterator[Site]:
     probe = Probe()
     holder: dict[str, Any] = {}
+    stops: list[ChatStop] = []
 
     async def make() -> tuple[Any, Any]:
         client = None
@@ -304,7 +308,7 @@ def make_site(
 
         chats = ChatStreams(
             ctx, script_handler(probe), authorize=authorize, on_error=on_error,
-            ping_interval=0.2, max_body_bytes=10_000,
+            ping_interval=0.2, max_body_bytes=10_000, on_stop=stops.append,
         )  # fmt: skip
         holder["chats"] = chats
         app = Starlette(
@@ -312,6 +316,7 @@ def make_site(
                 Route("/api/chat", chats.chat_endpoint, methods=["POST"]),
                 Route("/api/chat/{chat_id}/stream", chats.stream_endpoint,
                       methods=["GET", "DELETE"]),
+                Route("/api/chat/{chat_id}/stop", chats.stop_endpoint, methods=["POST"]),
             ]
         )  # fmt: skip
 
@@ -326,6 +331,7 @@ def make_site(
     with serving("uvicorn", make, probe) as server:
         site = Site(server, probe)
         site.chats = holder["chats"]
+        site.stops = stops
         yield site
 
 
@@ -774,3 +780,115 @@ async def test_an_answer_past_its_size_cap_ends_with_an_error_chunk(capped: Site
         assert events.data[-1] == "[DONE]"
         assert long_text not in "".join(events.data)
         assert await active_id(http, chat) is None
+
+
+# -- WorkflowChatTransport's routes and the stop route ---------------------------------------------
+
+
+async def test_a_body_without_chat_id_is_a_chat_named_by_its_run_id(
+    site: Site, http: httpx.AsyncClient
+) -> None:
+    body = body_for("unused", gate="no-id")
+    del body["id"]
+    async with http.stream("POST", "/api/chat", json=body) as response:
+        run_id = response.headers["x-workflow-run-id"]
+        assert run_id == response.headers["x-stream-id"]
+        assert "x-workflow-run-id" in response.headers["access-control-expose-headers"].lower()
+        first = Events(response)
+        await first.until("Hello")
+        await site.wait("no-id:paused")
+        # useChat's resume by that id: its active answer, from the start.
+        assert await active_id(http, run_id) == run_id
+        # From a chunk on, live: the rest of the answer, numbered as stored.
+        async with http.stream("GET", f"/api/chat/{run_id}/stream?startIndex=2") as later:
+            assert later.status_code == 200
+            assert later.headers["x-workflow-run-id"] == run_id
+            follower = Events(later)
+            await follower.until("Hello")
+            site.go("no-id")
+            await follower.rest()
+        await first.rest()
+    assert [c["type"] for c in first.chunks] == GATED_TYPES
+    assert follower.chunks == first.chunks[2:]
+    assert follower.ids == list(range(2, len(first.data)))  # [DONE] has its id too
+    # After the end: replayed by run id still, and none active any more.
+    _, again = await read_all(http, "GET", f"/api/chat/{run_id}/stream?startIndex=5")
+    assert again.chunks == first.chunks[5:]
+    assert await active_id(http, run_id) is None
+
+
+async def test_stop_route(site: Site, http: httpx.AsyncClient) -> None:
+    chat = new_chat()
+    async with http.stream("POST", "/api/chat", json=body_for(chat)) as response:
+        run_id = response.headers["x-workflow-run-id"]
+        events = Events(response)
+        await site.wait(f"{chat}:paused")
+        await events.until("Hello")
+        # A stale stop (it names another answer) changes nothing.
+        stale = await http.post(f"/api/chat/{chat}/stop", json={"activeStreamId": "older"})
+        assert stale.json() == {"success": True, "stopped": False}
+        assert await active_id(http, chat) == run_id
+        partial = {"id": "a1", "role": "assistant", "parts": [{"type": "text", "text": "Hello"}]}
+        stop = await http.post(
+            f"/api/chat/{chat}/stop", json={"activeStreamId": run_id, "assistantMessage": partial}
+        )
+        assert (stop.status_code, stop.json()) == (200, {"success": True, "stopped": True})
+        await events.rest()
+    assert [c["type"] for c in events.chunks][-3:] == ["text-end", "abort", "finish"]
+    assert await active_id(http, chat) is None
+    (seen,) = [s for s in site.stops if s.chat_id == chat]
+    assert (seen.stream_id, seen.stopped, seen.assistant_message) == (run_id, True, partial)
+    # What was written is kept, with the same ending.
+    _, replay = await read_all(http, "GET", f"/api/chat/{run_id}/stream?startIndex=0")
+    assert replay.chunks == events.chunks
+    # Nothing left: an empty body is {}; a stop by the run id finds it ended too.
+    for some_id in (chat, run_id):
+        again = await http.post(f"/api/chat/{some_id}/stop")
+        assert again.json() == {"success": True, "stopped": False}
+
+
+async def test_stop_by_run_id_leaves_a_newer_answer_active(
+    site: Site, http: httpx.AsyncClient
+) -> None:
+    chat = new_chat()
+    old_gate, new_gate = f"{chat}-old", f"{chat}-new"
+    async with http.stream("POST", "/api/chat", json=body_for(chat, gate=old_gate)) as old:
+        await site.wait(f"{old_gate}:paused")
+        old_id = old.headers["x-workflow-run-id"]
+        async with http.stream("POST", "/api/chat", json=body_for(chat, gate=new_gate)) as new:
+            await site.wait(f"{new_gate}:paused")
+            new_id = new.headers["x-workflow-run-id"]
+            stop = await http.post(f"/api/chat/{old_id}/stop")
+            assert stop.json() == {"success": True, "stopped": True}
+            old_events = await Events(old).rest()
+            assert await active_id(http, chat) == new_id  # not cleared: not the stopped one
+            site.go(new_gate)
+            await Events(new).rest()
+    assert old_events[-2:] == ['{"type":"finish"}', "[DONE]"]
+    (seen,) = [s for s in site.stops if s.stream_id == old_id]
+    assert (seen.chat_id, seen.assistant_message) == (chat, None)
+
+
+async def test_stop_and_replay_refusals(http: httpx.AsyncClient) -> None:
+    chat = new_chat()
+    assert (await http.get(f"/api/chat/{chat}/stop")).status_code == 405
+    for bad in (b"{no", b"[]", b'{"activeStreamId": 3}', b'{"assistantMessage": "x"}'):
+        assert (await http.post(f"/api/chat/{chat}/stop", content=bad)).status_code == 400
+    assert (await http.post("/api/chat/forbidden-x/stop")).status_code == 403
+    big = b'{"x": "' + b"y" * 20_000 + b'"}'
+    assert (await http.post(f"/api/chat/{chat}/stop", content=big)).status_code == 413
+    for start in ("1.5", "", "--1", "1e3"):
+        got = await http.get(f"/api/chat/{chat}/stream", params={"startIndex": start})
+        assert got.status_code == 400, start
+    assert (await http.get(f"/api/chat/{chat}/stream?startIndex=0")).status_code == 404
+    assert (await http.get("/api/chat/forbidden-x/stream?startIndex=0")).status_code == 403
+    # The pointer register is a stream of the backend, but no chat answer: not served.
+    pointer = f"ai-sdk:chat:{chat}"
+    assert (await http.get(f"/api/chat/{pointer}/stream?startIndex=0")).status_code == 404
+
+
+def test_bad_arguments_are_invalid_argument() -> None:
+    ctx = create_resumable_stream_context(MemoryBackend())
+    for kwargs in ({"pointer_ttl": 0}, {"pointer_ttl": -1.0}, {"max_body_bytes": 0}):
+        with pytest.raises(InvalidArgument):
+            ChatStreams(ctx, script_handler(Probe()), **kwargs)
