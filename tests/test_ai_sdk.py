@@ -892,3 +892,51 @@ def test_bad_arguments_are_invalid_argument() -> None:
     for kwargs in ({"pointer_ttl": 0}, {"pointer_ttl": -1.0}, {"max_body_bytes": 0}):
         with pytest.raises(InvalidArgument):
             ChatStreams(ctx, script_handler(Probe()), **kwargs)
+
+
+async def test_run_routes_hide_an_answer_from_everyone_but_its_owner() -> None:
+    """With ``owner=``, another user's replay by run id or chat id reads as no answer
+    (``404``, as an unknown id), and their stop stops nothing."""
+    probe = Probe()
+
+    async def make() -> tuple[Any, Any]:
+        ctx = create_resumable_stream_context(MemoryBackend())
+
+        def user(scope: Any) -> str | None:
+            value = dict(scope["headers"]).get(b"x-user")
+            return value.decode() if value else None
+
+        chats = ChatStreams(ctx, script_handler(probe), owner=user)
+        app = Starlette(
+            routes=[
+                Route("/api/chat", chats.chat_endpoint, methods=["POST"]),
+                Route("/api/chat/{chat_id}/stream", chats.stream_endpoint, methods=["GET"]),
+                Route("/api/chat/{chat_id}/stop", chats.stop_endpoint, methods=["POST"]),
+            ]
+        )  # fmt: skip
+        return app, ctx.aclose
+
+    alice, bob = {"x-user": "alice"}, {"x-user": "bob"}
+    chat = new_chat()
+    with serving("uvicorn", make, probe) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=STEP, trust_env=False) as http,
+            http.stream("POST", "/api/chat", json=body_for(chat), headers=alice) as made,
+        ):
+            run_id = made.headers["x-workflow-run-id"]
+            events = Events(made)
+            await events.until("Hello")
+            unknown = await http.get("/api/chat/nothing/stream?startIndex=0", headers=bob)
+            assert unknown.status_code == 404
+            for who in (bob, {}):
+                for some_id in (run_id, chat):
+                    theirs = await http.get(
+                        f"/api/chat/{some_id}/stream?startIndex=0", headers=who
+                    )
+                    assert (theirs.status_code, theirs.text) == (404, unknown.text)
+                    stop = await http.post(f"/api/chat/{some_id}/stop", headers=who)
+                    assert stop.json() == {"success": True, "stopped": False}
+            mine = await http.post(f"/api/chat/{run_id}/stop", headers=alice)
+            assert mine.json() == {"success": True, "stopped": True}
+            await events.rest()
+    assert [c["type"] for c in events.chunks][-3:] == ["text-end", "abort", "finish"]

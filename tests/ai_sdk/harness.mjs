@@ -215,7 +215,8 @@ const scenarios = {
     return { tabs: tabs.map(view) };
   },
 
-  // Stop (DELETE, or the POST stop route: `stopVia`; from the resume process) after `stopAfter` events: the answer ends
+  // Stop (DELETE, or with `stopVia: "post"` the stop route; from the resume process)
+  // after `stopAfter` events: the answer ends
   // cleanly for the tab streaming it, and a reloaded page finds nothing to resume.
   async stop() {
     const tab = makeChat({ id: config.chatId });
