@@ -216,8 +216,8 @@ const scenarios = {
   },
 
   // Stop (DELETE, or with `stopVia: "post"` the stop route; from the resume process)
-  // after `stopAfter` events: the answer ends
-  // cleanly for the tab streaming it, and a reloaded page finds nothing to resume.
+  // after `stopAfter` events: the answer ends cleanly for the tab streaming it, and a
+  // reloaded page finds nothing to resume.
   async stop() {
     const tab = makeChat({ id: config.chatId });
     let stopped = null;
