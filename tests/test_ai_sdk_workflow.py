@@ -381,3 +381,46 @@ async def test_stop_route_with_the_real_transport(apps: Apps, send_chat_id: bool
     async with httpx.AsyncClient(base_url=apps.direct, timeout=10, trust_env=False) as http:
         for some_id in (result["chatId"], run_id):
             assert (await http.get(f"/api/chat/{some_id}/stream")).status_code == 204
+
+
+async def test_a_new_page_resumes_the_running_answer_by_chat_id(apps: Apps) -> None:
+    """The first page's chat stops reading (a closed tab: the answer goes on); a new
+    page of the chat resumes it by chat id, from chunk 0, and gets all of it."""
+    text = "Reload me, " + "the answer goes on while nobody reads it; " * 4  # a long echo
+    async with EventCutProxy([apps.send_port, apps.resume_port], []) as proxy:
+        result = await run(proxy, "reload", text=text, sendChatId=True, closeAfter=HEAD + 1)
+    first, tab = result["first"], result["tab"]
+    assert (first["status"], first["error"]) == ("ready", None)  # a disconnect, no error
+    assert (tab["status"], tab["error"], tab["errors"]) == ("ready", None, [])
+    post, get = result["log"]
+    run_id = post["runId"]
+    assert get["path"] == f"/api/chat/{result['chatId']}/stream?startIndex=0"
+    assert (get["status"], get["runId"], get["end"]) == (200, run_id, "complete")
+    whole = await stored_answer(apps, run_id)
+    assert [c["type"] for c in whole] == expected_types(text)
+    assert result["seen"] == whole
+    assert result["firstSeen"] == whole[: len(result["firstSeen"])]
+    assert assistant_text(tab) == example().answer_for(text)
+
+
+async def test_the_tail_by_run_id_through_a_cut(apps: Apps) -> None:
+    """``initialStartIndex: -2`` on a finished answer: the transport reads the tail
+    index, and after a cut asks on from the absolute chunk it reached."""
+    async with EventCutProxy([apps.resume_port], [(1, 3)]) as proxy:
+        result = await run(
+            proxy, "tail", text="the end of it", initialStartIndex=-2,
+            send=f"http://127.0.0.1:{apps.send_port}",  # the POST without the proxy
+        )  # fmt: skip
+    assert [(c.events, c.extra) for c in proxy.made] == [(1, 3)]
+    post, cut, rest = result["log"]
+    run_id = post["runId"]
+    whole = await stored_answer(apps, run_id)
+    assert result["firstSeen"] == whole
+    assert (cut["path"], cut["tailIndex"]) == (
+        f"/api/chat/{run_id}/stream?startIndex=-2", str(len(whole) - 1)
+    )
+    assert cut["end"].startswith("broken")
+    assert rest["path"] == f"/api/chat/{run_id}/stream?startIndex={len(whole) - 1}"
+    assert rest["end"] == "complete"
+    assert result["seen"] == whole[-2:] == [{"type": "finish-step"}, whole[-1]]
+    assert result["tab"]["status"] == "ready"

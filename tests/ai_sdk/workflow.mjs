@@ -40,7 +40,6 @@ class TestChat extends AbstractChat {
 const config = JSON.parse(process.argv[2]);
 const log = []; // one entry per response
 const reading = []; // the log's readers, awaited before the result is printed
-const seen = []; // the chunks the transport handed the chat, in order
 let onChunk = null;
 
 async function recordingFetch(url, init = {}) {
@@ -84,29 +83,31 @@ async function recordingFetch(url, init = {}) {
   return new Response(forTransport, { status: response.status, headers: response.headers });
 }
 
-function tap(stream) {
-  return stream.pipeThrough(
-    new TransformStream({
-      transform(chunk, controller) {
-        seen.push(chunk);
-        if (onChunk) onChunk(chunk);
-        controller.enqueue(chunk);
-      },
-    }),
-  );
-}
-
 class RecordingTransport extends WorkflowChatTransport {
+  seen = []; // the chunks handed to the chat, in order
+
+  tap(stream) {
+    const seen = this.seen;
+    return stream.pipeThrough(
+      new TransformStream({
+        transform(chunk, controller) {
+          seen.push(chunk);
+          if (onChunk) onChunk(chunk, seen);
+          controller.enqueue(chunk);
+        },
+      }),
+    );
+  }
   async sendMessages(options) {
-    return tap(await super.sendMessages(options));
+    return this.tap(await super.sendMessages(options));
   }
   async reconnectToStream(options) {
     const stream = await super.reconnectToStream(options);
-    return stream == null ? stream : tap(stream);
+    return stream == null ? stream : this.tap(stream);
   }
 }
 
-function makeChat({ id, messages = [] }) {
+function makeChat({ id, messages = [], initialStartIndex }) {
   const errors = [];
   const finishes = [];
   const transport = new RecordingTransport({
@@ -122,6 +123,7 @@ function makeChat({ id, messages = [] }) {
     prepareReconnectToStreamRequest: ({ api }) => ({
       api: api.replace(config.send, config.resume),
     }),
+    ...(initialStartIndex != null ? { initialStartIndex } : {}),
   });
   const chat = new TestChat({
     id,
@@ -131,7 +133,7 @@ function makeChat({ id, messages = [] }) {
     onFinish: ({ isAbort, isDisconnect, isError, finishReason }) =>
       finishes.push({ isAbort, isDisconnect, isError, finishReason: finishReason ?? null }),
   });
-  return { chat, errors, finishes };
+  return { chat, errors, finishes, transport };
 }
 
 function view({ chat, errors, finishes }) {
@@ -143,6 +145,8 @@ function view({ chat, errors, finishes }) {
     finishes: [...finishes],
   };
 }
+
+const seenBy = (tab) => tab.transport.seen;
 
 const userMessage = (text) => ({
   id: `user-${Math.random().toString(36).slice(2)}`,
@@ -164,7 +168,34 @@ const scenarios = {
   async send() {
     const tab = makeChat({ id: config.chatId });
     await tab.chat.sendMessage(userMessage(config.text));
-    return { tab: view(tab) };
+    return { tab: view(tab), seen: seenBy(tab) };
+  },
+
+  // A page closes mid-answer (its chat's stop(): a disconnect, the answer goes on) and a
+  // new page of the same chat resumes it: GET /api/chat/{chatId}/stream?startIndex=0.
+  async reload() {
+    const first = makeChat({ id: config.chatId });
+    const message = userMessage(config.text);
+    onChunk = (chunk, seen) => {
+      if (seen.length === config.closeAfter) first.chat.stop();
+    };
+    await first.chat.sendMessage(message);
+    onChunk = null;
+    const tab = makeChat({ id: config.chatId, messages: [message] });
+    await tab.chat.resumeStream();
+    return { first: view(first), firstSeen: seenBy(first), tab: view(tab), seen: seenBy(tab) };
+  },
+
+  // A page that kept the run id reads the last chunks of a finished answer by it
+  // (initialStartIndex < 0: the transport reads x-workflow-stream-tail-index), through
+  // whatever cuts the proxy makes.
+  async tail() {
+    const first = makeChat({ id: config.chatId });
+    await first.chat.sendMessage(userMessage(config.text));
+    const runId = log[0].runId;
+    const tab = makeChat({ id: runId, initialStartIndex: config.initialStartIndex });
+    await tab.chat.resumeStream();
+    return { first: view(first), firstSeen: seenBy(first), tab: view(tab), seen: seenBy(tab) };
   },
 
   // After `stopAfter` chunks, the stop route (as the AI SDK docs' stop button calls it,
@@ -173,7 +204,7 @@ const scenarios = {
   async stop() {
     const tab = makeChat({ id: config.chatId });
     let stopped = null;
-    onChunk = () => {
+    onChunk = (chunk, seen) => {
       if (seen.length === config.stopAfter && !stopped) {
         const runId = log[0].runId;
         const stopId = config.sendChatId ? config.chatId : runId;
@@ -185,17 +216,17 @@ const scenarios = {
     onChunk = null;
     const stop = await stopped;
     const again = await postStop(config.sendChatId ? config.chatId : log[0].runId, {});
-    return { tab: view(tab), stop, again };
+    return { tab: view(tab), seen: seenBy(tab), stop, again };
   },
 };
 
 const run = scenarios[config.scenario];
 if (!run) throw new Error(`no scenario ${config.scenario}`);
 const timer = setTimeout(() => {
-  console.log(JSON.stringify({ timeout: true, log, seen }));
+  console.log(JSON.stringify({ timeout: true, log }));
   process.exit(2);
 }, config.timeoutMs ?? 20000);
 const result = await run();
 await Promise.all(reading);
 clearTimeout(timer);
-console.log(JSON.stringify({ ...result, chatId: config.chatId, log, seen }));
+console.log(JSON.stringify({ ...result, chatId: config.chatId, log }));
