@@ -66,7 +66,7 @@ STEP = 10.0  # bound on any single wait
 
 
 def test_chunk_builders_match_the_protocol() -> None:
-    # The shapes of `uiMessageChunkSchema` in the `ai` package (5.x and 6.x).
+    # The shapes of `uiMessageChunkSchema` in the `ai` package (5.x to 7.x).
     assert start_chunk() == {"type": "start"}
     assert start_chunk("m1", metadata={"a": 1}) == {
         "type": "start", "messageId": "m1", "messageMetadata": {"a": 1}

@@ -8,7 +8,9 @@ the memory backend, and two on a private Redis (the POST goes to one, every reco
 to the other). Between them, `EventCutProxy` closes connections mid-body at points
 counted in SSE events and bytes, 1 to 3 per answer: the transport must reconnect by
 itself (``GET /api/chat/{runId}/stream?startIndex=N``) and hand the chat every chunk
-of the answer exactly once, in order, ending with ``finish``.
+of the answer exactly once, in order, ending with ``finish``. ``DefaultChatTransport``
+(``useChat``'s resume, ``tests/ai_sdk/harness.mjs``) goes through the same proxy at the
+end.
 
 Without node (>= 18) or its packages these tests skip, unless
 ``RESUMABLE_STREAM_REQUIRE_BROWSER=1`` (CI sets it): then they fail.
@@ -424,3 +426,47 @@ async def test_the_tail_by_run_id_through_a_cut(apps: Apps) -> None:
     assert rest["end"] == "complete"
     assert result["seen"] == whole[-2:] == [{"type": "finish-step"}, whole[-1]]
     assert result["tab"]["status"] == "ready"
+
+
+# -- DefaultChatTransport (useChat's resume) through the same proxy ------------------------------
+
+LONG = "Cut me, and resume me; " * 8  # a long echo: the answer runs for about 0.7 s
+DEFAULT_CUTS: dict[str, Cut] = {
+    "before any event": (0, 0),
+    "mid-event": (HEAD + 2, 9),
+    "at an event boundary": (HEAD + 8, 0),
+}
+
+
+@pytest.mark.parametrize("name", list(DEFAULT_CUTS))
+async def test_default_transport_resumes_after_a_proxy_cut(apps: Apps, name: str) -> None:
+    """``DefaultChatTransport`` (tests/ai_sdk/harness.mjs, its own fetch uncut): the
+    proxy cuts the POST early, the same chat's ``resumeStream()`` (``GET
+    /api/chat/{id}/stream``, on the other process) replays the answer from ``start``."""
+    cut = DEFAULT_CUTS[name]
+    async with EventCutProxy([apps.send_port, apps.resume_port], [cut]) as proxy:
+        config = {
+            "scenario": "cut", "chatId": f"chat-{uuid.uuid4().hex[:12]}", "text": LONG,
+            "send": proxy.url(0), "resume": proxy.url(1), "stop": proxy.url(1),
+            "cutAfter": None, "timeoutMs": 20_000,
+        }  # fmt: skip
+        node = await asyncio.create_subprocess_exec(
+            "node", str(CLIENT_DIR / "harness.mjs"), json.dumps(config), cwd=CLIENT_DIR,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(node.communicate(), 40)
+        assert node.returncode == 0, err.decode()
+    assert [(c.events, c.extra) for c in proxy.made] == [cut]
+    result = json.loads(out)
+    post, get = result["log"]
+    assert (post["method"], len(post["events"])) == ("POST", cut[0])
+    assert result["atCut"]["status"] == "error"  # the broken body, as the SDK saw it
+    assert (get["method"], get["status"]) == ("GET", 200)
+    replay = [json.loads(d) for d in get["events"] if d != "[DONE]"]
+    assert [c["type"] for c in replay] == expected_types(LONG)
+    assert get["events"][: cut[0]] == post["events"]
+    tab = result["tab"]
+    assert (tab["status"], tab["error"]) == ("ready", None)
+    assert assistant_text(tab) == example().answer_for(LONG)
+    assert tab["messages"][-1]["id"] == replay[0]["messageId"]
+    print(f"default transport, {name}: 1 cut survived, {len(replay)} chunks checked")
