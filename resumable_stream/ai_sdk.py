@@ -95,7 +95,8 @@ from ._ai_sdk_chunks import (
     text_end_chunk,
     text_start_chunk,
 )
-from ._ai_sdk_routes import ChatHandler, ChatRequest, ChatStop, ChatStreams
+from ._ai_sdk_requests import ChatHandler, ChatRequest, ChatStop
+from ._ai_sdk_routes import ChatStreams
 
 __all__ = [
     "DONE",
