@@ -556,7 +556,7 @@ async def test_unknown_stream_is_404(site: Site, http: httpx.AsyncClient) -> Non
     ("headers", "query"),
     [
         ({"Last-Event-ID": "abc"}, ""),
-        ({"Last-Event-ID": "-1"}, ""),
+        ({"Last-Event-ID": "-2"}, ""),  # -1 is "from the start"
         ({"Last-Event-ID": "1.5"}, ""),
         ({"Last-Event-ID": "9" * 30}, ""),
         ({}, "?resumeAt=abc"),
