@@ -53,6 +53,17 @@ resumes get the stored rest, then ``413``. A body piece larger than
 ``max_batch_bytes`` is one chunk, stored whole; headers and request bodies are the
 server's to limit (uvicorn answers oversized headers itself).
 
+Resume URLs: every resumable response names its resume URL in ``Location``
+(relative, this origin: the middleware's ``resume_path``, the resume endpoint's own
+path, the explicit response's ``resume_path`` if given), with ``?reconnect=1``. Clients
+that follow it after a break (langgraph-sdk's SSE client) reconnect there with ``GET``
+and ``Last-Event-ID``. At that URL no position means "from the start", and a completed
+stream with nothing left for the client answers ``200`` with an empty body and
+``X-Stream-Status: done`` instead of ``410`` (such a client reconnects even after a cut
+that fell after the last event, and would take the ``410`` for an error); a failure is
+still ``410``/``413``. SSE events are stored as the app wrote them (``event:``,
+``data:``, comments and all) and replayed byte for byte, with our ``id:`` added last.
+
 Decisions worth knowing: ids the middleware makes are 128-bit random
 (``secrets.token_urlsafe(16)``); the app may supply its own with an ``X-Stream-Id``
 response header (taken as it is, latin-1) or the ``stream_id`` hook (any text, no
@@ -60,16 +71,6 @@ response header (taken as it is, latin-1) or the ``stream_id`` hook (any text, n
 segment (``chat-日本`` is ``chat-%E6%97%A5%E6%9C%AC``, ``50%off`` is ``50%25off``;
 random ids are unchanged): header values are latin-1, and the value goes into the
 resume URL as it is. The resume endpoint decodes the id from the path once.
-Every resumable response names its resume URL in ``Location`` (relative, this
-origin: the middleware's ``resume_path``, the resume endpoint's own path, the explicit
-response's ``resume_path`` if given), with ``?reconnect=1``: clients that follow it
-after a break (langgraph-sdk's SSE client) reconnect there with ``GET`` and
-``Last-Event-ID``. At that URL no position means "from the start", and a completed
-stream with nothing left for the client answers ``200`` with an empty body and
-``X-Stream-Status: done`` instead of ``410`` (such a client reconnects after a cut that
-fell after the last event, and would take the ``410`` for an error); a failure is still
-``410``/``413``. SSE events are stored as the app wrote them (``event:``, ``data:``,
-comments and all) and replayed byte for byte, with our ``id:`` added last.
 Non-2xx responses, responses with a ``Content-Length`` and responses whose whole body
 comes in one message pass through untouched. If the backend is down when a stream
 starts, the response streams normally without ``X-Stream-Id`` and a warning is logged.
