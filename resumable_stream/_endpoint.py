@@ -12,6 +12,7 @@ from urllib.parse import parse_qs
 from ._context import ResumableStreamContext, _unpack_metadata
 from ._exceptions import (
     BackendUnavailable,
+    InvalidArgument,
     InvalidStreamId,
     ProducerLost,
     StreamFailed,
@@ -318,10 +319,17 @@ async def _nothing_left(
 
 
 def _resume_at(query: dict[str, list[str]]) -> int | None:
+    """The ``?resumeAt=`` position, or None without one.
+
+    Raises:
+        InvalidArgument: not a decimal number of characters (a ``400``).
+    """
     values = query.get("resumeAt")
     if not values:
         return None
     value = values[-1].strip()
     if not value.isdigit() or not value.isascii() or len(value) > 20:
-        raise ValueError(f"resumeAt must be a number of characters >= 0, got {values[-1]!r}")
+        raise InvalidArgument(
+            f"resumeAt must be a number of characters >= 0, got {values[-1]!r}"
+        )
     return int(value)

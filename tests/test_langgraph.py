@@ -438,7 +438,9 @@ async def test_sdk_gets_a_failed_run_as_an_error_after_its_prefix(site: Site, ta
     assert seen(parts) == run_events(run_id)[:fail_after]
     assert ids(parts) == [str(i) for i in range(fail_after)]
     assert proxy.cuts == 0  # the server aborted the response: no cut of ours
-    assert proxy.connections == 2
+    # The original, then the resume that answers 410 (one more if a resumed answer
+    # carried the last events and was aborted too: still each event once).
+    assert proxy.connections >= 2
     tally.add(proxy, parts)
 
 
