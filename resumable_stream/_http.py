@@ -249,11 +249,10 @@ def stream_headers(
     """Response headers for a resumable response: the id, exposed to browsers, the
     resume URL as ``Location`` if there is one (it replaces the app's), and for SSE the
     headers that keep proxies from buffering or caching the stream."""
-    dropped = (b"content-length", STREAM_ID_HEADER, b"location")
-    out = [
-        (k, v) for k, v in headers
-        if k.lower() not in dropped or (location is None and k.lower() == b"location")
-    ]  # fmt: skip
+    dropped = {b"content-length", STREAM_ID_HEADER}
+    if location is not None:
+        dropped.add(b"location")
+    out = [(k, v) for k, v in headers if k.lower() not in dropped]
     out.append((STREAM_ID_HEADER, stream_id_header(stream_id)))
     if location is not None:
         out.append((b"location", location))
