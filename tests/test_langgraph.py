@@ -1,7 +1,7 @@
 """The LangGraph SDK's own SSE client reads our streams through connection cuts.
 
 ``langgraph_sdk.get_client(url=...).http.stream(...)`` is what LangGraph apps use to
-read agent streams. After a transport error it reconnects by itself to the ``Location``
+read agent streams (``client.runs.stream(...)`` calls it). After a transport error it reconnects by itself to the ``Location``
 the response named, with ``GET`` and ``Last-Event-ID``, up to 5 times in a row with a
 backoff from 1 s (so every cut here costs about a second: the cut tests are few). The
 app is LangGraph-shaped: ``event: metadata``, ``event: values`` with JSON data, ``event:
@@ -309,6 +309,30 @@ async def test_sdk_follows_a_running_stream_through_cuts(
     assert ids(parts) == [str(i) for i in range(VALUES + 2)]
     assert proxy.cuts == cuts
     assert proxy.connections == cuts + 1
+    tally.add(proxy, parts)
+
+
+async def test_sdk_runs_stream_through_cuts(site: Site, tally: Tally) -> None:
+    """The call LangGraph apps make, ``client.runs.stream(thread, assistant, input=...)``,
+    which POSTs to ``/threads/{thread_id}/runs/stream`` and reads with ``http.stream``."""
+    run_id = new_run()
+    go = site.probe.event(f"{run_id}:go")
+    parts: list[StreamPart] = []
+    async with CuttingProxy(site.server.port, budgets(400, 500)) as proxy:
+        client = get_client(url=proxy.url, api_key=None, timeout=10.0)
+        try:
+            with anyio.fail_after(STEP):
+                async for part in client.runs.stream(
+                    "t-8", "agent", input={"key": run_id}, params={"gate": GATE}
+                ):
+                    parts.append(part)
+                    if len(parts) >= GATE:
+                        go.set()
+        finally:
+            await client.aclose()
+    assert seen(parts) == run_events(run_id)
+    assert ids(parts) == [str(i) for i in range(VALUES + 2)]
+    assert proxy.cuts == 2
     tally.add(proxy, parts)
 
 
