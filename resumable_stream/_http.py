@@ -4,7 +4,8 @@ How an HTTP response is stored as a stream:
 
 * The stream's metadata holds ``{"http": {"status", "headers", "body"}}``: the
   original status line and the headers worth replaying (not ``content-length``,
-  hop-by-hop headers, ``set-cookie`` or ``date``), and the body mode.
+  hop-by-hop headers, ``set-cookie``, ``date`` or ``location``), and the
+  body mode.
 * With an ``owner=`` callable, the metadata also holds ``{"owner": <str>}``, the
   owner the stream was bound to when it was made (`OWNER_KEY`, reserved). A stream
   without it (made with no owner, or before owners existed) is readable by anyone.
@@ -110,6 +111,7 @@ _NOT_REPLAYED = {
     b"x-stream-error",
     b"trailer",
     b"upgrade",
+    b"location",  # a resumable response's is its resume URL, set on every answer
 }
 
 
@@ -238,12 +240,22 @@ def path_segments(scope: MutableMapping[str, Any]) -> list[str]:
 
 
 def stream_headers(
-    headers: Iterable[tuple[bytes, bytes]], stream_id: str, mode: str
+    headers: Iterable[tuple[bytes, bytes]],
+    stream_id: str,
+    mode: str,
+    *,
+    location: bytes | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """Response headers for a resumable response: the id, exposed to browsers, and for
-    SSE the headers that keep proxies from buffering or caching the stream."""
-    out = [(k, v) for k, v in headers if k.lower() not in (b"content-length", STREAM_ID_HEADER)]
+    """Response headers for a resumable response: the id, exposed to browsers, the
+    resume URL as ``Location`` if there is one (it replaces the app's), and for SSE the
+    headers that keep proxies from buffering or caching the stream."""
+    dropped = {b"content-length", STREAM_ID_HEADER}
+    if location is not None:
+        dropped.add(b"location")
+    out = [(k, v) for k, v in headers if k.lower() not in dropped]
     out.append((STREAM_ID_HEADER, stream_id_header(stream_id)))
+    if location is not None:
+        out.append((b"location", location))
     expose = header(out, b"access-control-expose-headers")
     if expose is None:
         out.append((b"access-control-expose-headers", b"X-Stream-Id"))
@@ -379,7 +391,7 @@ async def pump(
                 await write(encode(first, mode))
             if body is None:
                 async for item in reader.indexed():
-                    more = reader._ready(_JOIN)
+                    more = reader.indexed_nowait(_JOIN)
                     if more:
                         # Chunks that are here already go out in one message: a
                         # send costs the server ~10 us whatever its size.

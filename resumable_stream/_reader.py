@@ -225,6 +225,13 @@ class ResumableStream:
         """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
         return _Indexed(self)
 
+    def indexed_nowait(self, limit: int = 256) -> list[IndexedChunk]:
+        """Up to ``limit`` more ``(index, chunk)`` pairs that are here already, without
+        waiting (empty if none is): a consumer that writes in batches takes them after
+        each awaited item and sends them together. They count as read, as from
+        `indexed` (`last_index` moves on)."""
+        return self._ready(limit)
+
     async def aclose(self) -> None:
         """Stop reading and release the subscription; the producer is not affected."""
         self._ended = True

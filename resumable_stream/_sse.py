@@ -178,17 +178,21 @@ def is_text(content_type: str | None) -> bool:
 
 
 def parse_last_event_id(value: str | None) -> int | None:
-    """Parse a ``Last-Event-ID`` header: None if absent or empty, else a chunk index.
+    """Parse a ``Last-Event-ID`` header: None if absent or empty, else a chunk index,
+    or ``-1`` for ``"-1"``: no event yet, so from the start (what a client that has
+    none may say, as it would with ``?resumeAt=0``).
 
-    Raises `InvalidArgument` (a ``ValueError``) for anything but a non-negative decimal
-    integer, so that a bad header is a client error rather than a silent replay from the
-    start.
+    Raises `InvalidArgument` (a ``ValueError``) for anything else but a non-negative
+    decimal integer, so that a bad header is a client error rather than a silent replay
+    from the start.
     """
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
+    if text == "-1":
+        return -1
     if len(text) > _MAX_ID_DIGITS:
         raise InvalidArgument(
             f"Last-Event-ID is {len(text)} characters long; at most {_MAX_ID_DIGITS} digits"

@@ -20,8 +20,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from ._context import ResumableStreamContext
+from ._http import Owner
 from ._keys import validate_stream_id
-from .asgi import DEFAULT_PING_INTERVAL, Owner, ResumableStreamResponse, new_stream_id
+from ._responder import DEFAULT_PING_INTERVAL, check_resume_path, new_stream_id
+from ._response import ResumableStreamResponse
 
 __all__ = ["ResumableStreamingResponse"]
 
@@ -41,6 +43,13 @@ class ResumableStreamingResponse(Response):
         ping_interval: seconds of silence before an SSE comment ping; None disables.
         owner: ``owner(scope) -> str | None`` (or awaitable): bind the stream to the
             request's owner (see `resumable_stream.asgi.ResumableStreamResponse`).
+        resume_path: where your `resumable_stream.asgi.ResumeEndpoint` serves the
+            stream (``/resume/{stream_id}``): named in the response's ``Location``.
+            None sends no ``Location``.
+
+    Raises:
+        InvalidArgument: ``resume_path`` does not contain ``{stream_id}``.
+        InvalidStreamId: ``stream_id`` cannot be stored.
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class ResumableStreamingResponse(Response):
         background: BackgroundTask | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         owner: Owner | None = None,
+        resume_path: str | None = None,
     ) -> None:
         self.content = content
         self.context = context
@@ -64,6 +74,7 @@ class ResumableStreamingResponse(Response):
         self.background = background
         self.ping_interval = ping_interval
         self.owner = owner
+        self.resume_path = check_resume_path(resume_path)
         self.init_headers(headers)
         # Starlette adds a content-length for bodies it knows; a stream has none.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
@@ -77,6 +88,7 @@ class ResumableStreamingResponse(Response):
             headers=self.raw_headers,
             ping_interval=self.ping_interval,
             owner=self.owner,
+            resume_path=self.resume_path,
         )
         await response(scope, receive, send)
         if self.background is not None:

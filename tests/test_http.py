@@ -39,13 +39,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from resumable_stream import (
+    InvalidArgument,
     MemoryBackend,
     ResumableStreamContext,
     StreamOptions,
     StreamStatus,
     create_resumable_stream_context,
 )
+from resumable_stream._responder import resume_location
+from resumable_stream.asgi import ResumableStreamMiddleware, ResumableStreamResponse
 from resumable_stream.backends.redis import RedisBackend
+from resumable_stream.starlette import ResumableStreamingResponse
 
 from .apps.chat import (
     CONFLICT_BODY,
@@ -556,7 +560,7 @@ async def test_unknown_stream_is_404(site: Site, http: httpx.AsyncClient) -> Non
     ("headers", "query"),
     [
         ({"Last-Event-ID": "abc"}, ""),
-        ({"Last-Event-ID": "-1"}, ""),
+        ({"Last-Event-ID": "-2"}, ""),  # -1 is "from the start"
         ({"Last-Event-ID": "1.5"}, ""),
         ({"Last-Event-ID": "9" * 30}, ""),
         ({}, "?resumeAt=abc"),
@@ -782,6 +786,8 @@ async def test_headers_of_original_and_resumed_responses(
     assert sse.headers["x-accel-buffering"] == "no"
     assert sse.headers["content-type"].startswith("text/event-stream")
     assert "content-length" not in sse.headers
+    sse_id = sse.headers["x-stream-id"]
+    assert sse.headers["location"] == f"/api/chat/resume/{sse_id}?reconnect=1"
 
     ndjson = await get_all(http, "POST", f"/api/chat/ndjson/{new_key()}")
     assert ndjson.status_code == 201
@@ -800,6 +806,7 @@ async def test_headers_of_original_and_resumed_responses(
             assert resumed.status_code == original.status_code
             assert resumed.headers["content-type"] == original.headers["content-type"]
             assert resumed.headers["x-stream-id"] == stream_id
+            assert resumed.headers["location"] == f"{resume_url(stream_id, via)}?reconnect=1"
             assert "x-stream-id" in exposed(resumed)
             assert "content-length" not in resumed.headers
             if original is sse:
@@ -814,6 +821,7 @@ async def test_headers_of_original_and_resumed_responses(
         head = await get_all(http, "HEAD", resume_url(stream_id), **position)
         assert head.status_code == original.status_code
         assert head.headers["x-stream-id"] == stream_id
+        assert head.headers["location"] == f"{resume_url(stream_id)}?reconnect=1"
         assert head.content == b""
 
 
@@ -861,6 +869,7 @@ async def test_app_supplied_stream_id_that_is_taken(site: Site, http: httpx.Asyn
         assert while_running.status_code == 200
         assert while_running.content == TEXT_BODY
         assert "x-stream-id" not in while_running.headers
+        assert "location" not in while_running.headers  # not stored: no resume URL
         site.go(first_key)
         assert await BodyReader(running).to_end() == TEXT_BODY
     await site.wait_status(taken, StreamStatus.DONE)
@@ -878,6 +887,7 @@ async def test_explicit_response_runs_background_task(site: Site, http: httpx.As
     response = await get_all(http, "POST", f"/explicit/{key}")
     assert response.status_code == 200
     stream_id = response.headers["x-stream-id"]
+    assert "location" not in response.headers  # no resume_path given: no resume URL
     assert stream_id == site.probe.notes[f"{key}:stream_id"]
     assert response.headers["cache-control"] == "no-cache"
     parsed = events_of(response.content)
@@ -996,3 +1006,36 @@ async def test_generated_stream_ids_are_random(
         assert len(base64.urlsafe_b64decode(stream_id + "==")) >= 16  # >= 128 random bits
     # Every position of the alphabet is used: the ids are not, say, hex in disguise.
     assert len(set("".join(ids))) > 40
+
+
+# -- arguments ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resume_path", ["/resume", "/resume/{id}", ""])
+async def test_a_resume_path_without_its_stream_id_is_refused(resume_path: str) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover
+        raise AssertionError("never called")
+
+    ctx = create_resumable_stream_context(MemoryBackend())
+    try:
+        with pytest.raises(InvalidArgument, match="stream_id"):
+            ResumableStreamMiddleware(app, ctx, path="/chat", resume_path=resume_path)
+        with pytest.raises(InvalidArgument, match="stream_id"):
+            ResumableStreamResponse([b"x"], context=ctx, resume_path=resume_path)
+        with pytest.raises(InvalidArgument, match="stream_id"):
+            ResumableStreamingResponse([b"x"], context=ctx, resume_path=resume_path)
+    finally:
+        await ctx.aclose()
+
+
+def test_location_fills_the_resume_path() -> None:
+    """`{name}`s come from the request path; an id is percent-encoded as X-Stream-Id is;
+    a name with no value gives no Location at all rather than a wrong one."""
+    assert resume_location("/r/{stream_id}", "chat-日本") == (
+        b"/r/chat-%E6%97%A5%E6%9C%AC?reconnect=1"
+    )
+    assert resume_location("/t/{thread}/r/{stream_id}", "a b", {"thread": "t/1"}) == (
+        b"/t/t%2F1/r/a%20b?reconnect=1"
+    )
+    assert resume_location("/t/{thread}/r/{stream_id}", "x") is None
+    assert resume_location(None, "x") is None

@@ -421,6 +421,14 @@ async def test_odd_ids_round_trip_by_the_advertised_url(stream_id: str) -> None:
                 assert resumed.status_code == 200, (prefix, resumed.text)
                 assert resumed.content == whole
                 assert resumed.headers["x-stream-id"] == advertised
+                # A resume names itself as the client sent it (raw_path: never the
+                # decoded path, where "a%2Fb" would become two segments).
+                assert resumed.headers["location"] == f"{prefix}{advertised}?reconnect=1"
+            # The Location is the same URL; with no position there, from the start.
+            location = made.headers["location"]
+            assert location == f"/resume/{advertised}?reconnect=1"
+            from_location = await http.get(location)
+            assert (from_location.status_code, from_location.content) == (200, whole)
             assert (await http.delete(f"/mounted/resume/{advertised}")).status_code == 410
             assert (await http.get(f"/mounted/resume/{advertised}")).status_code == 410
         assert await at.run(lambda: at.ctx.get_status(stream_id)) is StreamStatus.DONE

@@ -389,6 +389,8 @@ def test_is_text(content_type: str | None, expected: bool) -> None:
         (" 42\t", 42),
         ("007", 7),
         ("9" * 20, int("9" * 20)),
+        ("-1", -1),  # no event yet: from the start
+        (" -1 ", -1),
     ],
 )
 def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
@@ -397,7 +399,10 @@ def test_parse_last_event_id(value: str | None, expected: int | None) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["-1", "+1", "1.5", "1e3", "abc", "1_000", "0x10", "\u0661", "1 2", "9" * 21, "1" * 10_000],
+    [
+        *("-2", "-0", "--1", "+1", "1.5", "1e3", "abc", "1_000", "0x10", "\u0661", "1 2"),
+        *("9" * 21, "1" * 10_000),
+    ],
 )
 def test_parse_last_event_id_rejects(value: str) -> None:
     with pytest.raises(ValueError, match="Last-Event-ID"):
