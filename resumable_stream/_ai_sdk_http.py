@@ -5,14 +5,12 @@ Behind `resumable_stream.ai_sdk`.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 from ._http import Receive, Scope, Send, path_segments
-from .asgi import Authorize
 
 MAX_CHAT_ID_LENGTH = 200
 
@@ -79,21 +77,6 @@ def start_index(scope: Scope) -> int | None:
     if not digits.isdigit() or not digits.isascii() or len(digits) > 18:
         raise BadStartIndex(text)
     return int(text)
-
-
-# shared with asgi
-def is_head(scope: Scope) -> bool:
-    return bool(scope.get("method") == "HEAD")
-
-
-# shared with asgi
-async def allowed(authorize: Authorize | None, scope: Scope, chat_id: str) -> bool:
-    if authorize is None:
-        return True
-    verdict = authorize(scope, chat_id)
-    if inspect.isawaitable(verdict):
-        verdict = await verdict
-    return bool(verdict)
 
 
 class ClientGone(Exception):

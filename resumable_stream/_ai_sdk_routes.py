@@ -32,8 +32,6 @@ from ._ai_sdk_http import (
     BadStartIndex,
     ClientGone,
     Endpoint,
-    allowed,
-    is_head,
     json_response,
     no_content,
     path_id,
@@ -63,16 +61,22 @@ from ._http import (
     http_metadata,
     may_access,
     may_access_stream,
-    pump,
     request_owner,
-    stream_headers,
 )
 from ._http import plain_response as _plain
 from ._http import wait_disconnect as _disconnected
 from ._reader import ResumableStream
+from ._responder import (
+    DEFAULT_PING_INTERVAL,
+    Authorize,
+    allowed,
+    new_stream_id,
+    respond,
+    stream_directly,
+    wants_delete,
+)
 from ._sse import with_id
 from ._types import StreamStatus
-from .asgi import DEFAULT_PING_INTERVAL, Authorize, new_stream_id, wants_delete
 
 logger = logging.getLogger("resumable_stream")
 
@@ -312,18 +316,16 @@ class ChatStreams:
             return
         if reader is None:  # a fresh random id: only the backend being down gets here
             await self._restore(chat_id, stream_id, previous)
-            await self._stream_directly(request, _run_headers(headers, stream_id), receive, send)
+            # Without storage the handler stops when the client goes.
+            await stream_directly(
+                self._events(request), status=200, headers=_run_headers(headers, stream_id),
+                send=send, receive=receive,
+            )  # fmt: skip
             return
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": stream_headers(_run_headers(headers, stream_id), stream_id, "sse"),
-            }
-        )
-        await pump(
-            reader, send, lambda: _disconnected(receive),
-            mode="sse", ping_interval=self.ping_interval, body=self._response_body(reader),
+        await respond(
+            scope, send, reader, status=200, headers=_run_headers(headers, stream_id),
+            stream_id=stream_id, mode="sse", listen_disconnect=lambda: _disconnected(receive),
+            ping_interval=self.ping_interval, body=self._response_body(reader),
         )  # fmt: skip
 
     async def _restore(self, chat_id: str, stream_id: str, previous: str | None) -> None:
@@ -410,28 +412,6 @@ class ChatStreams:
             if count + offset >= start:
                 yield encode_chunk(closing).encode("utf-8")
         yield DONE_BYTES
-
-    async def _stream_directly(
-        self, request: ChatRequest, headers: list[tuple[bytes, bytes]], receive: Receive, send: Send
-    ) -> None:
-        """The answer without storage: the handler stops when the client goes."""
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        async def watch(scope: anyio.CancelScope) -> None:
-            await _disconnected(receive)
-            scope.cancel()
-
-        async with anyio.create_task_group() as tg, aclosing(self._events(request)) as events:
-            tg.start_soon(watch, tg.cancel_scope)
-            try:
-                async for event in events:
-                    body = event.encode("utf-8")
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:
-                pass  # the client went away while we were sending
-            finally:
-                tg.cancel_scope.cancel()
 
     # -- GET / DELETE {api}/{id}/stream ---------------------------------------------------------
 
@@ -606,21 +586,10 @@ class ChatStreams:
         start: int,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": stream_headers(_run_headers(headers, stream_id), stream_id, "sse"),
-            }
-        )
-        if is_head(scope):
-            await reader.aclose()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        await pump(
-            reader, send, lambda: _disconnected(receive),
-            mode="sse", ping_interval=self.ping_interval,
-            body=self._response_body(reader, start),
+        await respond(
+            scope, send, reader, status=200, headers=_run_headers(headers, stream_id),
+            stream_id=stream_id, mode="sse", listen_disconnect=lambda: _disconnected(receive),
+            ping_interval=self.ping_interval, body=self._response_body(reader, start),
         )  # fmt: skip
 
     # -- POST {api}/{id}/stop ---------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The LangGraph SDK's own SSE client reads our streams through connection cuts.
 
 ``langgraph_sdk.get_client(url=...).http.stream(...)`` is what LangGraph apps use to
-read agent streams (``client.runs.stream(...)`` calls it). After a transport error it reconnects by itself to the ``Location``
-the response named, with ``GET`` and ``Last-Event-ID``, up to 5 times in a row with a
-backoff from 1 s (so every cut here costs about a second: the cut tests are few). The
+read agent streams (``client.runs.stream(...)`` calls it). After a transport error it
+reconnects by itself to the ``Location`` the response named, with ``GET`` and
+``Last-Event-ID``, up to 5 times in a row with a backoff from 1 s (so every cut here
+costs about a second: the cut tests are few). The
 app is LangGraph-shaped: ``event: metadata``, ``event: values`` with JSON data, ``event:
 end``, behind `ResumableStreamMiddleware`, from a `ResumableStreamingResponse`, and
 resumed through `ResumeEndpoint`; it runs under uvicorn on loopback, and the client
