@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import redis
 
 from .app_process import AppProcess
 from .servers import RedisServer
@@ -136,3 +137,11 @@ def test_conformance_redis(
     env = {"REDIS_URL": redis_server.url, "DURABLE_STREAMS_PREFIX": prefix}
     counts = _check(_serve(env, app_log), tmp_path)
     assert counts["passed"] + counts["skipped"] == counts["total"]
+    # Every key the suite left behind expires on its own.
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        assert keys, "the suite stored nothing under the prefix"
+        assert [k for k in keys if client.pttl(k) == -1] == []
+    finally:
+        client.close()

@@ -13,6 +13,7 @@ serves the same streams (appends exactly once and in order, producers fenced).
 from __future__ import annotations
 
 from ._app import DurableStreamsApp
+from ._redis import RedisStorage
 from ._storage import DurableStorage, MemoryStorage, Watch
 
-__all__ = ["DurableStorage", "DurableStreamsApp", "MemoryStorage", "Watch"]
+__all__ = ["DurableStorage", "DurableStreamsApp", "MemoryStorage", "RedisStorage", "Watch"]

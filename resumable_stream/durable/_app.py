@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from .._exceptions import BackendUnavailable
 from ._model import encode_offset, is_text
 from ._service import (
     AppendRequest,
@@ -183,8 +184,22 @@ class DurableStreamsApp:
         if scope["type"] != "http":
             return
         request = _Request(scope)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._handle(request, receive, send)
+            await self._handle(request, receive, tracked)
+        except BackendUnavailable as exc:
+            if started:
+                # Mid-stream (SSE): end it without a closing control event; the client
+                # reconnects from its last offset.
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            await _send_reply(send, Reply(503, {"retry-after": "1"}, str(exc).encode()))
         except BadRequest as exc:
             await _send_reply(
                 send, Reply(400, {"content-type": "text/plain; charset=utf-8"}, str(exc).encode())
