@@ -26,7 +26,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote
 
 from .._exceptions import BackendUnavailable
+from ..backends import Backend
 from ._model import encode_offset, is_text
+from ._produced import ProducedStorage
 from ._service import (
     AppendRequest,
     BadRequest,
@@ -35,6 +37,7 @@ from ._service import (
     ReadResult,
     Reply,
     Service,
+    header_text,
     is_true,
     parse_expires_at,
     parse_ttl,
@@ -65,6 +68,7 @@ _EXPOSED = ", ".join(
         "stream-ttl",
         "stream-expires-at",
         "stream-sse-data-encoding",
+        "stream-error",
         "producer-epoch",
         "producer-seq",
         "producer-expected-seq",
@@ -154,6 +158,11 @@ class DurableStreamsApp:
         max_read_bytes: about the most one catch-up response carries.
         poll_interval: seconds a live reader waits at most between re-reads.
         close_storage: close ``storage`` when the app shuts down (lifespan).
+        resumable_backend: the backend of a `ResumableStreamContext` (``ctx.backend``):
+            its streams, made by ``ctx.resumable_stream(...)`` producers, are readable
+            (not writable) at ``resumable_prefix + stream_id``.
+        resumable_prefix: where those streams are; default ``path_prefix +
+            "resumable/"``.
     """
 
     def __init__(
@@ -167,9 +176,18 @@ class DurableStreamsApp:
         max_read_bytes: int = 1 << 20,
         poll_interval: float = 1.0,
         close_storage: bool = False,
+        resumable_backend: Backend | None = None,
+        resumable_prefix: str | None = None,
     ) -> None:
         self.storage = storage
         self.service = Service(storage, max_read_bytes=max_read_bytes)
+        self.resumable_prefix = (
+            resumable_prefix if resumable_prefix is not None else path_prefix + "resumable/"
+        )
+        self.resumable: Service | None = None
+        if resumable_backend is not None:
+            produced = ProducedStorage(resumable_backend, prefix=self.resumable_prefix)
+            self.resumable = Service(produced, max_read_bytes=max_read_bytes)
         self.path_prefix = path_prefix
         self.long_poll_timeout = long_poll_timeout
         self.sse_duration = sse_duration
@@ -224,6 +242,16 @@ class DurableStreamsApp:
         method = request.method
         if method == "OPTIONS":
             await _send_reply(send, _preflight())
+            return
+        if self.resumable is not None and path.startswith(self.resumable_prefix):
+            # Streams of ctx.resumable_stream producers: their producer writes them.
+            if method in ("GET", "HEAD"):
+                await self._read(self.resumable, request, receive, send)
+            else:
+                await _send_reply(send, Reply(405, {"allow": "GET, HEAD, OPTIONS"}))
+            return
+        if method in ("GET", "HEAD"):
+            await self._read(self.service, request, receive, send)
         elif method == "PUT":
             body = await _read_body(receive, self.max_append_bytes)
             if body is None:
@@ -239,16 +267,17 @@ class DurableStreamsApp:
                 await _send_reply(send, Reply(413, {}, b"body too large"))
                 return
             await _send_reply(send, await self.service.append(path, _append_request(request, body)))
-        elif method == "HEAD":
-            await _send_reply(send, await self.service.head(path), head=True)
         elif method == "DELETE":
             await _send_reply(send, await self.service.delete(path))
-        elif method == "GET":
-            await self._get(request, receive, send)
         else:
             await _send_reply(send, Reply(405, {"allow": "GET, HEAD, PUT, POST, DELETE, OPTIONS"}))
 
-    async def _get(self, request: _Request, receive: Receive, send: Send) -> None:
+    async def _read(
+        self, service: Service, request: _Request, receive: Receive, send: Send
+    ) -> None:
+        if request.method == "HEAD":
+            await _send_reply(send, await service.head(request.path), head=True)
+            return
         live = request.param("live")
         offset = request.param("offset")
         if offset == "":
@@ -257,13 +286,13 @@ class DurableStreamsApp:
             raise BadRequest("live must be long-poll or sse")
         if live is not None and offset is None:
             raise BadRequest(f"live={live} needs an offset")
-        located = await self.service.locate(request.path, offset or "-1")
+        located = await service.locate(request.path, offset or "-1")
         if isinstance(located, Reply):
             await _send_reply(send, located)
             return
         _, start = located
         if live is None:
-            result = await self.service.read(request.path, start)
+            result = await service.read(request.path, start)
             if isinstance(result, Reply):
                 await _send_reply(send, result)
                 return
@@ -276,17 +305,21 @@ class DurableStreamsApp:
             await _send_reply(send, reply)
         elif live == "long-poll":
             cursor = make_cursor(request.param("cursor"))
-            await _race_disconnect(receive, self._long_poll(request.path, start, cursor, send))
+            await _race_disconnect(
+                receive, self._long_poll(service, request.path, start, cursor, send)
+            )
         else:
             await _race_disconnect(
-                receive, self._sse(request.path, start, request.param("cursor"), send)
+                receive, self._sse(service, request.path, start, request.param("cursor"), send)
             )
 
-    async def _long_poll(self, path: str, start: int, cursor: str, send: Send) -> None:
+    async def _long_poll(
+        self, service: Service, path: str, start: int, cursor: str, send: Send
+    ) -> None:
         deadline = time.monotonic() + self.long_poll_timeout
-        async with self.storage.watch(path) as watch:
+        async with service.storage.watch(path) as watch:
             while True:
-                result = await self.service.read(path, start)
+                result = await service.read(path, start)
                 if isinstance(result, Reply):
                     await _send_reply(send, result)
                     return
@@ -305,14 +338,18 @@ class DurableStreamsApp:
                     }
                     if result.meta.closed:
                         headers["stream-closed"] = "true"
+                        if result.meta.error is not None:
+                            headers["stream-error"] = header_text(result.meta.error)
                     else:
                         headers["stream-cursor"] = cursor
                     await _send_reply(send, Reply(204, headers))
                     return
                 await watch.wait(min(remaining, self.poll_interval))
 
-    async def _sse(self, path: str, start: int, client_cursor: str | None, send: Send) -> None:
-        result = await self.service.read(path, start)
+    async def _sse(
+        self, service: Service, path: str, start: int, client_cursor: str | None, send: Send
+    ) -> None:
+        result = await service.read(path, start)
         if isinstance(result, Reply):
             await _send_reply(send, result)
             return
@@ -334,7 +371,7 @@ class DurableStreamsApp:
         async def emit(chunk: bytes) -> None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-        async with self.storage.watch(path) as watch:
+        async with service.storage.watch(path) as watch:
             while True:
                 if result.items:
                     # One write for the pair: a reader never sees data without its control.
@@ -356,7 +393,7 @@ class DurableStreamsApp:
                     if remaining <= 0:
                         break
                     await watch.wait(min(remaining, self.poll_interval))
-                next_result = await self.service.read(path, position)
+                next_result = await service.read(path, position)
                 if isinstance(next_result, Reply):
                     break
                 result = next_result
@@ -384,6 +421,8 @@ def _control_event(result: ReadResult, cursor: str) -> bytes:
     if result.closed:
         control["streamClosed"] = True
         control["upToDate"] = True
+        if result.meta.error is not None:
+            control["streamError"] = result.meta.error
     else:
         control["streamCursor"] = cursor
         if result.up_to_date:
@@ -401,6 +440,8 @@ def _read_reply(result: ReadResult, *, now: bool) -> Reply:
         headers["stream-up-to-date"] = "true"
     if result.closed:
         headers["stream-closed"] = "true"
+        if meta.error is not None:
+            headers["stream-error"] = header_text(meta.error)
     if now:
         headers["cache-control"] = "no-store"
     else:

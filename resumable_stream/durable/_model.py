@@ -68,8 +68,9 @@ class Item:
     data: bytes
     batch_end: int
 
-    def length(self, json_mode: bool) -> int:
-        return 1 if json_mode else len(self.data)
+    def length(self, whole: bool) -> int:
+        """Positions it spans: one if positions count whole items, else its bytes."""
+        return 1 if whole else len(self.data)
 
     def encode(self) -> bytes:
         """``start:batch_end:data``, unique per stream (the start is)."""
@@ -111,10 +112,20 @@ class StreamMeta:
     fork: dict[str, Any] | None = None
     refs: int = 0
     soft_deleted: bool = False
+    # Streams of ``ctx.resumable_stream`` producers (never stored as metadata): read
+    # only, positions count chunks, and a failure is told by ``error``.
+    chunked: bool = False
+    read_only: bool = False
+    error: str | None = None
 
     @property
     def json_mode(self) -> bool:
         return is_json(self.content_type)
+
+    @property
+    def whole_items(self) -> bool:
+        """Positions count items (JSON messages, chunks), not bytes."""
+        return self.json_mode or self.chunked
 
     def dumps(self) -> bytes:
         doc = {

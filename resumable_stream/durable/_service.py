@@ -53,6 +53,12 @@ def _error(status: int, message: str, **headers: str) -> Reply:
     return Reply(status, {"content-type": "text/plain; charset=utf-8", **headers}, message.encode())
 
 
+def header_text(text: str) -> str:
+    """``text`` as a header value: printable ASCII, one line, at most 200 characters."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return cleaned[:200]
+
+
 def is_true(value: str | None) -> bool:
     """``Stream-Closed`` counts only when exactly ``true`` (any case)."""
     return value is not None and value.lower() == "true"
@@ -225,7 +231,7 @@ class Service:
                     expires_at_ms=req.expires_at_ms,
                 )
                 items = items_of(meta, req.body, allow_empty=True)
-                meta.tail = items[-1].start + items[-1].length(meta.json_mode) if items else 0
+                meta.tail = items[-1].start + items[-1].length(meta.whole_items) if items else 0
                 meta.closed = req.close
                 reply = await self._commit_new(path, meta, items)
             if reply is not None:
@@ -311,7 +317,7 @@ class Service:
         )
         items = inherited + items_of(meta, req.body, allow_empty=True)
         if items:
-            meta.tail = max(meta.tail, items[-1].start + items[-1].length(meta.json_mode))
+            meta.tail = max(meta.tail, items[-1].start + items[-1].length(meta.whole_items))
         meta.closed = req.close
         reply = await self._commit_new(path, meta, items)
         if reply is None:
@@ -326,7 +332,7 @@ class Service:
             meta, items = await self.storage.read(path, pos, PAGE_ITEMS)
             if meta is None or meta.id != stream_id:
                 return None
-            part, pos_next = _cut(items, pos, end, meta.json_mode)
+            part, pos_next = _cut(items, pos, end, meta.whole_items)
             if pos_next <= pos:
                 return None
             # The fork's own boundary ends its copy of a batch cut by a sub-offset.
@@ -480,7 +486,7 @@ class Service:
         if req.stream_seq is not None:
             meta.stream_seq = req.stream_seq
         if items:
-            meta.tail = items[-1].start + items[-1].length(meta.json_mode)
+            meta.tail = items[-1].start + items[-1].length(meta.whole_items)
         if req.close:
             meta.closed = True
             if producer is not None:
@@ -510,6 +516,8 @@ class Service:
             headers["stream-ttl"] = str(meta.ttl)
         if meta.expires_at is not None:
             headers["stream-expires-at"] = meta.expires_at
+        if meta.error is not None:
+            headers["stream-error"] = header_text(meta.error)
         headers["cache-control"] = "no-store"
         return Reply(200, headers)
 
@@ -532,27 +540,28 @@ class Service:
             return _error(404, "no such stream")
         if meta.soft_deleted:
             return _error(410, "the stream is deleted")
-        part, end = _cut(items, start, meta.tail, meta.json_mode, self.max_read_bytes)
+        part, end = _cut(items, start, meta.tail, meta.whole_items, self.max_read_bytes)
         if meta.ttl is not None:
             await self.storage.touch(path, meta)
         return ReadResult(meta, part, start, max(end, start))
 
 
 def _cut(
-    items: Sequence[Item], start: int, end: int, json_mode: bool, max_bytes: int | None = None
+    items: Sequence[Item], start: int, end: int, whole: bool, max_bytes: int | None = None
 ) -> tuple[list[Item], int]:
     """The parts of ``items`` within ``[start, end)``, in order, at most about
-    ``max_bytes`` (whole JSON messages; bytes cut anywhere); and where they end."""
+    ``max_bytes`` (``whole``: items are never cut; else bytes are cut anywhere); and
+    where they end."""
     out: list[Item] = []
     size = 0
     pos = start
     for item in items:
-        stop = item.start + item.length(json_mode)
+        stop = item.start + item.length(whole)
         if stop <= pos:
             continue
         if item.start >= end or item.start > pos:
             break
-        if json_mode:
+        if whole:
             if max_bytes is not None and out and size + len(item.data) > max_bytes:
                 break
             out.append(item)
