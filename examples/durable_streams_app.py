@@ -1,3 +1,7 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["resumable-streams[redis]", "uvicorn[standard]"]
+# ///
 """The Durable Streams protocol under ``/v1/stream/``, on Redis when ``REDIS_URL`` is set
 (every process behind a load balancer then serves the same streams), else in memory.
 
@@ -9,29 +13,46 @@
     curl 'localhost:8000/v1/stream/hello?offset=-1'
     curl -N 'localhost:8000/v1/stream/hello?offset=-1&live=sse'
 
-``DURABLE_STREAMS_LONG_POLL_TIMEOUT`` (seconds, default 20) sets how long a long-poll
-waits before its 204.
+Streams that Python producers make with ``ctx.resumable_stream(stream_id, ...)`` on the
+same backend (this module's ``ctx``, or any process's context on the same Redis and key
+prefix) are readable, not writable, at ``/v1/stream/resumable/<stream_id>``.
+
+Settings: ``DURABLE_STREAMS_LONG_POLL_TIMEOUT`` (seconds a long-poll waits before its
+204, default 20), ``DURABLE_STREAMS_PREFIX`` (the Redis key prefix of the protocol's
+streams, default ``ds``), ``RESUMABLE_STREAM_PREFIX`` (the producers' key prefix,
+default ``resumable-stream``).
 """
 
 from __future__ import annotations
 
 import os
 
-from resumable_stream.durable import DurableStorage, DurableStreamsApp, MemoryStorage
+from resumable_stream import create_resumable_stream_context
+from resumable_stream.durable import (
+    DurableStorage,
+    DurableStreamsApp,
+    MemoryStorage,
+    RedisStorage,
+)
 
 
 def _storage() -> DurableStorage:
     url = os.environ.get("REDIS_URL")
     if not url:
         return MemoryStorage()
-    from resumable_stream.durable import RedisStorage
-
     return RedisStorage.from_url(url, key_prefix=os.environ.get("DURABLE_STREAMS_PREFIX", "ds"))
 
+
+# The environment picks the producers' backend too (REDIS_URL -> Redis, else memory).
+ctx = create_resumable_stream_context(
+    key_prefix=os.environ.get("RESUMABLE_STREAM_PREFIX", "resumable-stream")
+)
 
 app = DurableStreamsApp(
     _storage(),
     path_prefix="/v1/stream/",
     long_poll_timeout=float(os.environ.get("DURABLE_STREAMS_LONG_POLL_TIMEOUT", "20")),
     close_storage=True,
+    resumable_backend=ctx.backend,
+    on_shutdown=[ctx.aclose],
 )

@@ -21,7 +21,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -163,6 +163,8 @@ class DurableStreamsApp:
             (not writable) at ``resumable_prefix + stream_id``.
         resumable_prefix: where those streams are; default ``path_prefix +
             "resumable/"``.
+        on_shutdown: coroutines to await when the app shuts down (lifespan), after
+            closing the storage: for example the context's ``aclose``.
     """
 
     def __init__(
@@ -178,12 +180,14 @@ class DurableStreamsApp:
         close_storage: bool = False,
         resumable_backend: Backend | None = None,
         resumable_prefix: str | None = None,
+        on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         self.storage = storage
         self.service = Service(storage, max_read_bytes=max_read_bytes)
         self.resumable_prefix = (
             resumable_prefix if resumable_prefix is not None else path_prefix + "resumable/"
         )
+        self.on_shutdown = list(on_shutdown)
         self.resumable: Service | None = None
         if resumable_backend is not None:
             produced = ProducedStorage(resumable_backend, prefix=self.resumable_prefix)
@@ -231,6 +235,8 @@ class DurableStreamsApp:
             elif message["type"] == "lifespan.shutdown":
                 if self.close_storage:
                     await self.storage.aclose()
+                for hook in self.on_shutdown:
+                    await hook()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
