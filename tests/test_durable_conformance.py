@@ -40,7 +40,7 @@ SUITE_PACKAGE = "@durable-streams/server-conformance-tests"
 pytestmark = pytest.mark.timeout(SUITE_TIMEOUT + 60)
 
 
-def _suite_missing() -> str | None:
+def suite_missing() -> str | None:
     if node_version() < 18:
         return "needs node >= 18"
     if not (SUITE_DIR / "node_modules" / SUITE_PACKAGE / "package.json").is_file():
@@ -50,7 +50,7 @@ def _suite_missing() -> str | None:
 
 @pytest.fixture(scope="module", autouse=True)
 def _suite_installed() -> None:
-    missing = _suite_missing()
+    missing = suite_missing()
     if missing is not None:
         if REQUIRE:
             pytest.fail(f"RESUMABLE_STREAM_REQUIRE_BROWSER=1 but {missing}")
