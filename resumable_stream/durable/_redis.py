@@ -14,10 +14,15 @@ waiter is woken to re-read, and it is made again.
 Every key carries an expiry: the stream's own (TTL or Expires-At), else ``retention``
 seconds after its last write. Every Redis call has a deadline (``command_timeout``);
 past it, or when Redis is unreachable, the call raises `BackendUnavailable` (HTTP 503).
+
+Two transports share all of this: `RedisStorage` (redis-py, over TCP) and
+`UpstashStorage` (Upstash's REST API, in ``_upstash.py``): same keys, same scripts, so
+one database can be served both ways.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -31,20 +36,151 @@ from .._exceptions import BackendUnavailable, InvalidArgument
 from ._model import Item, StreamMeta
 from ._storage import Watch, Watchers, expiry_ms
 
-__all__ = ["RedisStorage"]
+__all__ = ["RedisStorage", "ScriptedStorage"]
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 COMMAND_TIMEOUT = 5.0
 RECONNECT_DELAY = 0.5
+SCRIPTS = ("commit", "read", "touch")
 
 
-def _lua(name: str) -> str:
+def lua(name: str) -> str:
     return (resources.files(__package__) / "lua" / name).read_text(encoding="utf-8")
 
 
-class RedisStorage:
+class ScriptedStorage(abc.ABC):
+    """The storage contract over a Redis-like server; subclasses bring the transport:
+    `_hmget`, `_script` (one of `SCRIPTS`), and `_messages` (the subscription)."""
+
+    def __init__(self, *, key_prefix: str, retention: float, command_timeout: float) -> None:
+        if not retention > 0 or not command_timeout > 0:
+            raise InvalidArgument("retention and command_timeout must be > 0 seconds")
+        self.key_prefix = key_prefix
+        self._retention = retention
+        self._timeout = command_timeout
+        self._channel = f"{key_prefix}:ds:changed"
+        self._watchers = Watchers()
+        self._feed: asyncio.Task[None] | None = None
+        self._feed_ready: asyncio.Future[None] | None = None
+
+    # -- the transport ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        """HMGET, within the deadline."""
+
+    @abc.abstractmethod
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run ``lua/<name>.lua``, within the deadline."""
+
+    @abc.abstractmethod
+    def _messages(self) -> AsyncIterator[bytes | None]:
+        """The subscription to the channel: None once confirmed, then each message."""
+
+    # -- the contract -----------------------------------------------------------------
+
+    def _keys(self, path: str) -> list[str]:
+        base = f"{self.key_prefix}:ds:{{{path}}}"
+        return [f"{base}:m", f"{base}:i"]
+
+    async def load(self, path: str) -> StreamMeta | None:
+        version, raw = await self._hmget(self._keys(path)[0], ["v", "m"])
+        if version is None or raw is None:
+            return None
+        return StreamMeta.loads(raw, int(version))
+
+    async def read(
+        self, path: str, start: int, max_items: int
+    ) -> tuple[StreamMeta | None, list[Item]]:
+        reply = await self._script("read", self._keys(path), [start, max_items])
+        if not reply:
+            return None, []
+        version, raw, first, rest = reply
+        if version is None or raw is None:
+            return None, []
+        items = [Item.decode(m) for m in (*first, *rest)]
+        return StreamMeta.loads(raw, int(version)), items
+
+    async def commit(
+        self,
+        path: str,
+        expected_version: int,
+        meta: StreamMeta | None,
+        items: Sequence[Item] = (),
+    ) -> bool:
+        now = int(time.time() * 1000)
+        if meta is None:
+            args: list[Any] = [expected_version, b"", b"", now, self._channel, path]
+        else:
+            expires = expiry_ms(meta, now, self._retention)
+            assert expires is not None  # retention is never None here
+            args = [expected_version, meta.dumps(), meta.id, expires, self._channel, path]
+            for item in items:
+                args.append(item.start)
+                args.append(item.encode())
+        return bool(await self._script("commit", self._keys(path), args))
+
+    async def touch(self, path: str, meta: StreamMeta) -> None:
+        if meta.ttl is None:
+            return
+        await self._script("touch", self._keys(path), [meta.id, meta.ttl * 1000])
+
+    def watch(self, path: str) -> AbstractAsyncContextManager[Watch]:
+        return self._watch(path)
+
+    @asynccontextmanager
+    async def _watch(self, path: str) -> AsyncIterator[Watch]:
+        await self._ensure_feed()
+        async with self._watchers.watch(path) as watch:
+            yield watch
+
+    async def _ensure_feed(self) -> None:
+        """Start the process's subscription once; return when it is confirmed."""
+        if self._feed is None or self._feed.done():
+            self._feed_ready = asyncio.get_running_loop().create_future()
+            self._feed = asyncio.create_task(self._run_feed(self._feed_ready))
+        assert self._feed_ready is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._feed_ready), self._timeout)
+        except asyncio.TimeoutError:
+            raise BackendUnavailable("the subscription was not confirmed in time") from None
+
+    async def _run_feed(self, ready: asyncio.Future[None]) -> None:
+        """Wake local waiters for every announced path, for as long as the store lives."""
+        while True:
+            try:
+                async for message in self._messages():
+                    if message is None:
+                        if not ready.done():
+                            ready.set_result(None)
+                        # (Re)subscribed: what was announced meanwhile is re-read by all.
+                        self._watchers.wake_all()
+                    else:
+                        self._watchers.wake(message.decode("utf-8", "surrogateescape"))
+                raise ConnectionError("the subscription ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("durable streams: subscription lost, re-subscribing: %r", exc)
+                # Waiters re-read now (their wait is bounded anyway); subscribe again.
+                self._watchers.wake_all()
+                await asyncio.sleep(RECONNECT_DELAY)  # backoff, not synchronisation
+
+    async def _stop_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feed
+            self._feed = None
+        self._watchers.wake_all()
+
+    async def aclose(self) -> None:
+        await self._stop_feed()
+
+
+class RedisStorage(ScriptedStorage):
     """Streams in Redis (plain, Sentinel-managed, or Redis Cluster).
 
     Args:
@@ -71,20 +207,12 @@ class RedisStorage:
         kwargs: dict[str, Any] = getattr(client, "get_connection_kwargs", dict)()
         if kwargs.get("decode_responses"):
             raise InvalidArgument("RedisStorage needs a client with decode_responses=False")
-        if not retention > 0 or not command_timeout > 0:
-            raise InvalidArgument("retention and command_timeout must be > 0 seconds")
+        super().__init__(
+            key_prefix=key_prefix, retention=retention, command_timeout=command_timeout
+        )
         self._client = client
         self._owned: Any = None
-        self.key_prefix = key_prefix
-        self._retention = retention
-        self._timeout = command_timeout
-        self._channel = f"{key_prefix}:ds:changed"
-        self._commit = client.register_script(_lua("commit.lua"))
-        self._read = client.register_script(_lua("read.lua"))
-        self._touch = client.register_script(_lua("touch.lua"))
-        self._watchers = Watchers()
-        self._feed: asyncio.Task[None] | None = None
-        self._feed_ready: asyncio.Future[None] | None = None
+        self._scripts = {name: client.register_script(lua(f"{name}.lua")) for name in SCRIPTS}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStorage:
@@ -96,10 +224,6 @@ class RedisStorage:
         storage._owned = client
         return storage
 
-    def _keys(self, path: str) -> list[str]:
-        base = f"{self.key_prefix}:ds:{{{path}}}"
-        return [f"{base}:m", f"{base}:i"]
-
     async def _call(self, call: Awaitable[T]) -> T:
         from redis import exceptions
 
@@ -110,112 +234,38 @@ class RedisStorage:
         except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
             raise BackendUnavailable(f"Redis unavailable: {exc}") from exc
 
-    async def load(self, path: str) -> StreamMeta | None:
-        version, raw = await self._call(self._client.hmget(self._keys(path)[0], ["v", "m"]))
-        if version is None or raw is None:
-            return None
-        return StreamMeta.loads(raw, int(version))
+    async def _hmget(self, key: str, fields: list[str]) -> list[bytes | None]:
+        reply: list[bytes | None] = await self._call(self._client.hmget(key, fields))
+        return reply
 
-    async def read(
-        self, path: str, start: int, max_items: int
-    ) -> tuple[StreamMeta | None, list[Item]]:
-        reply = await self._call(self._read(keys=self._keys(path), args=[start, max_items]))
-        if not reply:
-            return None, []
-        version, raw, first, rest = reply
-        if version is None or raw is None:
-            return None, []
-        items = [Item.decode(m) for m in (*first, *rest)]
-        return StreamMeta.loads(raw, int(version)), items
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._call(self._scripts[name](keys=keys, args=args))
 
-    async def commit(
-        self,
-        path: str,
-        expected_version: int,
-        meta: StreamMeta | None,
-        items: Sequence[Item] = (),
-    ) -> bool:
-        now = int(time.time() * 1000)
-        if meta is None:
-            args: list[Any] = [expected_version, b"", b"", now, self._channel, path]
-        else:
-            expires = expiry_ms(meta, now, self._retention)
-            assert expires is not None  # retention is never None here
-            args = [expected_version, meta.dumps(), meta.id, expires, self._channel, path]
-            for item in items:
-                args.append(item.start)
-                args.append(item.encode())
-        done = await self._call(self._commit(keys=self._keys(path), args=args))
-        return bool(done)
-
-    async def touch(self, path: str, meta: StreamMeta) -> None:
-        if meta.ttl is None:
-            return
-        await self._call(self._touch(keys=self._keys(path), args=[meta.id, meta.ttl * 1000]))
-
-    def watch(self, path: str) -> AbstractAsyncContextManager[Watch]:
-        return self._watch(path)
-
-    @asynccontextmanager
-    async def _watch(self, path: str) -> AsyncIterator[Watch]:
-        await self._ensure_feed()
-        async with self._watchers.watch(path) as watch:
-            yield watch
-
-    async def _ensure_feed(self) -> None:
-        """Start the process's subscription once; return when Redis has confirmed it."""
-        if self._feed is None or self._feed.done():
-            self._feed_ready = asyncio.get_running_loop().create_future()
-            self._feed = asyncio.create_task(self._run_feed(self._feed_ready))
-        assert self._feed_ready is not None
+    async def _messages(self) -> AsyncIterator[bytes | None]:
+        pubsub = self._client.pubsub()
         try:
-            await asyncio.wait_for(asyncio.shield(self._feed_ready), self._timeout)
-        except asyncio.TimeoutError:
-            raise BackendUnavailable("Redis did not confirm the subscription") from None
-
-    async def _run_feed(self, ready: asyncio.Future[None]) -> None:
-        """Wake local waiters for every announced path, for as long as the store lives."""
-        while True:
-            pubsub = self._client.pubsub()
-            try:
-                await asyncio.wait_for(pubsub.subscribe(self._channel), self._timeout)
-                # subscribe() returns before the server confirms: wait for the reply, or
-                # a commit announced in between would be missed.
-                while True:
-                    message = await asyncio.wait_for(
-                        pubsub.get_message(timeout=self._timeout), self._timeout + 1
-                    )
-                    if message is not None and message["type"] == "subscribe":
-                        break
-                if not ready.done():
-                    ready.set_result(None)
-                # Reconnected: whatever was announced meanwhile is re-read by everyone.
-                self._watchers.wake_all()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        data = message["data"]
-                        self._watchers.wake(data.decode() if isinstance(data, bytes) else data)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("durable streams: subscription lost, re-subscribing: %r", exc)
-                # The subscription broke: waiters re-read (their wait is bounded anyway)
-                # and the next round subscribes again.
-                self._watchers.wake_all()
-                await asyncio.sleep(RECONNECT_DELAY)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), self._timeout)
+            await asyncio.wait_for(pubsub.subscribe(self._channel), self._timeout)
+            # subscribe() returns before the server confirms: wait for the reply, or a
+            # commit announced in between would be missed.
+            while True:
+                message = await asyncio.wait_for(
+                    pubsub.get_message(timeout=self._timeout), self._timeout + 1
+                )
+                if message is not None and message["type"] == "subscribe":
+                    break
+            yield None
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message["type"] == "message":
+                    data = message["data"]
+                    yield data if isinstance(data, bytes) else str(data).encode()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), self._timeout)
 
     async def aclose(self) -> None:
         """Stop the subscription; close the client if `from_url` made it."""
-        if self._feed is not None:
-            self._feed.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feed
-            self._feed = None
-        self._watchers.wake_all()
+        await self._stop_feed()
         if self._owned is not None:
             await self._owned.aclose()
             self._owned = None
