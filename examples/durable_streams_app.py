@@ -3,7 +3,8 @@
 # dependencies = ["resumable-streams[redis]", "uvicorn[standard]"]
 # ///
 """The Durable Streams protocol under ``/v1/stream/``, on Redis when ``REDIS_URL`` is set
-(every process behind a load balancer then serves the same streams), else in memory.
+(every process behind a load balancer then serves the same streams), on Upstash over
+REST with ``UPSTASH_REDIS_REST_URL`` and ``UPSTASH_REDIS_REST_TOKEN``, else in memory.
 
     uvicorn examples.durable_streams_app:app
     uvicorn --app-dir examples durable_streams_app:app
@@ -33,17 +34,24 @@ from resumable_stream.durable import (
     DurableStreamsApp,
     MemoryStorage,
     RedisStorage,
+    UpstashStorage,
 )
 
 
 def _storage() -> DurableStorage:
+    prefix = os.environ.get("DURABLE_STREAMS_PREFIX", "ds")
     url = os.environ.get("REDIS_URL")
-    if not url:
-        return MemoryStorage()
-    return RedisStorage.from_url(url, key_prefix=os.environ.get("DURABLE_STREAMS_PREFIX", "ds"))
+    if url:
+        return RedisStorage.from_url(url, key_prefix=prefix)
+    rest_url, token = os.environ.get("UPSTASH_REDIS_REST_URL"), os.environ.get(
+        "UPSTASH_REDIS_REST_TOKEN"
+    )
+    if rest_url and token:
+        return UpstashStorage(rest_url, token, key_prefix=prefix)
+    return MemoryStorage()
 
 
-# The environment picks the producers' backend too (REDIS_URL -> Redis, else memory).
+# The environment picks the producers' backend too, in the same order.
 ctx = create_resumable_stream_context(
     key_prefix=os.environ.get("RESUMABLE_STREAM_PREFIX", "resumable-stream")
 )
