@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
-from .._exceptions import BackendUnavailable
+from .._exceptions import BackendUnavailable, InvalidArgument
 from ..backends import Backend
 from ._model import encode_offset, is_text
 from ._produced import ProducedStorage
@@ -165,6 +165,9 @@ class DurableStreamsApp:
             "resumable/"``.
         on_shutdown: coroutines to await when the app shuts down (lifespan), after
             closing the storage: for example the context's ``aclose``.
+        max_retained: positions (bytes; JSON: messages) kept per stream; older data is
+            dropped, and reading an offset before what is kept (``-1`` included) answers
+            410. None (the default) keeps everything.
     """
 
     def __init__(
@@ -181,9 +184,12 @@ class DurableStreamsApp:
         resumable_backend: Backend | None = None,
         resumable_prefix: str | None = None,
         on_shutdown: Sequence[Callable[[], Awaitable[object]]] = (),
+        max_retained: int | None = None,
     ) -> None:
+        if max_retained is not None and max_retained < 1:
+            raise InvalidArgument("max_retained must be at least 1")
         self.storage = storage
-        self.service = Service(storage, max_read_bytes=max_read_bytes)
+        self.service = Service(storage, max_read_bytes=max_read_bytes, max_retained=max_retained)
         self.resumable_prefix = (
             resumable_prefix if resumable_prefix is not None else path_prefix + "resumable/"
         )

@@ -102,6 +102,9 @@ class StreamMeta:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     version: int = 0
     tail: int = 0
+    # The earliest position still stored (retention drops what is before it): reading
+    # an offset before it answers 410.
+    first: int = 0
     closed: bool = False
     ttl: int | None = None
     expires_at: str | None = None
@@ -132,6 +135,7 @@ class StreamMeta:
             "ct": self.content_type,
             "id": self.id,
             "tail": self.tail,
+            "first": self.first,
             "closed": self.closed,
             "ttl": self.ttl,
             "exp": self.expires_at,
@@ -154,6 +158,7 @@ class StreamMeta:
             id=doc["id"],
             version=version,
             tail=doc["tail"],
+            first=doc.get("first", 0),
             closed=doc["closed"],
             ttl=doc["ttl"],
             expires_at=doc["exp"],

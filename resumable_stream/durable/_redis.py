@@ -112,11 +112,12 @@ class ScriptedStorage(abc.ABC):
     ) -> bool:
         now = int(time.time() * 1000)
         if meta is None:
-            args: list[Any] = [expected_version, b"", b"", now, self._channel, path]
+            args: list[Any] = [expected_version, b"", b"", now, self._channel, path, 0]
         else:
             expires = expiry_ms(meta, now, self._retention)
             assert expires is not None  # retention is never None here
             args = [expected_version, meta.dumps(), meta.id, expires, self._channel, path]
+            args.append(meta.first)
             for item in items:
                 args.append(item.start)
                 args.append(item.encode())

@@ -204,11 +204,25 @@ class Service:
         storage: where streams live.
         max_read_bytes: the most a catch-up response carries (more: read on from
             ``Stream-Next-Offset``).
+        max_retained: positions (bytes; JSON: messages) kept per stream; older ones are
+            dropped, and reading them answers 410. None keeps everything.
     """
 
-    def __init__(self, storage: DurableStorage, *, max_read_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        storage: DurableStorage,
+        *,
+        max_read_bytes: int = 1 << 20,
+        max_retained: int | None = None,
+    ) -> None:
         self.storage = storage
         self.max_read_bytes = max_read_bytes
+        self.max_retained = max_retained
+
+    def _retain(self, meta: StreamMeta) -> None:
+        """Retention: move ``first`` up so at most ``max_retained`` positions stay."""
+        if self.max_retained is not None:
+            meta.first = max(meta.first, meta.tail - self.max_retained)
 
     # -- create ---------------------------------------------------------------
 
@@ -233,6 +247,7 @@ class Service:
                 items = items_of(meta, req.body, allow_empty=True)
                 meta.tail = items[-1].start + items[-1].length(meta.whole_items) if items else 0
                 meta.closed = req.close
+                self._retain(meta)
                 reply = await self._commit_new(path, meta, items)
             if reply is not None:
                 return reply
@@ -284,6 +299,8 @@ class Service:
             anchor = self._position(source, req.fork_offset)
             if anchor > source.tail:
                 raise BadRequest("Stream-Fork-Offset is past the source's tail")
+        if anchor < source.first:
+            return _error(410, "Stream-Fork-Offset is before the source's retained data")
         fork_at = anchor
         if req.fork_sub_offset:
             _, items = await self.storage.read(req.forked_from, anchor, 1)
@@ -295,7 +312,7 @@ class Service:
             fork_at = anchor + req.fork_sub_offset
         if not await self._adjust_refs(req.forked_from, source.id, +1):
             return None
-        inherited = await self._copy(req.forked_from, source.id, fork_at)
+        inherited = await self._copy(req.forked_from, source.id, source.first, fork_at)
         if inherited is None:
             await self._adjust_refs(req.forked_from, source.id, -1)
             return None
@@ -308,6 +325,7 @@ class Service:
             expires_at=expires_at,
             expires_at_ms=expires_at_ms,
             tail=fork_at,
+            first=source.first,
             fork={
                 "from": req.forked_from,
                 "offset": req.fork_offset if req.fork_offset is not None else encode_offset(anchor),
@@ -324,10 +342,11 @@ class Service:
             await self._adjust_refs(req.forked_from, source.id, -1)
         return reply
 
-    async def _copy(self, path: str, stream_id: str, end: int) -> list[Item] | None:
-        """The items of ``path`` before ``end``, cut at it; None if the stream changed."""
+    async def _copy(self, path: str, stream_id: str, start: int, end: int) -> list[Item] | None:
+        """The items of ``path`` in ``[start, end)``, cut there; None if the stream
+        changed (or dropped them meanwhile)."""
         out: list[Item] = []
-        pos = 0
+        pos = start
         while pos < end:
             meta, items = await self.storage.read(path, pos, PAGE_ITEMS)
             if meta is None or meta.id != stream_id:
@@ -487,6 +506,7 @@ class Service:
             meta.stream_seq = req.stream_seq
         if items:
             meta.tail = items[-1].start + items[-1].length(meta.whole_items)
+            self._retain(meta)
         if req.close:
             meta.closed = True
             if producer is not None:
@@ -531,6 +551,8 @@ class Service:
         position = self._position(meta, offset)
         if position > meta.tail:
             raise BadRequest("the offset is past the stream's tail")
+        if position < meta.first:
+            return _error(410, "the offset is before the data the stream retains")
         return meta, position
 
     async def read(self, path: str, start: int) -> ReadResult | Reply:
@@ -540,6 +562,8 @@ class Service:
             return _error(404, "no such stream")
         if meta.soft_deleted:
             return _error(410, "the stream is deleted")
+        if start < meta.first:
+            return _error(410, "the offset is before the data the stream retains")
         part, end = _cut(items, start, meta.tail, meta.whole_items, self.max_read_bytes)
         if meta.ttl is not None:
             await self.storage.touch(path, meta)

@@ -8,8 +8,9 @@ store behaves the same:
    ``[start, tail)``, read in one atomic step (the items always match the metadata).
 3. ``commit(path, expected_version, meta, items)``: compare-and-set. Only if the stored
    version is ``expected_version`` (0: no stream there) does it store ``meta`` (or
-   remove the stream, for None), add ``items``, set the expiry, and then announce the
-   change to every watcher, in every process. Otherwise it returns False and the caller
+   remove the stream, for None), add ``items``, drop the items that end before the one
+   holding ``meta.first`` (retention), set the expiry, and then announce the change to
+   every watcher, in every process. Otherwise it returns False and the caller
    reloads and decides again. This one atomic step is what keeps appends exactly once
    and in order, and producers fenced, across processes.
 4. ``watch(path)``: registered before a read, woken by any later commit of that path.
@@ -188,6 +189,12 @@ class MemoryStorage:
             entry.meta = meta
             entry.items.extend(items)
             entry.starts.extend(item.start for item in items)
+            if meta.first > 0:
+                # Retention: keep the item holding ``first`` and everything after it.
+                keep = max(0, bisect.bisect_right(entry.starts, meta.first) - 1)
+                if keep:
+                    del entry.items[:keep]
+                    del entry.starts[:keep]
             entry.deadline_ms = expiry_ms(meta, _now_ms(), self._retention)
         self._watchers.wake(path)
         return True

@@ -9,7 +9,8 @@
 -- ARGV[3]  the stream id
 -- ARGV[4]  expiry, ms since the epoch (every key carries one)
 -- ARGV[5]  channel to announce on; ARGV[6] the message (the stream's path)
--- ARGV[7..] score, member pairs of the new items
+-- ARGV[7]  the first position retained: items that end before the one holding it go
+-- ARGV[8..] score, member pairs of the new items
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
   return 0
@@ -24,7 +25,7 @@ else
   redis.call('HSET', KEYS[1], 'v', current + 1, 'id', ARGV[3], 'm', ARGV[2])
   -- ZADD in slices: unpack() fails above about 8,000 values.
   local batch = {}
-  for i = 7, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     batch[#batch + 1] = ARGV[i]
     batch[#batch + 1] = ARGV[i + 1]
     if #batch >= 2000 then
@@ -34,6 +35,13 @@ else
   end
   if #batch > 0 then
     redis.call('ZADD', KEYS[2], unpack(batch))
+  end
+  if tonumber(ARGV[7]) > 0 then
+    -- Retention: keep the item holding the first retained position, drop those before.
+    local holder = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[7], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if holder[2] then
+      redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. holder[2])
+    end
   end
   redis.call('PEXPIREAT', KEYS[1], tonumber(ARGV[4]))
   redis.call('PEXPIREAT', KEYS[2], tonumber(ARGV[4]))
