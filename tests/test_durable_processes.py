@@ -152,3 +152,32 @@ async def test_producer_fenced_across_processes(pair: tuple[str, str]) -> None:
         await asyncio.gather(*(send(seq) for seq in range(1, 21)))
         body = (await client.get(f"{b}{path}", params={"offset": "-1"})).text
         assert body == "01" + "".join(f"<{s}>" for s in range(1, 21))
+
+
+async def test_stream_recreated_elsewhere_is_not_written_as_the_old_one(
+    pair: tuple[str, str],
+) -> None:
+    """Process A last wrote the stream at some version; B deletes it and makes a new one
+    under the same path, up to that same version. A's next append meets the new stream
+    (here: its content type), not the metadata it remembers."""
+    path = f"/v1/stream/aba-{uuid.uuid4().hex[:8]}"
+    a, b = pair
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        assert (
+            await client.put(f"{a}{path}", headers={"content-type": "text/plain"})
+        ).status_code == 201
+        first = await client.post(
+            f"{a}{path}", content=b"x", headers={"content-type": "text/plain"}
+        )
+        assert first.status_code == 204
+        assert (await client.delete(f"{b}{path}")).status_code == 204
+        json_type = {"content-type": "application/json"}
+        assert (await client.put(f"{b}{path}", headers=json_type)).status_code == 201
+        assert (
+            await client.post(f"{b}{path}", content=b"[1]", headers=json_type)
+        ).status_code == 204
+        again = await client.post(
+            f"{a}{path}", content=b"y", headers={"content-type": "text/plain"}
+        )
+        assert again.status_code == 409
+        assert (await client.get(f"{a}{path}", params={"offset": "-1"})).json() == [1]

@@ -128,6 +128,8 @@ class ProducedStorage:
         expected_version: int,
         meta: StreamMeta | None,
         items: Sequence[Item] = (),
+        *,
+        expected_id: str = "",
     ) -> bool:
         raise PermissionError("streams of resumable_stream producers are read-only here")
 

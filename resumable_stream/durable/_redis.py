@@ -109,10 +109,12 @@ class ScriptedStorage(abc.ABC):
         expected_version: int,
         meta: StreamMeta | None,
         items: Sequence[Item] = (),
+        *,
+        expected_id: str = "",
     ) -> bool:
         now = int(time.time() * 1000)
         if meta is None:
-            args: list[Any] = [expected_version, b"", b"", now, self._channel, path, 0]
+            args: list[Any] = [expected_version, b"", expected_id, now, self._channel, path, 0]
         else:
             expires = expiry_ms(meta, now, self._retention)
             assert expires is not None  # retention is never None here

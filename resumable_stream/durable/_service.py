@@ -13,10 +13,13 @@ as the protocol asks.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,6 +37,7 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # hundreds of writers race on one stream at once.
 MAX_ATTEMPTS = 1000
 PAGE_ITEMS = 1000
+CACHED_STREAMS = 1024  # metadata kept per process for the next append (see _append)
 
 
 class BadRequest(Exception):
@@ -218,6 +222,26 @@ class Service:
         self.storage = storage
         self.max_read_bytes = max_read_bytes
         self.max_retained = max_retained
+        # Writes to one stream from this process take turns: they would only lose
+        # compare-and-set races to each other (one store round trip each, for nothing).
+        # Other processes still race, and the compare-and-set settles those.
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._cache: OrderedDict[str, StreamMeta] = OrderedDict()
+
+    @asynccontextmanager
+    async def _turn(self, path: str) -> AsyncIterator[None]:
+        entry = self._turns.get(path)
+        if entry is None:
+            entry = self._turns[path] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[path]
 
     def _retain(self, meta: StreamMeta) -> None:
         """Retention: move ``first`` up so at most ``max_retained`` positions stay."""
@@ -371,11 +395,11 @@ class Service:
             version = meta.version
             meta.refs = max(0, meta.refs + delta)
             if meta.soft_deleted and meta.refs == 0:
-                if await self.storage.commit(path, version, None):
+                if await self.storage.commit(path, version, None, expected_id=meta.id):
                     await self._release(meta)
                     return True
                 continue
-            if await self.storage.commit(path, version, meta):
+            if await self.storage.commit(path, version, meta, expected_id=meta.id):
                 return True
         return False
 
@@ -386,6 +410,7 @@ class Service:
     # -- delete ---------------------------------------------------------------
 
     async def delete(self, path: str) -> Reply:
+        self._cache.pop(path, None)
         for _ in range(MAX_ATTEMPTS):
             meta = await self.storage.load(path)
             if meta is None:
@@ -395,10 +420,10 @@ class Service:
             version = meta.version
             if meta.refs > 0:
                 meta.soft_deleted = True
-                if await self.storage.commit(path, version, meta):
+                if await self.storage.commit(path, version, meta, expected_id=meta.id):
                     return Reply(204)
                 continue
-            if await self.storage.commit(path, version, None):
+            if await self.storage.commit(path, version, None, expected_id=meta.id):
                 await self._release(meta)
                 return Reply(204)
         return _error(503, "too many concurrent writers")
@@ -408,20 +433,40 @@ class Service:
     async def append(self, path: str, req: AppendRequest) -> Reply:
         if not req.body and not req.close:
             raise BadRequest("an empty body appends nothing (close with Stream-Closed: true)")
+        async with self._turn(path):
+            return await self._append(path, req)
+
+    async def _append(self, path: str, req: AppendRequest) -> Reply:
+        # The metadata this process committed last is usually still current (writers
+        # of a stream tend to stay on one process): start from it, and the
+        # compare-and-set (version and stream id) refuses it if it is not. An answer
+        # that commits nothing is only given from freshly loaded metadata.
+        cached = self._cache.pop(path, None)
         for _ in range(MAX_ATTEMPTS):
-            meta = await self.storage.load(path)
+            meta = cached if cached is not None else await self.storage.load(path)
+            from_cache, cached = cached is not None, None
             if meta is None:
                 return _error(404, "no such stream")
             if meta.soft_deleted:
                 return _error(410, "the stream is deleted")
             decided = self._decide_append(meta, req)
             if isinstance(decided, Reply):
+                if from_cache:
+                    continue
                 return decided
             version, items, reply = decided
-            if await self.storage.commit(path, version, meta, items):
+            if await self.storage.commit(path, version, meta, items, expected_id=meta.id):
+                meta.version = version + 1
+                self._remember(path, meta)
                 reply.headers.update(offset_headers(meta))
                 return reply
         return _error(503, "too many concurrent writers")
+
+    def _remember(self, path: str, meta: StreamMeta) -> None:
+        self._cache[path] = meta
+        self._cache.move_to_end(path)
+        while len(self._cache) > CACHED_STREAMS:
+            self._cache.popitem(last=False)
 
     def _decide_append(
         self, meta: StreamMeta, req: AppendRequest

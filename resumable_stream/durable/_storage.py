@@ -6,8 +6,10 @@ store behaves the same:
 1. ``load(path)``: the stream's metadata (with its ``version``), or None.
 2. ``read(path, start, max_items)``: metadata and the items overlapping
    ``[start, tail)``, read in one atomic step (the items always match the metadata).
-3. ``commit(path, expected_version, meta, items)``: compare-and-set. Only if the stored
-   version is ``expected_version`` (0: no stream there) does it store ``meta`` (or
+3. ``commit(path, expected_version, meta, items, expected_id=...)``: compare-and-set.
+   Only if the stored version is ``expected_version`` (0: no stream there) and, for an
+   existing stream, its id is ``expected_id`` (a stream re-created under the path
+   starts its versions again) does it store ``meta`` (or
    remove the stream, for None), add ``items``, drop the items that end before the one
    holding ``meta.first`` (retention), set the expiry, and then announce the change to
    every watcher, in every process. Otherwise it returns False and the caller
@@ -71,6 +73,8 @@ class DurableStorage(Protocol):
         expected_version: int,
         meta: StreamMeta | None,
         items: Sequence[Item] = (),
+        *,
+        expected_id: str = "",
     ) -> bool: ...
 
     async def touch(self, path: str, meta: StreamMeta) -> None: ...
@@ -175,10 +179,14 @@ class MemoryStorage:
         expected_version: int,
         meta: StreamMeta | None,
         items: Sequence[Item] = (),
+        *,
+        expected_id: str = "",
     ) -> bool:
         entry = self._entry(path)
         if (0 if entry is None else entry.meta.version) != expected_version:
             return False
+        if entry is not None and entry.meta.id != expected_id:
+            return False  # another stream under this path, at the same version
         if meta is None:
             self._streams.pop(path, None)
         else:

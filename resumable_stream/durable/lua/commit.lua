@@ -6,13 +6,17 @@
 -- KEYS[2]  the items sorted set (score: start position, member: "start:batch_end:data")
 -- ARGV[1]  expected version (0: no stream there)
 -- ARGV[2]  the new metadata JSON ('' removes the stream)
--- ARGV[3]  the stream id
+-- ARGV[3]  the stream id (of the stream replaced or removed: checked, as a stream
+--          re-created under the same path starts its versions again)
 -- ARGV[4]  expiry, ms since the epoch (every key carries one)
 -- ARGV[5]  channel to announce on; ARGV[6] the message (the stream's path)
 -- ARGV[7]  the first position retained: items that end before the one holding it go
 -- ARGV[8..] score, member pairs of the new items
 local current = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if current ~= tonumber(ARGV[1]) then
+  return 0
+end
+if current > 0 and redis.call('HGET', KEYS[1], 'id') ~= ARGV[3] then
   return 0
 end
 if ARGV[2] == '' then
