@@ -26,8 +26,9 @@ Measured, per server:
 * ``tail_latency_ms``: a reader follows the tail over SSE; from just before each POST
   to the arrival of its data event (p50, p99), appends one at a time.
 
-Every read is compared with what was appended (``exact``); the exit status is 1 if any
-differs. A server that cannot be installed or started is left out, with a note. One
+Each server runs ``repeats`` times (3), the servers taking turns; the table shows
+medians. Every read is compared with what was appended (``exact``); the exit status is
+1 if any differs. A server that cannot be installed or started is left out, with a note. One
 JSON document goes to stdout (and ``--out``), progress to stderr.
 """
 
@@ -40,6 +41,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -60,8 +62,8 @@ RAKAIA = "rakaia-streams==0.9.0"
 START_TIMEOUT = 30.0
 TIMEOUT = httpx.Timeout(30.0)
 
-FULL = {"appends": 4000, "writers": 8, "stored": 2000, "reads": 10, "tail": 200}
-QUICK = {"appends": 200, "writers": 4, "stored": 200, "reads": 2, "tail": 20}
+FULL = {"appends": 4000, "writers": 8, "stored": 2000, "reads": 10, "tail": 200, "repeats": 3}
+QUICK = {"appends": 200, "writers": 4, "stored": 200, "reads": 2, "tail": 20, "repeats": 1}
 
 
 def _free_port() -> int:
@@ -346,25 +348,68 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     for label, key, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(cell(n, key, fmt) for n in names) + " |")
     lines.append("| exact | " + " | ".join(str(results[n].get("exact")) for n in names) + " |")
+    lines.append("")
+    lines.append("Medians of the rounds; every server on the same machine, in the same run.")
     return "\n".join(lines)
 
 
+def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = []
+    for run in runs:
+        value: Any = run
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, int | float):
+            values.append(float(value))
+    return statistics.median(values) if values else None
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats of one server; ``exact`` only if every run was."""
+    summary: dict[str, Any] = {
+        "exact": all(r.get("exact") for r in runs),
+        "repeats": len(runs),
+        "append_per_s": _median(runs, "append_per_s"),
+        "catch_up_mb_per_s": _median(runs, "catch_up_mb_per_s"),
+        "tail_latency_ms": {
+            p: _median(runs, f"tail_latency_ms.{p}") for p in ("p50", "p90", "p99", "max")
+        },
+        "runs": runs,
+    }
+    summary["tail_latency_ms"]["n"] = min(
+        (r.get("tail_latency_ms", {}).get("n", 0) for r in runs), default=0
+    )
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        summary["error"] = errors[0]
+    return summary
+
+
 def run(redis_url: str, *, quick: bool) -> dict[str, Any]:
-    """Every server in turn; the report (``exact`` over those that ran)."""
+    """Every server in turn, ``repeats`` rounds (interleaved, so that a noisy moment of
+    a shared machine hits them alike); medians, and ``exact`` over those that ran."""
     sizes = QUICK if quick else FULL
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
-    for name in SERVERS:
-        log(f"durable: {LABELS[name]}")
-        try:
-            with server(name, redis_url) as base:
-                results[name] = asyncio.run(asyncio.wait_for(measure(base, sizes), 600))
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            if name.startswith("ours"):
-                results[name] = {"exact": False, "error": str(exc)}
-            else:
-                notes.append(f"{LABELS[name]} not run: {exc}")
-                log(f"  not run: {exc}")
+    skipped: set[str] = set()
+    for repeat in range(sizes["repeats"]):
+        for name in SERVERS:
+            if name in skipped:
+                continue
+            log(f"durable: {LABELS[name]} (round {repeat + 1} of {sizes['repeats']})")
+            try:
+                with server(name, redis_url) as base:
+                    result = asyncio.run(asyncio.wait_for(measure(base, sizes), 600))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                if name.startswith("ours"):
+                    result = {"exact": False, "error": str(exc)}
+                else:
+                    skipped.add(name)
+                    notes.append(f"{LABELS[name]} not run: {exc}")
+                    log(f"  not run: {exc}")
+                    continue
+            runs.setdefault(name, []).append(result)
+    results = {name: _summary(r) for name, r in runs.items()}
     return {
         "suite": "durable streams servers",
         "mode": "quick" if quick else "full",

@@ -620,15 +620,17 @@ def _cut(
 ) -> tuple[list[Item], int]:
     """The parts of ``items`` within ``[start, end)``, in order, at most about
     ``max_bytes`` (``whole``: items are never cut; else bytes are cut anywhere); and
-    where they end."""
+    where they end. Items wholly inside are passed on as they are (no copy)."""
     out: list[Item] = []
     size = 0
     pos = start
     for item in items:
-        stop = item.start + item.length(whole)
+        first = item.start
+        length = 1 if whole else len(item.data)
+        stop = first + length
         if stop <= pos:
             continue
-        if item.start >= end or item.start > pos:
+        if first >= end or first > pos:
             break
         if whole:
             if max_bytes is not None and out and size + len(item.data) > max_bytes:
@@ -637,17 +639,21 @@ def _cut(
             size += len(item.data)
             pos = stop
             continue
-        lo = pos - item.start
-        hi = min(stop, end) - item.start
+        lo = pos - first
+        hi = (end if stop > end else stop) - first
         if max_bytes is not None:
             room = max_bytes - size
             if room <= 0:
                 break
-            hi = min(hi, lo + room)
-        out.append(Item(item.start + lo, item.data[lo:hi], item.batch_end))
+            if hi - lo > room:
+                hi = lo + room
+        if lo == 0 and hi == length:
+            out.append(item)
+        else:
+            out.append(Item(first + lo, item.data[lo:hi], item.batch_end))
         size += hi - lo
-        pos = item.start + hi
-        if pos < min(stop, end):
+        pos = first + hi
+        if pos < stop and pos < end:
             break
     return out, pos
 
