@@ -6,6 +6,7 @@ stored key expiring on Redis.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from importlib import resources
@@ -130,3 +131,25 @@ def test_max_retained_must_keep_something() -> None:
 
     with pytest.raises(InvalidArgument):
         DurableStreamsApp(MemoryStorage(), max_retained=0)
+
+
+async def test_a_body_cut_short_is_not_appended(app: tuple[LiveServer, str | None, str]) -> None:
+    """A client that goes away mid-body leaves the stream as it was (no truncated append)."""
+    live, _, _ = app
+    path = f"/v1/stream/cut-body-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        assert (await client.put(f"{live.url}{path}", headers=TEXT)).status_code == 201
+        _, writer = await asyncio.open_connection("127.0.0.1", live.port)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+            "Content-Length: 100\r\n\r\nonly ten b".encode()
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        # A later append on a new connection is stored at position 0: nothing came before.
+        done = await client.post(f"{live.url}{path}", content=b"whole", headers=TEXT)
+        assert done.status_code == 204
+        assert done.headers["stream-next-offset"] == offset(5)
+        reply = await client.get(f"{live.url}{path}", params={"offset": "-1"})
+        assert reply.content == b"whole"

@@ -7,7 +7,8 @@ Design decisions:
   its task at once.
 * A live read registers its watch before it reads, then waits on it: a commit after
   the read wakes it, and a commit before is in the read. The wait is also bounded by
-  ``poll_interval``, so a lost notification costs a second, never a hang.
+  ``poll_interval`` (5 s), so a lost notification costs a few seconds, never a hang;
+  a subscription that breaks and comes back wakes every reader at once.
 * Long-poll waits ``long_poll_timeout`` seconds, then answers 204. SSE connections end
   after ``sse_duration`` seconds (the protocol asks for about a minute, for CDN
   collapsing); the client reconnects from the last ``streamNextOffset``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import json
 import random
 import re
@@ -179,7 +181,7 @@ class DurableStreamsApp:
         sse_duration: float = 60.0,
         max_append_bytes: int = 16 << 20,
         max_read_bytes: int = 1 << 20,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
         close_storage: bool = False,
         resumable_backend: Backend | None = None,
         resumable_prefix: str | None = None,
@@ -266,8 +268,8 @@ class DurableStreamsApp:
             await self._read(self.service, request, receive, send)
         elif method == "PUT":
             body = await _read_body(receive, self.max_append_bytes)
-            if body is None:
-                await _send_reply(send, Reply(413, {}, b"body too large"))
+            if not isinstance(body, bytes):
+                await self._no_body(body, send)
                 return
             reply = await self.service.create(path, _create_request(request, body))
             if "location" in reply.headers:
@@ -275,14 +277,21 @@ class DurableStreamsApp:
             await _send_reply(send, reply)
         elif method == "POST":
             body = await _read_body(receive, self.max_append_bytes)
-            if body is None:
-                await _send_reply(send, Reply(413, {}, b"body too large"))
+            if not isinstance(body, bytes):
+                await self._no_body(body, send)
                 return
             await _send_reply(send, await self.service.append(path, _append_request(request, body)))
         elif method == "DELETE":
             await _send_reply(send, await self.service.delete(path))
         else:
             await _send_reply(send, Reply(405, {"allow": "GET, HEAD, PUT, POST, DELETE, OPTIONS"}))
+
+    @staticmethod
+    async def _no_body(outcome: _BodyOutcome, send: Send) -> None:
+        """A body too large gets its 413; a client gone mid-body gets nothing: a
+        truncated body is never appended."""
+        if outcome is _BodyOutcome.TOO_LARGE:
+            await _send_reply(send, Reply(413, {}, b"body too large"))
 
     async def _read(
         self, service: Service, request: _Request, receive: Receive, send: Send
@@ -510,18 +519,25 @@ def _append_request(request: _Request, body: bytes) -> AppendRequest:
     )
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None past ``limit`` bytes."""
+class _BodyOutcome(enum.Enum):
+    """Why a request body was not read whole."""
+
+    TOO_LARGE = "too large"
+    DISCONNECTED = "disconnected"
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | _BodyOutcome:
+    """The whole request body, or why not (past ``limit`` bytes; the client left)."""
     parts: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(parts)
+            return _BodyOutcome.DISCONNECTED
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            return _BodyOutcome.TOO_LARGE
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
