@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -28,7 +27,7 @@ from ._storage import DurableStorage
 
 __all__ = ["Reply", "Service"]
 
-_TTL = re.compile(r"0|[1-9][0-9]*")
+# Decimal, no sign, no leading zero: how the protocol writes TTLs, epochs and seqs.
 _INT = re.compile(r"0|[1-9][0-9]*")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -71,7 +70,7 @@ def is_true(value: str | None) -> bool:
 def parse_ttl(value: str | None) -> int | None:
     if value is None:
         return None
-    if _TTL.fullmatch(value) is None:
+    if _INT.fullmatch(value) is None:
         raise BadRequest("Stream-TTL must be a non-negative integer without sign or zeros")
     return int(value)
 
@@ -656,7 +655,3 @@ def _cut(
         if pos < stop and pos < end:
             break
     return out, pos
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
