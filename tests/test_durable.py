@@ -153,3 +153,26 @@ async def test_a_body_cut_short_is_not_appended(app: tuple[LiveServer, str | Non
         assert done.headers["stream-next-offset"] == offset(5)
         reply = await client.get(f"{live.url}{path}", params={"offset": "-1"})
         assert reply.content == b"whole"
+
+
+async def test_sse_keeps_alive_then_ends_after_its_duration() -> None:
+    """An idle SSE connection gets comment lines (proxies see bytes), and the server ends
+    it after ``sse_duration``; the client reconnects from its last offset."""
+
+    async def make() -> tuple[DurableStreamsApp, object]:
+        storage = MemoryStorage()
+        durable = DurableStreamsApp(
+            storage, path_prefix="/v1/stream/", sse_duration=1.0, sse_keepalive=0.2
+        )
+        return durable, storage.aclose
+
+    with serving("uvicorn", make) as live:  # type: ignore[arg-type]
+        url = f"{live.url}/v1/stream/idle-{uuid.uuid4().hex[:8]}"
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            assert (await client.put(url, headers=TEXT)).status_code == 201
+            reply = await client.get(url, params={"offset": "-1", "live": "sse"})
+    assert reply.status_code == 200
+    events = reply.text.split("\n\n")
+    assert events[0].startswith("event: control")
+    assert ": keep-alive" in events[1:]
+    assert "streamClosed" not in reply.text  # ended for collapsing, not closed

@@ -156,6 +156,8 @@ class DurableStreamsApp:
         path_prefix: only paths under it are streams; others answer 404.
         long_poll_timeout: seconds a long-poll waits before its 204.
         sse_duration: seconds an SSE connection lasts before the server ends it.
+        sse_keepalive: seconds of silence after which an SSE connection gets a comment
+            line, so that proxies do not close it as idle.
         max_append_bytes: the largest body a PUT or POST may carry (more: 413).
         max_read_bytes: about the most one catch-up response carries.
         poll_interval: seconds a live reader waits at most between re-reads.
@@ -179,6 +181,7 @@ class DurableStreamsApp:
         path_prefix: str = "/",
         long_poll_timeout: float = 20.0,
         sse_duration: float = 60.0,
+        sse_keepalive: float = 15.0,
         max_append_bytes: int = 16 << 20,
         max_read_bytes: int = 1 << 20,
         poll_interval: float = 5.0,
@@ -203,6 +206,7 @@ class DurableStreamsApp:
         self.path_prefix = path_prefix
         self.long_poll_timeout = long_poll_timeout
         self.sse_duration = sse_duration
+        self.sse_keepalive = sse_keepalive
         self.max_append_bytes = max_append_bytes
         self.poll_interval = poll_interval
         self.close_storage = close_storage
@@ -389,8 +393,12 @@ class DurableStreamsApp:
         position = start
         announced = False
 
+        last_sent = time.monotonic()
+
         async def emit(chunk: bytes) -> None:
+            nonlocal last_sent
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last_sent = time.monotonic()
 
         async with service.storage.watch(path) as watch:
             while True:
@@ -410,10 +418,17 @@ class DurableStreamsApp:
                     if result.closed:
                         break
                 else:
-                    remaining = deadline - time.monotonic()
+                    now = time.monotonic()
+                    remaining = deadline - now
                     if remaining <= 0:
                         break
-                    await watch.wait(min(remaining, self.poll_interval))
+                    if now - last_sent >= self.sse_keepalive:
+                        # A comment: proxies that end idle connections see bytes.
+                        await emit(b": keep-alive\n\n")
+                    idle = time.monotonic() - last_sent
+                    await watch.wait(
+                        min(remaining, self.poll_interval, max(0.0, self.sse_keepalive - idle))
+                    )
                 next_result = await service.read(path, position)
                 if isinstance(next_result, Reply):
                     break
