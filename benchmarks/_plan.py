@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "memory")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "memory", "durable")
 TITLES = {
     "w1": "W1 fan-in: N streams x chunks x 32 B, producer and original reader in one process",
     "w2": "W2 followers: 1 producer, 10 followers, same process and a second process",
@@ -19,6 +19,7 @@ TITLES = {
     "w4": "W4 over HTTP: uvicorn (uvloop, httptools), SSE of 64 B events",
     "w5": "W5 slow producer: 100 streams, a chunk every 20 ms",
     "memory": "Memory: process RSS per running stream and per follower; Redis memory",
+    "durable": "Durable Streams servers: ours (memory, Redis), rakaia-streams, the Node reference",
 }
 
 
@@ -174,4 +175,10 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
         for impl in ("ours", "raw"):
             add("memory", "python", workload="redis_memory", impl=impl, streams=streams,
                 chunks=chunks, chunk_bytes=size)
+    # Durable Streams: every server in one step (benchmarks/durable.py), its own budget.
+    # A quick run takes it only when asked (--only durable): it installs two other servers.
+    quick = sizes.budget < FULL.budget
+    if "durable" in only and (not quick or only != WORKLOADS):
+        steps.append(Step("durable", "python", {"workload": "durable", "quick": quick,
+                                                "budget": 120.0 if quick else 900.0}))
     return steps

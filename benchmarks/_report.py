@@ -140,6 +140,10 @@ def summarize(records: list[Record]) -> dict[str, Any]:
                                           plain.get("cpu_us_per_chunk")),
     }
     s["w5"] = w5
+    # Durable Streams: one step, summarised by benchmarks/durable.py itself.
+    durable = [r["result"] for r in records if r["workload"] == "durable"]
+    if durable:
+        s["durable"] = {k: v for k, v in durable[0].items() if k in ("servers", "table_markdown")}
     # Memory
     mem: dict[str, Any] = {"processes": {}, "stalled": {}, "redis": {}}
     for (impl, streams), results in _group(records, "memory", "impl", "streams").items():
@@ -310,6 +314,8 @@ def table(summary: dict[str, Any]) -> str:
             "target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if summary.get("durable", {}).get("table_markdown"):
+        lines += ["", summary["durable"]["table_markdown"]]  # its own columns: one per server
     return "\n".join(lines)
 
 

@@ -41,6 +41,11 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
 
         result = await getattr(_httpbench, workload)(spec)
         return result
+    if workload == "durable":
+        from . import durable
+
+        result = await durable.step(spec)
+        return result
     raise ValueError(f"unknown workload {workload!r}")
 
 
