@@ -118,15 +118,30 @@ def analyse(collapsed: Path, us_per_chunk: float, limit: int) -> dict[str, Any]:
     }
 
 
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's spec of one in-process step, at the full run's sizes."""
+    if args.workload == "w1":
+        return {"workload": "w1", "impl": args.impl, "streams": args.streams,
+                "chunks": args.chunks, "chunk_bytes": 32}
+    if args.workload == "w2":
+        return {"workload": "w2", "impl": args.impl, "chunks": 10_000, "chunk_bytes": 32,
+                "followers": 10}
+    if args.workload == "w3":
+        return {"workload": "w3", "impl": args.impl, "stored": 10_000, "chunk_bytes": 32,
+                "singles": 20, "burst": 200}
+    return {"workload": "w5", "impl": args.impl, "streams": 100, "chunks": 200,
+            "chunk_bytes": 32, "delay": 0.02}
+
+
 def sample_w1(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """The W1 step in a worker process under py-spy (sampling: little distortion)."""
+    """One in-process step (W1, W2 in one process, W3, W5) in a worker process under
+    py-spy (sampling: little distortion). The whole process is sampled, set-up
+    included; the shares are scaled to the measured section's CPU per chunk."""
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     collapsed = Path(tempfile.mkstemp(suffix=".txt")[1])
     result_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    spec = {"workload": "w1", "impl": args.impl, "url": url, "streams": args.streams,
-            "chunks": args.chunks, "chunk_bytes": 32, "result_file": str(result_file),
-            "loop": args.loop}
+    spec = {**_spec(args), "url": url, "result_file": str(result_file), "loop": args.loop}
     subprocess.run(
         [_pyspy(), "record", "--rate", "1000", "--format", "raw", "--output", str(collapsed),
          "--", sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
@@ -213,8 +228,8 @@ def profile_w4(args: argparse.Namespace, url: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("workload", choices=("w1", "w4"))
-    parser.add_argument("--impl", default="ours", choices=("ours", "ours_memory"))
+    parser.add_argument("workload", choices=("w1", "w2", "w3", "w4", "w5"))
+    parser.add_argument("--impl", default="ours", choices=("ours", "ours_memory", "plain"))
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=1000)
     parser.add_argument("--variant", default="middleware",
@@ -238,10 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         url = server.url
     try:
-        if args.workload == "w1":
-            report = profile_w1(args, url) if args.cprofile else sample_w1(args, url)
-        else:
+        if args.workload == "w4":
             report = profile_w4(args, url)
+        elif args.cprofile and args.workload == "w1":
+            report = profile_w1(args, url)
+        else:
+            report = sample_w1(args, url)
     finally:
         if server is not None:
             server.close()

@@ -240,7 +240,10 @@ class _Writer:
 
     def _on_soon_done(self, future: asyncio.Future[bool]) -> None:
         """A timer-issued write completed: WRITING -> landed, or RETRYING."""
-        self._guarded(lambda: self._soon_done(future))
+        try:  # as `_guarded`, without a closure per write
+            self._soon_done(future)
+        except Exception as exc:
+            self._give_up(exc)
 
     def _soon_done(self, future: asyncio.Future[bool]) -> None:
         if future is not self._out_future:

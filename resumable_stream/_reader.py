@@ -219,7 +219,8 @@ class ResumableStream:
         start = self._batch_start
         self._batch_pos = end
         self._last_index = start + end - 1
-        return [IndexedChunk(start + i, batch[i]) for i in range(pos, end)]
+        new = _new_indexed
+        return [new(IndexedChunk, (start + i, batch[i])) for i in range(pos, end)]
 
     def indexed(self) -> AsyncIterator[IndexedChunk]:
         """Iterate over ``(index, chunk)`` pairs instead of bare chunks."""
@@ -430,6 +431,9 @@ class ResumableStream:
                 await window.pause()
 
 
+_new_indexed = tuple.__new__  # IndexedChunk(i, c) without its Python-level __new__
+
+
 class _Indexed:
     """``stream.indexed()``: a plain iterator object, so that it survives a cancelled
     read as the stream does (an async generator would be closed by it)."""
@@ -444,5 +448,13 @@ class _Indexed:
 
     async def __anext__(self) -> IndexedChunk:
         stream = self._stream
+        # The batch in hand, taken here as `ResumableStream.__anext__` takes it: one
+        # coroutine per chunk instead of two (a third of a follower's cost per chunk).
+        pos = stream._batch_pos
+        batch = stream._batch
+        if pos < len(batch):
+            stream._batch_pos = pos + 1
+            index = stream._last_index = stream._batch_start + pos
+            return _new_indexed(IndexedChunk, (index, batch[pos]))
         chunk = await stream.__anext__()
-        return IndexedChunk(stream._last_index, chunk)  # type: ignore[arg-type]
+        return _new_indexed(IndexedChunk, (stream._last_index, chunk))

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from ._types import Appended, Chunk, Event, Resync
 
-__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes"]
+__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes", "event_size"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -80,7 +80,9 @@ def chunk_bytes(chunk: Chunk) -> int:
     return len(chunk)
 
 
-def _event_size(event: Event) -> int:
+def event_size(event: Event) -> int:
+    """What ``event`` counts against a reader's budget: its chunks' UTF-8 bytes plus 16
+    per chunk (an end or a resync: 16)."""
     if isinstance(event, Appended):
         return sum(map(chunk_bytes, event.chunks)) + 16 * len(event.chunks)
     return 16
@@ -108,6 +110,7 @@ class Subscription:
     ) -> None:
         self.key = key  # what the backend subscribed to (stream id or channel)
         self._events: deque[Event] = deque()
+        self._sizes: deque[int] = deque()  # each queued event's size, as it was pushed
         self._size = 0
         self._limit = max_buffered_bytes
         self._overflowed = False
@@ -123,15 +126,21 @@ class Subscription:
         except RuntimeError:  # made outside a loop (a test): close_nowait releases nothing
             self._loop = None
 
-    def push(self, event: Event) -> None:
-        """Queue ``event`` without blocking; on overflow drop all and ask for a resync."""
+    def push(self, event: Event, size: int | None = None) -> None:
+        """Queue ``event`` without blocking; on overflow drop all and ask for a resync.
+
+        ``size`` is what it counts against the budget (`event_size` if None): a
+        backend that hands one event to many readers measures it once.
+        """
         if self.closed:
             return
-        size = _event_size(event)
+        if size is None:
+            size = event_size(event)
         if self._size + size > self._limit and self._events:
             self._overflow()
         else:
             self._events.append(event)
+            self._sizes.append(size)
             self._size += size
             self._tail = None
         self._wakeup.set()
@@ -147,10 +156,12 @@ class Subscription:
             # The reader has not taken the tail event yet: grow it in place.
             self._tail.append(chunk)
             self._tail_end = index + 1
+            self._sizes[-1] += size
             self._size += size
         else:
             tail = [chunk]
             self._events.append(Appended(index, tail))
+            self._sizes.append(size)
             self._size += size
             self._tail = tail
             self._tail_end = index + 1
@@ -158,6 +169,7 @@ class Subscription:
 
     def _overflow(self) -> None:
         self._events.clear()
+        self._sizes.clear()
         self._size = 0
         self._tail = None
         self._overflowed = True
@@ -179,8 +191,9 @@ class Subscription:
         events = self._events
         if events:
             event = events.popleft()
+            size = self._sizes.popleft()
             if events:
-                self._size -= _event_size(event)
+                self._size -= size
             else:
                 self._size = 0
                 self._tail = None  # the reader owns it now: never grow it again
@@ -239,6 +252,7 @@ class Subscription:
             return False
         self.closed = True
         self._events.clear()
+        self._sizes.clear()
         self._size = 0
         self._tail = None
         self._wakeup.set()  # a reader waiting in `wait` returns

@@ -230,15 +230,26 @@ class Wire:
 
 
 def parse_snapshot(reply: Any) -> Snapshot | None:
-    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream."""
+    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream.
+
+    Raises:
+        ValueError: the page does not hold the number of chunks the script counted.
+    """
     if reply is None:
         return None
-    status, error, length, lease, raw, metadata = reply
-    unpackb = msgpack.unpackb
+    status, error, length, lease, page, metadata, count = reply
+    chunks: list[Chunk] = []
+    if count:
+        # The page is the stored msgpack values back to back: one C-level decode.
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(page), 1 << 20))
+        unpacker.feed(page)
+        chunks = list(unpacker)
+        if len(chunks) != count:
+            raise ValueError(f"a snapshot page of {count} chunks decoded to {len(chunks)}")
     return Snapshot(
         status=StreamStatus(status.decode()),
         length=length,
-        chunks=[unpackb(c, raw=False) for c in raw],
+        chunks=chunks,
         lease_alive=bool(lease),
         error=error.decode() or None,
         metadata=metadata,
