@@ -33,7 +33,7 @@ from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer, WritesSoon
 
-__all__ = ["STORAGE_LOST", "Producer", "WriterState"]
+__all__ = ["STORAGE_LOST", "Producer", "WriteClock", "WriterState"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -64,6 +64,40 @@ class WriterState(enum.Enum):
 _FINAL = (WriterState.ENDED, WriterState.BROKEN)
 
 
+class WriteClock:
+    """The write clock of one context: one timer per tick for every stream due at it.
+
+    A timer per stream per write costs a heap entry, a handle and its cancellation;
+    1,000 streams writing at the same tick now share one. A writer found here whose
+    state moved on meanwhile (closed, broken, or already written) ignores the tick.
+    """
+
+    __slots__ = ("_due", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._due: list[_Writer] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, writer: _Writer, interval: float) -> None:
+        """Call ``writer._on_tick()`` at the next multiple of ``interval`` (loop time),
+        or with the tick already set, if one is (it is never later than that)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A context used from another loop: the old loop's tick will never come.
+            self._loop, self._handle, self._due = loop, None, []
+        self._due.append(writer)
+        if self._handle is None:
+            now = loop.time()
+            self._handle = loop.call_at(now + interval - now % interval, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        due, self._due = self._due, []
+        for writer in due:
+            writer._on_tick()
+
+
 class _Writer:
     """Write-behind of one stream's chunks, one write in flight at a time.
 
@@ -78,6 +112,7 @@ class _Writer:
 
     __slots__ = (
         "_backend",
+        "_clock",
         "_end",
         "_error",
         "_finished_ttl",
@@ -115,8 +150,10 @@ class _Writer:
         ttl: float,
         on_stop: Callable[[], object],
         on_deleted: Callable[[], object],
+        clock: WriteClock,
     ) -> None:
         self._backend = backend
+        self._clock = clock
         self._on_stop = on_stop
         self._on_deleted = on_deleted
         self._stream_id = stream_id
@@ -138,7 +175,7 @@ class _Writer:
         self._stored = 0  # chunks stored: the index of the first chunk of `_out`
         self._end: Ended | None = None  # what `close` asked for
         self._error: BaseException | None = None  # why a write failed (RETRYING, BROKEN)
-        self._tick: asyncio.TimerHandle | None = None
+        self._tick: asyncio.Handle | None = None  # only with write_interval 0
         self._wake = Bell()
         self._room = asyncio.Event()
         self._room.set()
@@ -187,13 +224,11 @@ class _Writer:
         and every stream of the process writes in the same loop turn, so the backend
         can send them all in one pipeline."""
         self.state = WriterState.SCHEDULED
-        loop = asyncio.get_running_loop()
         interval = self._options.write_interval
         if interval <= 0:
-            self._tick = loop.call_soon(self._on_tick)  # type: ignore[assignment]
+            self._tick = asyncio.get_running_loop().call_soon(self._on_tick)
             return
-        now = loop.time()
-        self._tick = loop.call_at(now + interval - now % interval, self._on_tick)
+        self._clock.add(self, interval)
 
     def _cancel_tick(self) -> None:
         if self._tick is not None:
@@ -599,12 +634,16 @@ class Producer:
         feed: Subscription,
         options: StreamOptions,
         ttl: float,
+        clock: WriteClock | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._source = source
         self._feed = feed
         self._options = options
-        self.writer = _Writer(backend, stream_id, token, options, ttl, self.stop, self.delete)
+        self.writer = _Writer(
+            backend, stream_id, token, options, ttl, self.stop, self.delete,
+            clock if clock is not None else WriteClock(),
+        )
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False
