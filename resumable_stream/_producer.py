@@ -79,10 +79,9 @@ class WriteClock:
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, writer: _Writer, interval: float) -> None:
+    def add(self, writer: _Writer, interval: float, loop: asyncio.AbstractEventLoop) -> None:
         """Call ``writer._on_tick()`` at the next multiple of ``interval`` (loop time),
         or with the tick already set, if one is (it is never later than that)."""
-        loop = asyncio.get_running_loop()
         if loop is not self._loop:
             # A context used from another loop: the old loop's tick will never come.
             self._loop, self._handle, self._due = loop, None, []
@@ -117,6 +116,7 @@ class _Writer:
         "_error",
         "_finished_ttl",
         "_last_write",
+        "_loop",
         "_on_deleted",
         "_on_stop",
         "_options",
@@ -176,7 +176,10 @@ class _Writer:
         self._end: Ended | None = None  # what `close` asked for
         self._error: BaseException | None = None  # why a write failed (RETRYING, BROKEN)
         self._tick: asyncio.Handle | None = None  # only with write_interval 0
-        self._wake = Bell()
+        # Made by the producer inside its loop; `asyncio.get_running_loop()` costs a
+        # getpid() system call on Python 3.11, and the writer asks once per write.
+        self._loop = asyncio.get_running_loop()
+        self._wake = Bell(self._loop)
         self._room = asyncio.Event()
         self._room.set()
         self._last_write = 0.0
@@ -226,9 +229,9 @@ class _Writer:
         self.state = WriterState.SCHEDULED
         interval = self._options.write_interval
         if interval <= 0:
-            self._tick = asyncio.get_running_loop().call_soon(self._on_tick)
+            self._tick = self._loop.call_soon(self._on_tick)
             return
-        self._clock.add(self, interval)
+        self._clock.add(self, interval, self._loop)
 
     def _cancel_tick(self) -> None:
         if self._tick is not None:
@@ -270,7 +273,7 @@ class _Writer:
             return
         self.state = WriterState.WRITING
         self._out_future = future
-        self._out_at = asyncio.get_running_loop().time()
+        self._out_at = self._loop.time()
         future.add_done_callback(self._on_soon_done)
 
     def _on_soon_done(self, future: asyncio.Future[bool]) -> None:
@@ -309,7 +312,7 @@ class _Writer:
 
     def _landed(self, stop: bool) -> None:
         """The write in flight is stored: the one place that records it."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         if _telemetry.ENABLED:
             _telemetry.write_landed(len(self._out), now - self._out_at)
         self._stored += len(self._out)

@@ -40,11 +40,14 @@ class Bell:
     attribute check unless a task is actually waiting.
     """
 
-    __slots__ = ("_is_set", "_waiter")
+    __slots__ = ("_is_set", "_loop", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._is_set = False
         self._waiter: asyncio.Future[None] | None = None
+        # The owner's loop, if it knows it: `asyncio.get_running_loop()` costs a
+        # getpid() system call on Python 3.11, and a bell rings once per chunk.
+        self._loop = loop
 
     def set(self) -> None:
         if not self._is_set:
@@ -62,7 +65,10 @@ class Bell:
     async def wait(self) -> None:
         if self._is_set:
             return
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:
@@ -115,7 +121,6 @@ class Subscription:
         self._limit = max_buffered_bytes
         self._overflowed = False
         self._error: BaseException | None = None
-        self._wakeup = Bell()
         self._on_close = on_close
         # The last queued Appended, still growable by push_chunk (None once taken).
         self._tail: list[Chunk] | None = None
@@ -129,6 +134,7 @@ class Subscription:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop (a test): close_nowait releases nothing
             self._loop = None
+        self._wakeup = Bell(self._loop)
 
     def push(self, event: Event, size: int | None = None) -> None:
         """Queue ``event`` without blocking; on overflow drop all and ask for a resync.
@@ -219,7 +225,9 @@ class Subscription:
                 wakeup.clear()
                 await wakeup.wait()
             return True
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
         while self.idle() and not self.closed:
             if loop.time() >= deadline:
                 return False
@@ -247,7 +255,7 @@ class Subscription:
         until = self._until
         if until is None or self.closed:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         if loop.time() >= until:
             self._wakeup.set()
         else:

@@ -305,7 +305,9 @@ class _Batcher:
             # it the connection is dropped (`_pipeline`), its callers get
             # `BackendUnavailable` (the producer retries; write.lua's index check tells
             # it whether the write landed) and the next pipeline connects afresh.
-            with anyio.fail_after(self._timeout):
+            # (`_deadline`: asyncio's own timeout, half the cost of anyio's scope,
+            # once per pipeline.)
+            async with _deadline(self._timeout):
                 replies = await self._pipeline(calls)
                 missing = [
                     n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
