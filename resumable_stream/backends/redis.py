@@ -181,7 +181,7 @@ class _Calls:
 # A script call: its RESP head, the script, its arguments, the caller's future, and for a
 # `write_soon` the stream's id (the future then gets the stop flag or `StaleProducer`:
 # no second future and callback per write).
-_Call = tuple[bytes, Script, Sequence[Any], "asyncio.Future[Any]", "str | None"]
+_Call = tuple[bytes, Script, "Sequence[Any] | bytes", "asyncio.Future[Any]", "str | None"]
 # A lease renewal: keys, token, stored length, ttl ms, lease ms, the caller's future.
 _Renewal = tuple[Sequence[str], str, int, int, int, "asyncio.Future[Any]"]
 
@@ -211,11 +211,12 @@ class _Batcher:
         self._timeout = command_timeout
 
     def submit(
-        self, script: Script, args: Sequence[Any], write_of: str | None = None
+        self, script: Script, args: Sequence[Any] | bytes, write_of: str | None = None
     ) -> asyncio.Future[Any]:
-        """Queue one call of a three-key ``script`` (keys, then arguments); the future
-        gets its reply, or for ``write_of`` (a stream id: a ``write.lua`` call) the
-        reply's stop flag, a refusal as `StaleProducer`."""
+        """Queue one call of a three-key ``script`` (keys, then arguments, or the whole
+        command packed already); the future gets its reply, or for ``write_of`` (a
+        stream id: a ``write.lua`` call) the reply's stop flag, a refusal as
+        `StaleProducer`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((script.head, script, args, future, write_of))
         if self._task is None:
@@ -352,7 +353,10 @@ class _Batcher:
         returned in its place, so one refused write does not fail the others)."""
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            packed = b"".join([_pack(call[0], call[2]) for call in calls])
+            packed = b"".join([
+                call[2] if isinstance(call[2], bytes) else _pack(call[0], call[2])
+                for call in calls
+            ])
             # One deadline (`_send`'s) bounds the whole pipeline, not each reply: a timer
             # per reply costs more than reading it.
             await connection.send_packed_command(packed, check_health=False)
@@ -545,9 +549,12 @@ class RedisBackend:
         `WritesSoon`); None for the end of a stream (`write` forgets its keys)."""
         if end is not None:
             return None
-        k = self._wire.keys(stream_id)
-        call = self._wire.write_call(k, token, start, chunks, None, ttl, finished_ttl, lease)
-        return self._batcher.submit(self._scripts.write, call, write_of=stream_id)
+        script = self._scripts.write
+        packed = self._wire.write_packed(
+            script.head, self._wire.keys(stream_id), token, start, chunks, ttl, finished_ttl,
+            lease,
+        )
+        return self._batcher.submit(script, packed, write_of=stream_id)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
