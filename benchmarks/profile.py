@@ -1,13 +1,17 @@
-"""Where the time goes: profiles of the W1 and W4 paths.
+"""Where the time goes: profiles of the W1 to W5 paths.
 
     python -m benchmarks.profile w1 [--impl ours|ours_memory] [--streams 100] [--chunks 1000]
+    python -m benchmarks.profile w2|w3 [--impl ours]      # W2 in one process, W3 in process
+    python -m benchmarks.profile w5 --chunks 600          # 100 streams, a chunk per 20 ms
     python -m benchmarks.profile w4 [--variant middleware|explicit|plain] [--clients 100]
 
-``w1`` runs one W1 step under cProfile in this process and prints the functions with
-the most time of their own, and their cost per chunk (microseconds; cProfile's own
-overhead inflates every call alike, so compare rows, not absolutes). ``w4`` runs
-the HTTP server under py-spy (``pip install py-spy``) while the load client runs
-and writes a flame graph (SVG) and the hottest frames of the library. Both use a
+``w1``, ``w2``, ``w3`` and ``w5`` sample one step's worker process with py-spy and
+scale each frame's share of the samples to the measured CPU per chunk (the whole
+process is sampled, set-up included). ``w1 --cprofile`` runs one W1 step under
+cProfile in this process instead: exact call counts, and times that cProfile's own
+overhead inflates alike (compare rows, not absolutes). ``w4`` runs the HTTP server
+under py-spy (``pip install py-spy``) while the load client runs and writes a flame
+graph (SVG) and the hottest frames of the library. All use a
 private redis-server unless ``--redis-url`` is given.
 """
 
@@ -129,7 +133,9 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.workload == "w3":
         return {"workload": "w3", "impl": args.impl, "stored": 10_000, "chunk_bytes": 32,
                 "singles": 20, "burst": 200}
-    return {"workload": "w5", "impl": args.impl, "streams": 100, "chunks": 200,
+    # W5 runs as long as asked (--chunks per stream, 20 ms apart), so that set-up
+    # weighs little in the whole-process samples.
+    return {"workload": "w5", "impl": args.impl, "streams": 100, "chunks": args.chunks,
             "chunk_bytes": 32, "delay": 0.02}
 
 
