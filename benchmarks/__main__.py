@@ -156,6 +156,17 @@ class Progress:
                 f"{result.get('error') or result.get('stderr') or 'wrong bytes'}")
 
 
+# What the HTTP steps (W3 through HTTP, W4) import: uvicorn with uvloop and httptools.
+HTTP_MODULES = ("uvicorn", "uvloop", "httptools", "starlette")
+
+
+def missing_http_modules() -> list[str]:
+    """The HTTP steps' modules that are not installed (the ``bench`` extra has them)."""
+    import importlib.util
+
+    return [name for name in HTTP_MODULES if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description=__doc__.split("\n\n")[0])
@@ -172,14 +183,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else FULL
+    only = tuple(args.only or WORKLOADS)
+    missing = missing_http_modules()
+    if missing and ("w3" in only or "w4" in only):
+        parser.error(
+            f"the HTTP steps (W3 through HTTP, W4) need the bench extra: "
+            f"pip install -e '.[bench]' (missing: {', '.join(missing)}); "
+            f"or leave them out: --only w1 --only w2 --only w5 --only memory"
+        )
     notes: list[str] = []
+    import importlib.util
+
+    if importlib.util.find_spec("hiredis") is None:
+        # Without it redis-py parses every reply in Python: W3 reads 5x slower.
+        notes.append("hiredis is not installed: redis-py parses replies in Python "
+                     "(pip install -e '.[bench]')")
+        log(f"note: {notes[-1]}")
     node_note = "--no-node given: the npm original was not run" if args.no_node else None
     if node_note is None:
         node_note = prepare_node(log)
     if node_note is not None:
         notes.append(node_note)
         log(f"note: {node_note}")
-    steps = plan(sizes, node=node_note is None, only=tuple(args.only or WORKLOADS))
+    steps = plan(sizes, node=node_note is None, only=only)
 
     server = None
     url = args.redis_url

@@ -1,13 +1,17 @@
-"""Where the time goes: profiles of the W1 and W4 paths.
+"""Where the time goes: profiles of the W1 to W5 paths.
 
     python -m benchmarks.profile w1 [--impl ours|ours_memory] [--streams 100] [--chunks 1000]
+    python -m benchmarks.profile w2|w3 [--impl ours]      # W2 in one process, W3 in process
+    python -m benchmarks.profile w5 --chunks 600          # 100 streams, a chunk per 20 ms
     python -m benchmarks.profile w4 [--variant middleware|explicit|plain] [--clients 100]
 
-``w1`` runs one W1 step under cProfile in this process and prints the functions with
-the most time of their own, and their cost per chunk (microseconds; cProfile's own
-overhead inflates every call alike, so compare rows, not absolutes). ``w4`` runs
-the HTTP server under py-spy (``pip install py-spy``) while the load client runs
-and writes a flame graph (SVG) and the hottest frames of the library. Both use a
+``w1``, ``w2``, ``w3`` and ``w5`` sample one step's worker process with py-spy and
+scale each frame's share of the samples to the measured CPU per chunk (the whole
+process is sampled, set-up included). ``w1 --cprofile`` runs one W1 step under
+cProfile in this process instead: exact call counts, and times that cProfile's own
+overhead inflates alike (compare rows, not absolutes). ``w4`` runs the HTTP server
+under py-spy (``pip install py-spy``) while the load client runs and writes a flame
+graph (SVG) and the hottest frames of the library. All use a
 private redis-server unless ``--redis-url`` is given.
 """
 
@@ -118,15 +122,32 @@ def analyse(collapsed: Path, us_per_chunk: float, limit: int) -> dict[str, Any]:
     }
 
 
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The worker's spec of one in-process step, at the full run's sizes."""
+    if args.workload == "w1":
+        return {"workload": "w1", "impl": args.impl, "streams": args.streams,
+                "chunks": args.chunks, "chunk_bytes": 32}
+    if args.workload == "w2":
+        return {"workload": "w2", "impl": args.impl, "chunks": 10_000, "chunk_bytes": 32,
+                "followers": 10}
+    if args.workload == "w3":
+        return {"workload": "w3", "impl": args.impl, "stored": 10_000, "chunk_bytes": 32,
+                "singles": 20, "burst": 200}
+    # W5 runs as long as asked (--chunks per stream, 20 ms apart), so that set-up
+    # weighs little in the whole-process samples.
+    return {"workload": "w5", "impl": args.impl, "streams": 100, "chunks": args.chunks,
+            "chunk_bytes": 32, "delay": 0.02}
+
+
 def sample_w1(args: argparse.Namespace, url: str) -> dict[str, Any]:
-    """The W1 step in a worker process under py-spy (sampling: little distortion)."""
+    """One in-process step (W1, W2 in one process, W3, W5) in a worker process under
+    py-spy (sampling: little distortion). The whole process is sampled, set-up
+    included; the shares are scaled to the measured section's CPU per chunk."""
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     collapsed = Path(tempfile.mkstemp(suffix=".txt")[1])
     result_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    spec = {"workload": "w1", "impl": args.impl, "url": url, "streams": args.streams,
-            "chunks": args.chunks, "chunk_bytes": 32, "result_file": str(result_file),
-            "loop": args.loop}
+    spec = {**_spec(args), "url": url, "result_file": str(result_file), "loop": args.loop}
     subprocess.run(
         [_pyspy(), "record", "--rate", "1000", "--format", "raw", "--output", str(collapsed),
          "--", sys.executable, "-m", "benchmarks._worker", json.dumps(spec)],
@@ -213,8 +234,8 @@ def profile_w4(args: argparse.Namespace, url: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("workload", choices=("w1", "w4"))
-    parser.add_argument("--impl", default="ours", choices=("ours", "ours_memory"))
+    parser.add_argument("workload", choices=("w1", "w2", "w3", "w4", "w5"))
+    parser.add_argument("--impl", default="ours", choices=("ours", "ours_memory", "plain"))
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=1000)
     parser.add_argument("--variant", default="middleware",
@@ -238,10 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
         url = server.url
     try:
-        if args.workload == "w1":
-            report = profile_w1(args, url) if args.cprofile else sample_w1(args, url)
-        else:
+        if args.workload == "w4":
             report = profile_w4(args, url)
+        elif args.cprofile and args.workload == "w1":
+            report = profile_w1(args, url)
+        else:
+            report = sample_w1(args, url)
     finally:
         if server is not None:
             server.close()

@@ -28,7 +28,7 @@ from ._exceptions import (
 from ._keys import validate_stream_id
 from ._lease import LeaseWatch, Liveness, settle
 from ._options import StreamOptions
-from ._producer import Producer, close_source
+from ._producer import Producer, WriteClock, close_source
 from ._reader import ReaderSource, ResumableStream
 from ._retry import LEAST_ATTEMPT, RetryWindow
 from ._subscription import Subscription
@@ -124,6 +124,7 @@ class ResumableStreamContext:
         self._wait_until = wait_until
         self._owns_backend = owns_backend
         self._producers: set[asyncio.Task[None]] = set()
+        self._clock = WriteClock()  # every producer's writes share its ticks
         self._local: dict[str, Producer] = {}
         self._claiming = 0  # calls between their capacity check and their producer task
         self._followers: dict[str, int] = {}
@@ -514,7 +515,7 @@ class ResumableStreamContext:
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )
         producer = Producer(
-            self.backend, stream_id, token, source, feed, self.options, ttl
+            self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
         )
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)

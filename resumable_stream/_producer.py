@@ -33,7 +33,7 @@ from ._subscription import Bell, Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer, WritesSoon
 
-__all__ = ["STORAGE_LOST", "Producer", "WriterState"]
+__all__ = ["STORAGE_LOST", "Producer", "WriteClock", "WriterState"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -64,6 +64,39 @@ class WriterState(enum.Enum):
 _FINAL = (WriterState.ENDED, WriterState.BROKEN)
 
 
+class WriteClock:
+    """The write clock of one context: one timer per tick for every stream due at it.
+
+    A timer per stream per write costs a heap entry, a handle and its cancellation;
+    1,000 streams writing at the same tick now share one. A writer found here whose
+    state moved on meanwhile (closed, broken, or already written) ignores the tick.
+    """
+
+    __slots__ = ("_due", "_handle", "_loop")
+
+    def __init__(self) -> None:
+        self._due: list[_Writer] = []
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, writer: _Writer, interval: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Call ``writer._on_tick()`` at the next multiple of ``interval`` (loop time),
+        or with the tick already set, if one is (it is never later than that)."""
+        if loop is not self._loop:
+            # A context used from another loop: the old loop's tick will never come.
+            self._loop, self._handle, self._due = loop, None, []
+        self._due.append(writer)
+        if self._handle is None:
+            now = loop.time()
+            self._handle = loop.call_at(now + interval - now % interval, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        due, self._due = self._due, []
+        for writer in due:
+            writer._on_tick()
+
+
 class _Writer:
     """Write-behind of one stream's chunks, one write in flight at a time.
 
@@ -78,10 +111,12 @@ class _Writer:
 
     __slots__ = (
         "_backend",
+        "_clock",
         "_end",
         "_error",
         "_finished_ttl",
         "_last_write",
+        "_loop",
         "_on_deleted",
         "_on_stop",
         "_options",
@@ -115,8 +150,10 @@ class _Writer:
         ttl: float,
         on_stop: Callable[[], object],
         on_deleted: Callable[[], object],
+        clock: WriteClock,
     ) -> None:
         self._backend = backend
+        self._clock = clock
         self._on_stop = on_stop
         self._on_deleted = on_deleted
         self._stream_id = stream_id
@@ -138,8 +175,11 @@ class _Writer:
         self._stored = 0  # chunks stored: the index of the first chunk of `_out`
         self._end: Ended | None = None  # what `close` asked for
         self._error: BaseException | None = None  # why a write failed (RETRYING, BROKEN)
-        self._tick: asyncio.TimerHandle | None = None
-        self._wake = Bell()
+        self._tick: asyncio.Handle | None = None  # only with write_interval 0
+        # Made by the producer inside its loop; `asyncio.get_running_loop()` costs a
+        # getpid() system call on Python 3.11, and the writer asks once per write.
+        self._loop = asyncio.get_running_loop()
+        self._wake = Bell(self._loop)
         self._room = asyncio.Event()
         self._room.set()
         self._last_write = 0.0
@@ -187,13 +227,11 @@ class _Writer:
         and every stream of the process writes in the same loop turn, so the backend
         can send them all in one pipeline."""
         self.state = WriterState.SCHEDULED
-        loop = asyncio.get_running_loop()
         interval = self._options.write_interval
         if interval <= 0:
-            self._tick = loop.call_soon(self._on_tick)  # type: ignore[assignment]
+            self._tick = self._loop.call_soon(self._on_tick)
             return
-        now = loop.time()
-        self._tick = loop.call_at(now + interval - now % interval, self._on_tick)
+        self._clock.add(self, interval, self._loop)
 
     def _cancel_tick(self) -> None:
         if self._tick is not None:
@@ -235,12 +273,15 @@ class _Writer:
             return
         self.state = WriterState.WRITING
         self._out_future = future
-        self._out_at = asyncio.get_running_loop().time()
+        self._out_at = self._loop.time()
         future.add_done_callback(self._on_soon_done)
 
     def _on_soon_done(self, future: asyncio.Future[bool]) -> None:
         """A timer-issued write completed: WRITING -> landed, or RETRYING."""
-        self._guarded(lambda: self._soon_done(future))
+        try:  # as `_guarded`, without a closure per write
+            self._soon_done(future)
+        except Exception as exc:
+            self._give_up(exc)
 
     def _soon_done(self, future: asyncio.Future[bool]) -> None:
         if future is not self._out_future:
@@ -271,7 +312,7 @@ class _Writer:
 
     def _landed(self, stop: bool) -> None:
         """The write in flight is stored: the one place that records it."""
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         if _telemetry.ENABLED:
             _telemetry.write_landed(len(self._out), now - self._out_at)
         self._stored += len(self._out)
@@ -596,12 +637,16 @@ class Producer:
         feed: Subscription,
         options: StreamOptions,
         ttl: float,
+        clock: WriteClock | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._source = source
         self._feed = feed
         self._options = options
-        self.writer = _Writer(backend, stream_id, token, options, ttl, self.stop, self.delete)
+        self.writer = _Writer(
+            backend, stream_id, token, options, ttl, self.stop, self.delete,
+            clock if clock is not None else WriteClock(),
+        )
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False

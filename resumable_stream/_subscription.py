@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from ._types import Appended, Chunk, Event, Resync
 
-__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes"]
+__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes", "event_size"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -40,11 +40,14 @@ class Bell:
     attribute check unless a task is actually waiting.
     """
 
-    __slots__ = ("_is_set", "_waiter")
+    __slots__ = ("_is_set", "_loop", "_waiter")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._is_set = False
         self._waiter: asyncio.Future[None] | None = None
+        # The owner's loop, if it knows it: `asyncio.get_running_loop()` costs a
+        # getpid() system call on Python 3.11, and a bell rings once per chunk.
+        self._loop = loop
 
     def set(self) -> None:
         if not self._is_set:
@@ -62,7 +65,10 @@ class Bell:
     async def wait(self) -> None:
         if self._is_set:
             return
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:
@@ -80,7 +86,9 @@ def chunk_bytes(chunk: Chunk) -> int:
     return len(chunk)
 
 
-def _event_size(event: Event) -> int:
+def event_size(event: Event) -> int:
+    """What ``event`` counts against a reader's budget: its chunks' UTF-8 bytes plus 16
+    per chunk (an end or a resync: 16)."""
     if isinstance(event, Appended):
         return sum(map(chunk_bytes, event.chunks)) + 16 * len(event.chunks)
     return 16
@@ -108,30 +116,41 @@ class Subscription:
     ) -> None:
         self.key = key  # what the backend subscribed to (stream id or channel)
         self._events: deque[Event] = deque()
+        self._sizes: deque[int] = deque()  # each queued event's size, as it was pushed
         self._size = 0
         self._limit = max_buffered_bytes
         self._overflowed = False
         self._error: BaseException | None = None
-        self._wakeup = Bell()
         self._on_close = on_close
         # The last queued Appended, still growable by push_chunk (None once taken).
         self._tail: list[Chunk] | None = None
         self._tail_end = -1
+        # The poll deadline's timer (see `wait`): armed once, re-armed only when it
+        # fires early, never cancelled per wait.
+        self._timer: asyncio.TimerHandle | None = None
+        self._until: float | None = None  # the deadline of the wait under way
         self.closed = False
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop (a test): close_nowait releases nothing
             self._loop = None
+        self._wakeup = Bell(self._loop)
 
-    def push(self, event: Event) -> None:
-        """Queue ``event`` without blocking; on overflow drop all and ask for a resync."""
+    def push(self, event: Event, size: int | None = None) -> None:
+        """Queue ``event`` without blocking; on overflow drop all and ask for a resync.
+
+        ``size`` is what it counts against the budget (`event_size` if None): a
+        backend that hands one event to many readers measures it once.
+        """
         if self.closed:
             return
-        size = _event_size(event)
+        if size is None:
+            size = event_size(event)
         if self._size + size > self._limit and self._events:
             self._overflow()
         else:
             self._events.append(event)
+            self._sizes.append(size)
             self._size += size
             self._tail = None
         self._wakeup.set()
@@ -147,10 +166,12 @@ class Subscription:
             # The reader has not taken the tail event yet: grow it in place.
             self._tail.append(chunk)
             self._tail_end = index + 1
+            self._sizes[-1] += size
             self._size += size
         else:
             tail = [chunk]
             self._events.append(Appended(index, tail))
+            self._sizes.append(size)
             self._size += size
             self._tail = tail
             self._tail_end = index + 1
@@ -158,6 +179,7 @@ class Subscription:
 
     def _overflow(self) -> None:
         self._events.clear()
+        self._sizes.clear()
         self._size = 0
         self._tail = None
         self._overflowed = True
@@ -179,8 +201,9 @@ class Subscription:
         events = self._events
         if events:
             event = events.popleft()
+            size = self._sizes.popleft()
             if events:
-                self._size -= _event_size(event)
+                self._size -= size
             else:
                 self._size = 0
                 self._tail = None  # the reader owns it now: never grow it again
@@ -202,18 +225,41 @@ class Subscription:
                 wakeup.clear()
                 await wakeup.wait()
             return True
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = asyncio.get_running_loop()
         while self.idle() and not self.closed:
             if loop.time() >= deadline:
                 return False
             wakeup.clear()
-            # A timer that rings the same bell is cheaper than wait_for's extra task.
-            timer = loop.call_at(deadline, wakeup.set)
+            # One timer that outlives the wait: a follower waits once per message with
+            # a deadline a poll_interval away, and a timer set and cancelled each time
+            # costs 2-5 us in uvloop. One set earlier than this deadline re-arms itself
+            # when it fires; one set later (a deadline moved closer) is replaced.
+            timer = self._timer
+            if timer is None or timer.when() > deadline:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
+            self._until = deadline
             try:
                 await wakeup.wait()
             finally:
-                timer.cancel()
+                self._until = None
         return True
+
+    def _on_timer(self) -> None:
+        """The poll timer fired: ring the bell if a wait's deadline has come, re-arm for
+        the deadline of a wait still under way, or rest until the next wait."""
+        self._timer = None
+        until = self._until
+        if until is None or self.closed:
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        if loop.time() >= until:
+            self._wakeup.set()
+        else:
+            self._timer = loop.call_at(until, self._on_timer)
 
     async def get(self, timeout: float | None) -> Event | None:
         """Next event, `RESYNC` after an overflow, or None if ``timeout`` passed first.
@@ -239,8 +285,12 @@ class Subscription:
             return False
         self.closed = True
         self._events.clear()
+        self._sizes.clear()
         self._size = 0
         self._tail = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wakeup.set()  # a reader waiting in `wait` returns
         return True
 

@@ -166,3 +166,23 @@ async def test_a_write_with_no_lease_releases_it_on_every_wire(
     finally:
         await rest.aclose()
         await tcp.aclose()
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [["a"], [b"\x00\xff", "x" * 40_000], ["é", "日本", b"", ""], [f"{i}," for i in range(300)]],
+)
+def test_a_packed_write_is_the_call_it_packs(chunks: list[Chunk]) -> None:
+    """`write_soon`'s pre-packed command is byte for byte the generic packing of the
+    same `write.lua` call, for a fresh stream and for one whose fixed parts are cached."""
+    from resumable_stream.backends._wire import Wire, pack_call, scripts
+
+    head = scripts().write.head
+    for publish in ("PUBLISH", "SPUBLISH"):
+        wire = Wire("p", publish=publish)
+        k = StreamKeys("p", "id with spaces {x}")
+        for start in (0, 7, 123_456):
+            for ttl, finished, lease in ((TTL, 5.0, LEASE), (1.5, 1.5, 0.0)):
+                call = wire.write_call(k, "tok", start, chunks, None, ttl, finished, lease)
+                packed = wire.write_packed(head, k, "tok", start, chunks, ttl, finished, lease)
+                assert packed == pack_call(head, call)

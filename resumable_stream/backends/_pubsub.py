@@ -60,7 +60,7 @@ import anyio
 from redis import exceptions as redis_errors
 
 from .._exceptions import BackendUnavailable, InvalidArgument, describe
-from .._subscription import RESYNC, Subscription
+from .._subscription import RESYNC, Subscription, event_size
 from .._types import Event
 from ._redis_errors import UNAVAILABLE
 
@@ -345,8 +345,10 @@ class PubSubHub:
                             # the process re-read, as often as someone publishes).
                             self._garbage(name, record, clock(), exc)
                             continue
+                        # Measured once for every reader of the process, not once each.
+                        size = event_size(event)
                         for sub in record.subscribers:
-                            sub.push(event)
+                            sub.push(event, size)
                     continue
                 link.last_reply = link.last_seen
                 if kind == dialect.confirmed:

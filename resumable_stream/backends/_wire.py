@@ -131,6 +131,27 @@ def pack_call(head: bytes, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+def _bulk(*values: str | bytes | int) -> bytes:
+    """``values`` as RESP bulk strings, back to back."""
+    out = []
+    for value in values:
+        data = value if type(value) is bytes else str(value).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _write_parts(
+    publish: str, k: StreamKeys, token: str, ttl: int, finished_ttl: int, lease: int
+) -> tuple[bytes, tuple[bytes, bytes]]:
+    """The RESP of a write's arguments that do not change between a stream's writes:
+    those before the start index (keys, token), and those after it, around the
+    appended-message header (expiries, channel, an empty end; the publish command)."""
+    before = _bulk(k.meta, k.chunks, k.lease, token)
+    middle = _bulk(ttl, finished_ttl, lease, k.events, b"", b"", b"")
+    return before, (middle, _bulk(publish))
+
+
 @functools.lru_cache(maxsize=4096)
 def stream_keys(prefix: str, stream_id: str) -> StreamKeys:
     """A stream's keys, for readers and one-off commands."""
@@ -212,6 +233,43 @@ class Wire:
         args.extend(pack(chunk) for chunk in chunks)
         return args
 
+    def write_packed(
+        self,
+        head: bytes,
+        k: StreamKeys,
+        token: str,
+        start: int,
+        chunks: Sequence[Chunk],
+        ttl: float,
+        finished_ttl: float,
+        lease: float,
+    ) -> bytes:
+        """`write_call` (without an end) as one RESP command behind ``head`` (the
+        script's ``EVALSHA <sha> 3``), ready for a pipeline.
+
+        The arguments that stay the same for a stream's every write are packed once
+        (`_write_parts`); per write only the start and the chunks are: a third of
+        `pack_call`'s cost for a write of one chunk.
+
+        Raises:
+            UnicodeEncodeError: as `write_call`; nothing was sent.
+        """
+        before, after = _write_parts(
+            self.publish, k, token, ms(ttl), ms(finished_ttl), lease_ms(lease)
+        )
+        pack = self._pack
+        index = b"%d" % start
+        header = APPEND + pack(start)
+        parts = [
+            b"*%d\r\n" % (17 + len(chunks)), head, before,
+            b"$%d\r\n%s\r\n" % (len(index), index), after[0],
+            b"$%d\r\n%s\r\n" % (len(header), header), after[1],
+        ]  # fmt: skip
+        for chunk in chunks:
+            value = pack(chunk)
+            parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
+        return b"".join(parts)
+
     @staticmethod
     def snapshot_call(k: StreamKeys, start: int, limit: int) -> list[Any]:
         """``snapshot.lua``'s three keys and its arguments."""
@@ -230,15 +288,26 @@ class Wire:
 
 
 def parse_snapshot(reply: Any) -> Snapshot | None:
-    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream."""
+    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream.
+
+    Raises:
+        ValueError: the page does not hold the number of chunks the script counted.
+    """
     if reply is None:
         return None
-    status, error, length, lease, raw, metadata = reply
-    unpackb = msgpack.unpackb
+    status, error, length, lease, page, metadata, count = reply
+    chunks: list[Chunk] = []
+    if count:
+        # The page is the stored msgpack values back to back: one C-level decode.
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(page), 1 << 20))
+        unpacker.feed(page)
+        chunks = list(unpacker)
+        if len(chunks) != count:
+            raise ValueError(f"a snapshot page of {count} chunks decoded to {len(chunks)}")
     return Snapshot(
         status=StreamStatus(status.decode()),
         length=length,
-        chunks=[unpackb(c, raw=False) for c in raw],
+        chunks=chunks,
         lease_alive=bool(lease),
         error=error.decode() or None,
         metadata=metadata,

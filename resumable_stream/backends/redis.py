@@ -178,7 +178,10 @@ class _Calls:
             raise
 
 
-_Call = tuple[bytes, Script, Sequence[Any], "asyncio.Future[Any]"]
+# A script call: its RESP head, the script, its arguments, the caller's future, and for a
+# `write_soon` the stream's id (the future then gets the stop flag or `StaleProducer`:
+# no second future and callback per write).
+_Call = tuple[bytes, Script, "Sequence[Any] | bytes", "asyncio.Future[Any]", "str | None"]
 # A lease renewal: keys, token, stored length, ttl ms, lease ms, the caller's future.
 _Renewal = tuple[Sequence[str], str, int, int, int, "asyncio.Future[Any]"]
 
@@ -207,11 +210,15 @@ class _Batcher:
         self._task: asyncio.Task[None] | None = None
         self._timeout = command_timeout
 
-    def submit(self, script: Script, args: Sequence[Any]) -> asyncio.Future[Any]:
-        """Queue one call of a three-key ``script`` (keys, then arguments); the future
-        gets its reply."""
+    def submit(
+        self, script: Script, args: Sequence[Any] | bytes, write_of: str | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one call of a three-key ``script`` (keys, then arguments, or the whole
+        command packed already); the future gets its reply, or for ``write_of`` (a
+        stream id: a ``write.lua`` call) the reply's stop flag, a refusal as
+        `StaleProducer`."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script.head, script, args, future))
+        self._queue.append((script.head, script, args, future, write_of))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return future
@@ -247,7 +254,9 @@ class _Batcher:
                     args += [renewal[1], renewal[2]]
                 future: asyncio.Future[Any] = loop.create_future()
                 future.add_done_callback(functools.partial(_fan_out, renewals=part))
-                calls.append((self._renew.head_for(3 * len(part)), self._renew, args, future))
+                calls.append(
+                    (self._renew.head_for(3 * len(part)), self._renew, args, future, None)
+                )
         return calls
 
     async def aclose(self) -> None:
@@ -297,7 +306,9 @@ class _Batcher:
             # it the connection is dropped (`_pipeline`), its callers get
             # `BackendUnavailable` (the producer retries; write.lua's index check tells
             # it whether the write landed) and the next pipeline connects afresh.
-            with anyio.fail_after(self._timeout):
+            # (`_deadline`: asyncio's own timeout, half the cost of anyio's scope,
+            # once per pipeline.)
+            async with _deadline(self._timeout):
                 replies = await self._pipeline(calls)
                 missing = [
                     n for n, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
@@ -327,20 +338,25 @@ class _Batcher:
                 if not call[3].done():
                     call[3].set_exception(error)
             return
-        for (_, _, _, future), reply in zip(calls, replies, strict=True):
+        for (_, _, _, future, write_of), reply in zip(calls, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
+                if write_of is not None and isinstance(reply, redis_errors.ResponseError):
+                    reply = _write_error(write_of, reply)
                 future.set_exception(reply)
             else:
-                future.set_result(reply)
+                future.set_result(reply if write_of is None else bool(reply[1]))
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """Send the calls back to back, then read every reply (an error reply is
         returned in its place, so one refused write does not fail the others)."""
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            packed = b"".join([_pack(head, args) for head, _, args, _ in calls])
+            packed = b"".join([
+                call[2] if isinstance(call[2], bytes) else _pack(call[0], call[2])
+                for call in calls
+            ])
             # One deadline (`_send`'s) bounds the whole pipeline, not each reply: a timer
             # per reply costs more than reading it.
             await connection.send_packed_command(packed, check_health=False)
@@ -533,27 +549,12 @@ class RedisBackend:
         `WritesSoon`); None for the end of a stream (`write` forgets its keys)."""
         if end is not None:
             return None
-        k = self._wire.keys(stream_id)
-        call = self._wire.write_call(k, token, start, chunks, None, ttl, finished_ttl, lease)
-        reply = self._batcher.submit(self._scripts.write, call)
-        result: asyncio.Future[bool] = reply.get_loop().create_future()
-
-        def done(reply: asyncio.Future[Any]) -> None:
-            if result.done():
-                return
-            if reply.cancelled():
-                result.cancel()
-                return
-            exc = reply.exception()
-            if exc is None:
-                result.set_result(bool(reply.result()[1]))
-            elif isinstance(exc, redis_errors.ResponseError):
-                result.set_exception(_write_error(stream_id, exc))
-            else:
-                result.set_exception(exc)
-
-        reply.add_done_callback(done)
-        return result
+        script = self._scripts.write
+        packed = self._wire.write_packed(
+            script.head, self._wire.keys(stream_id), token, start, chunks, ttl, finished_ttl,
+            lease,
+        )
+        return self._batcher.submit(script, packed, write_of=stream_id)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
