@@ -351,6 +351,11 @@ def cpu_rounds(
                 v: statistics.median(x.get("chunks_per_s", 0.0) for x in rs)
                 for v, rs in by_variant.items()
             },
+            # Whether the hooks still ran at the end of each run (noop: off after the first).
+            "enabled_after": {
+                v: sorted({bool(x.get("enabled_after")) for x in rs})
+                for v, rs in by_variant.items()
+            },
         }
         if all(cpu["off"]):
             entry["ratio"] = {

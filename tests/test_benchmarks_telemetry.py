@@ -38,6 +38,8 @@ def test_quick_telemetry_benchmark(redis_server: RedisServer, tmp_path: Path) ->
         assert set(entry["cpu_us_per_chunk"]) == {"off", "noop", "proxy"}, name
         assert set(entry["ratio"]) == {"noop/off", "proxy/off"}, name
         assert entry["ratio"]["noop/off"]["n"] == report["rounds"] == 1
+        # The no-op providers turn the hooks off at the first one; the proxies do not.
+        assert entry["enabled_after"] == {"off": [False], "noop": [False], "proxy": [True]}
     # The "noop" variant really runs the hooks: a write's on every workload, a
     # follower's lag sample on W5 (the "off" runs were checked to have ENABLED False).
     hooks = report["hooks"]
