@@ -16,6 +16,8 @@ For operators, what Redis holds (`resumable_stream._inspect`; the ``redis`` extr
     python -m resumable_stream inspect ID [--redis-url URL] [--key-prefix P] [--json]
     python -m resumable_stream list [--redis-url URL] [--key-prefix P] [--json] [--limit N]
 
+(a Redis Cluster node's URL works too: detected with ``INFO cluster``, or ``--cluster``).
+
 The first argument picks: ``inspect`` or ``list`` (never a URL), else a URL.
 """
 

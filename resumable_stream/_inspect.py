@@ -6,6 +6,8 @@ straight from the keys `resumable_stream._keys` lays out (no context, no produce
     python -m resumable_stream inspect ID [--redis-url URL] [--key-prefix P] [--json]
     python -m resumable_stream list [--redis-url URL] [--key-prefix P] [--json] [--limit N]
 
+(either with ``--cluster`` to force Redis Cluster mode; it is detected otherwise).
+
 Design decisions:
 
 * The status is the stored one (``running``, ``done``, ``failed``), next to the lease
@@ -17,8 +19,13 @@ Design decisions:
 * The state is read in one ``MULTI`` (status, length, expiries agree); the chunk sizes
   after it, in pages, up to the length read then: bounded however the stream grows.
 * ``list`` walks ``SCAN`` with ``MATCH <prefix>:{*}:meta``: it stops after ``--limit``
-  streams or `MAX_SCANS` calls, whichever comes first, and says so. It scans one server
-  (not a Redis Cluster's every master).
+  streams or `MAX_SCANS` calls, whichever comes first, and says so. On a Redis Cluster
+  it walks every primary in turn (each holds its own slots' keys), the `MAX_SCANS`
+  calls shared among them.
+* A cluster is found by asking the server given (``INFO cluster``), or forced with
+  ``--cluster``: the command then talks to the cluster through ``RedisCluster``,
+  which follows slots to their primaries (a stream's keys share one slot, so
+  ``inspect``'s ``MULTI`` still runs on one node).
 * ``owner`` is the owner the HTTP layer bound the stream to (``owner=``: the
   ``"owner"`` key of the stream's metadata), null for an unbound stream.
 
@@ -33,7 +40,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
@@ -146,10 +153,11 @@ async def list_streams(
     """The running streams under ``key_prefix``, as SCAN finds them.
 
     Args:
-        client: a ``redis.asyncio.Redis`` client (its replies not decoded).
+        client: a ``redis.asyncio.Redis`` or ``RedisCluster`` client (its replies not
+            decoded); a cluster's every primary is scanned.
         key_prefix: the context's ``key_prefix``.
         limit: stop after this many running streams.
-        max_scans: stop after this many SCAN calls.
+        max_scans: stop after this many SCAN calls (all nodes together).
 
     Returns:
         The streams (``id``, ``chunks``, ``ttl``, ``lease``), in SCAN's order, and
@@ -165,32 +173,77 @@ async def list_streams(
     pattern = _pattern(key_prefix)
     found: list[dict[str, Any]] = []
     seen: set[str] = set()  # SCAN may return a key more than once
-    cursor: int = 0
-    for _ in range(max_scans):
-        cursor, batch = await client.scan(cursor, match=pattern, count=SCAN_COUNT)
-        ids = [i for i in (_stream_id(k, head) for k in batch) if i is not None and i not in seen]
-        seen.update(ids)
-        if ids:
-            async with client.pipeline(transaction=False) as pipe:
-                for stream_id in ids:
-                    keys = StreamKeys(key_prefix, stream_id)
-                    pipe.hget(keys.meta, "status")
-                    pipe.llen(keys.chunks)
-                    pipe.pttl(keys.meta)
-                    pipe.pttl(keys.lease)
-                replies = await pipe.execute()
-            for n, stream_id in enumerate(ids):
-                status, chunks, ttl, lease = replies[4 * n : 4 * n + 4]
-                if status == b"running":
-                    found.append(
-                        {"id": stream_id, "chunks": chunks, "ttl": _seconds(ttl),
-                         "lease": _seconds(lease)}
-                    )  # fmt: skip
-                    if len(found) >= limit:
-                        return found, cursor != 0
-        if cursor == 0:
-            return found, False
-    return found, True
+    scanners = _scanners(client, pattern)
+    scans = 0
+    for n, scan in enumerate(scanners):
+        last = n == len(scanners) - 1
+        cursor = 0
+        while True:
+            if scans >= max_scans:
+                return found, True
+            scans += 1
+            cursor, batch = await scan(cursor)
+            ids = [
+                i for i in (_stream_id(k, head) for k in batch) if i is not None and i not in seen
+            ]
+            seen.update(ids)
+            for stream in await _running(client, key_prefix, ids):
+                found.append(stream)
+                if len(found) >= limit:
+                    return found, cursor != 0 or not last
+            if cursor == 0:
+                break
+    return found, False
+
+
+_Scan = Callable[[int], Awaitable[tuple[int, list[bytes]]]]
+
+
+def _scanners(client: Any, pattern: str) -> list[_Scan]:
+    """One SCAN per server to walk: the client's own, or one per cluster primary."""
+    get_primaries = getattr(client, "get_primaries", None)
+    if get_primaries is None:
+
+        async def scan(cursor: int) -> tuple[int, list[bytes]]:
+            reply: tuple[int, list[bytes]] = await client.scan(
+                cursor, match=pattern, count=SCAN_COUNT
+            )
+            return reply
+
+        return [scan]
+
+    def on(node: Any) -> _Scan:
+        async def scan(cursor: int) -> tuple[int, list[bytes]]:
+            cursors, batch = await client.scan(
+                cursor, match=pattern, count=SCAN_COUNT, target_nodes=node
+            )
+            return int(cursors[node.name]), batch
+
+        return scan
+
+    return [on(node) for node in get_primaries()]
+
+
+async def _running(client: Any, key_prefix: str, ids: list[str]) -> list[dict[str, Any]]:
+    """Those of ``ids`` whose stored status is running, with their figures."""
+    if not ids:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        for stream_id in ids:
+            keys = StreamKeys(key_prefix, stream_id)
+            pipe.hget(keys.meta, "status")
+            pipe.llen(keys.chunks)
+            pipe.pttl(keys.meta)
+            pipe.pttl(keys.lease)
+        replies = await pipe.execute()
+    running = []
+    for n, stream_id in enumerate(ids):
+        status, chunks, ttl, lease = replies[4 * n : 4 * n + 4]
+        if status == b"running":
+            running.append(
+                {"id": stream_id, "chunks": chunks, "ttl": _seconds(ttl), "lease": _seconds(lease)}
+            )
+    return running
 
 
 def redis_url(environ: Mapping[str, str]) -> str | None:
@@ -222,6 +275,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", help="default: $REDIS_URL, then $KV_URL")
     common.add_argument("--key-prefix", default=DEFAULT_PREFIX, help="default: %(default)s")
     common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument(
+        "--cluster", action="store_true",
+        help="the URL is a Redis Cluster node (default: ask it, INFO cluster)",
+    )  # fmt: skip
     one = commands.add_parser("inspect", parents=[common], help="one stream's state")
     one.add_argument("stream_id", metavar="ID", help="the id (after --, if it starts with -)")
     many = commands.add_parser("list", parents=[common], help="the running streams")
@@ -261,11 +318,53 @@ def _print_list(streams: list[dict[str, Any]], truncated: bool) -> None:
     print(f"{len(streams)} running stream{'' if len(streams) == 1 else 's'}{more}")
 
 
+_TIMEOUTS = {"socket_connect_timeout": 5, "socket_timeout": 30}
+
+
+async def is_cluster(client: Any) -> bool:
+    """The server says it runs in cluster mode (``INFO cluster``); False if it will
+    not say (an ACL that forbids INFO: pass ``--cluster`` then)."""
+    from redis.exceptions import ResponseError
+
+    try:
+        info = await client.info("cluster")
+    except ResponseError:
+        return False
+    return bool(int(info.get("cluster_enabled", 0)))
+
+
+async def _connect(aioredis: Any, url: str, *, cluster: bool) -> Any:
+    """A client for ``url``: ``RedisCluster`` if asked to or if the server is a
+    cluster node, else a plain one."""
+    from redis.asyncio.cluster import RedisCluster
+
+    if not cluster:
+        client = aioredis.Redis.from_url(url, **_TIMEOUTS)
+        try:
+            if not await is_cluster(client):
+                return client
+        except BaseException:
+            await client.aclose()
+            raise
+        await client.aclose()
+    made = RedisCluster.from_url(url, **_TIMEOUTS)
+    try:
+        await made.initialize()
+    except BaseException:
+        await made.aclose()
+        raise
+    return made
+
+
 async def _run(args: argparse.Namespace, url: str) -> int:
     aioredis = _redis()
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        client = await _connect(aioredis, url, cluster=args.cluster)
+    except (RedisError, RedisClusterException) as exc:  # the latter: --cluster, no cluster
+        print(f"error: Redis at {_redacted(url)}: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "inspect":
             info = await inspect_stream(client, args.key_prefix, args.stream_id)
@@ -288,7 +387,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         else:
             _print_list(streams, truncated)
         return 0
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         print(f"error: Redis at {_redacted(url)}: {exc}", file=sys.stderr)
         return 2
     finally:

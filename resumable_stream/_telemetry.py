@@ -14,6 +14,13 @@ Design decisions:
 * ``opentelemetry`` is imported at the first hook, not with the package, and the
   instruments are taken from the global providers then. The API's proxies forward to a
   provider set later, so configuring the SDK after importing us works.
+* The API's no-op providers (``NoOpMeterProvider``, ``NoOpTracerProvider``), once set,
+  cannot be replaced (the API sets a global provider once), so the first hook that
+  finds both turns `ENABLED` off: from then on the call sites skip, as with
+  ``RESUMABLE_STREAM_OTEL=0``. A no-op API call costs two Python calls (the class's
+  ``add`` and its ``super().add``), about 5,400 instructions for a write's two, which
+  was a few percent of a chunk in memory. With only the meter provider a no-op one,
+  the metric hooks return at once and the spans go on.
 * Metrics carry only low-cardinality attributes (``outcome``, ``kind``, ``operation``,
   ``mode``); a stream id appears on spans only (``resumable_stream.stream_id``).
 * ``resumable_stream.follower.lag`` is what one process can measure honestly without
@@ -88,17 +95,24 @@ class _Instruments:
         "ended",
         "errors",
         "lag",
+        "metrics",
         "resumes",
         "started",
         "tracer",
+        "traces",
         "write_duration",
     )
 
     def __init__(self, meter_provider: Any, tracer_provider: Any) -> None:
         from opentelemetry import metrics, trace
 
-        meter = (meter_provider or metrics.get_meter_provider()).get_meter(NAME)
-        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(NAME)
+        meters = meter_provider or metrics.get_meter_provider()
+        tracers = tracer_provider or trace.get_tracer_provider()
+        self.metrics = not isinstance(meters, metrics.NoOpMeterProvider)
+        """False: the meter records nothing, the metric hooks return at once."""
+        self.traces = not isinstance(tracers, trace.NoOpTracerProvider)
+        meter = meters.get_meter(NAME)
+        self.tracer = tracers.get_tracer(NAME)
         self.started = meter.create_counter(
             "resumable_stream.streams.started", "{stream}", "Streams whose producer started"
         )
@@ -140,10 +154,11 @@ def _histogram(meter: Any, name: str, description: str) -> Any:
 
 _instruments: _Instruments | None = None
 _providers: tuple[Any, Any] = (None, None)
+_off_for_noop = False  # ENABLED was turned off because both providers are no-ops
 
 
 def _get() -> _Instruments | None:
-    global ENABLED, _instruments
+    global ENABLED, _instruments, _off_for_noop
     made = _instruments
     if made is None:
         try:
@@ -151,6 +166,9 @@ def _get() -> _Instruments | None:
         except ImportError:  # found at import, but it does not import: stay off
             ENABLED = False
             return None
+        if not (made.metrics or made.traces):
+            ENABLED = False  # no-op providers, set for good: skip at the call sites
+            _off_for_noop = True
     return made
 
 
@@ -160,30 +178,33 @@ def configure(*, meter_provider: Any = None, tracer_provider: Any = None) -> Non
     For tests and for applications that keep their providers out of the globals; the
     instruments are made again at the next hook.
     """
-    global _instruments, _providers
+    global ENABLED, _instruments, _providers, _off_for_noop
     _providers = (meter_provider, tracer_provider)
     _instruments = None
+    if _off_for_noop:  # the providers that turned it off are no longer ours
+        ENABLED = True
+        _off_for_noop = False
 
 
 # -- hooks: call them only if ENABLED ------------------------------------------------------
 
 
 def stream_started() -> None:
-    made = _get()
-    if made is not None:
+    made = _instruments or _get()
+    if made is not None and made.metrics:
         made.started.add(1)
 
 
 def stream_ended(outcome: str) -> None:
-    made = _get()
-    if made is not None:
+    made = _instruments or _get()
+    if made is not None and made.metrics:
         made.ended.add(1, {"outcome": outcome})
 
 
 def write_landed(chunks: int, seconds: float) -> None:
     """One backend write landed, with ``chunks`` chunks (0: a lease renewal or the end)."""
-    made = _get()
-    if made is not None:
+    made = _instruments or _get()
+    if made is not None and made.metrics:
         if chunks:
             made.chunks_stored.add(chunks)
         made.write_duration.record(seconds)
@@ -191,8 +212,8 @@ def write_landed(chunks: int, seconds: float) -> None:
 
 def backend_error(error: BaseException, operation: str) -> None:
     """A backend call failed (retried or not): ``operation`` is write, claim or read."""
-    made = _get()
-    if made is not None:
+    made = _instruments or _get()
+    if made is not None and made.metrics:
         made.errors.add(1, {"kind": error_kind(error), "operation": operation})
 
 
@@ -208,8 +229,8 @@ def error_kind(error: BaseException) -> str:
 
 
 def follower_lag(seconds: float) -> None:
-    made = _get()
-    if made is not None:
+    made = _instruments or _get()
+    if made is not None and made.metrics:
         made.lag.record(seconds)
 
 
@@ -223,8 +244,8 @@ _Method = Callable[Concatenate[_S, str, _P], Coroutine[Any, Any, _R]]
 
 @contextmanager
 def _span(name: str, stream_id: str, **attributes: Any) -> Iterator[Any]:
-    made = _get()
-    if made is None:
+    made = _instruments or _get()
+    if made is None or not made.traces:
         yield None
         return
     attributes["resumable_stream.stream_id"] = stream_id
@@ -295,8 +316,8 @@ def resume_span(method: _Method[_S, _P, _R]) -> _Method[_S, _P, _R]:
                 outcome = "cancelled"
                 raise
             finally:
-                made = _get()
-                if made is not None:
+                made = _instruments or _get()
+                if made is not None and made.metrics:
                     made.resumes.add(1, {"outcome": outcome, "mode": mode})
                 if span is not None:
                     span.set_attribute("resumable_stream.outcome", outcome)

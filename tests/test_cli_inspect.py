@@ -17,6 +17,7 @@ from typing import Any
 import msgpack
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from resumable_stream import (
     ResumableStreamContext,
@@ -24,9 +25,12 @@ from resumable_stream import (
     StreamStatus,
     create_resumable_stream_context,
 )
+from resumable_stream._inspect import list_streams
 from resumable_stream.backends._wire import stream_keys
+from resumable_stream.backends.cluster import RedisClusterBackend
 from resumable_stream.backends.redis import RedisBackend
 
+from .cluster_servers import PrivateCluster
 from .helpers import ControlledSource, read_all
 from .servers import RedisServer
 
@@ -286,3 +290,130 @@ async def test_bad_id_and_limit(redis_server: RedisServer) -> None:
     assert (code, "256" in err) == (2, True)
     code, _, err = await cli("list", "--limit", "0", "--redis-url", redis_server.url)
     assert (code, "--limit" in err) == (2, True)
+
+
+# -- Redis Cluster: inspect follows the slot, list walks every primary -----------------------
+
+
+@pytest.fixture
+async def cluster_streams(cluster_client: RedisCluster, key_prefix: str) -> AsyncIterator[Streams]:
+    context = create_resumable_stream_context(
+        RedisClusterBackend(cluster_client, key_prefix=key_prefix), ttl=TTL, options=OPTIONS
+    )
+    made = Streams(context)
+    yield made
+    made.close()
+    await context.aclose()
+
+
+def cluster_url(cluster: PrivateCluster) -> str:
+    return f"redis://127.0.0.1:{cluster.ports[0]}/0"
+
+
+def primary_of(client: RedisCluster, prefix: str, stream_id: str) -> str:
+    node = client.get_node_from_key(stream_keys(prefix, stream_id).meta)
+    assert node is not None
+    return str(node.name)
+
+
+async def ids_on_every_primary(client: RedisCluster, prefix: str, per_primary: int) -> list[str]:
+    """Stream ids whose keys land ``per_primary`` times on each primary."""
+    await client.initialize()
+    primaries = {node.name for node in client.get_primaries()}
+    assert len(primaries) == 3
+    picked: dict[str, list[str]] = {name: [] for name in primaries}
+    for n in range(1000):  # a slot is a hash: each primary gets a third of the ids
+        stream_id = f"c{n}"
+        taken = picked[primary_of(client, prefix, stream_id)]
+        if len(taken) < per_primary:
+            taken.append(stream_id)
+        if all(len(ids) == per_primary for ids in picked.values()):
+            return [i for ids in picked.values() for i in ids]
+    raise AssertionError("ids did not spread over the primaries")
+
+
+async def test_cluster_list_walks_every_primary(
+    redis_cluster: PrivateCluster,
+    cluster_client: RedisCluster,
+    key_prefix: str,
+    cluster_streams: Streams,
+) -> None:
+    running = await ids_on_every_primary(cluster_client, key_prefix, 2)
+    for n, stream_id in enumerate(running):
+        await cluster_streams.running(stream_id, *("x" * (n + 1)))
+    await cluster_streams.done("finished", "z")
+    await cluster_streams.failed("broken")
+    url = cluster_url(redis_cluster)
+    args = ("list", "--redis-url", url, "--key-prefix", key_prefix, "--json")
+    for extra in ((), ("--cluster",)):  # found by asking the node, and forced
+        code, out, err = await cli(*args, *extra)
+        assert code == 0, err
+        listed = json.loads(out)
+        assert listed["truncated"] is False
+        by_id = {s["id"]: s for s in listed["streams"]}
+        assert set(by_id) == set(running)
+        assert [by_id[i]["chunks"] for i in running] == list(range(1, len(running) + 1))
+        assert all(0 < s["ttl"] <= TTL and s["lease"] > 0 for s in by_id.values())
+    code, out, err = await cli(*args, "--limit", "2")
+    assert code == 0, err
+    two = json.loads(out)
+    assert (len(two["streams"]), two["truncated"]) == (2, True)
+    assert {s["id"] for s in two["streams"]} <= set(running)
+
+
+async def test_cluster_list_bounds_scans_across_primaries(
+    cluster_client: RedisCluster, key_prefix: str, cluster_streams: Streams
+) -> None:
+    running = await ids_on_every_primary(cluster_client, key_prefix, 1)
+    for stream_id in running:
+        await cluster_streams.running(stream_id, "a")
+    # One SCAN call per primary at the least: with fewer the walk stops, and says so.
+    found, truncated = await list_streams(cluster_client, key_prefix, max_scans=2)
+    assert truncated is True
+    assert {s["id"] for s in found} < set(running)
+    found, truncated = await list_streams(cluster_client, key_prefix)
+    assert truncated is False
+    assert {s["id"] for s in found} == set(running)
+
+
+async def test_cluster_inspect_follows_the_slot(
+    redis_cluster: PrivateCluster,
+    cluster_client: RedisCluster,
+    key_prefix: str,
+    cluster_streams: Streams,
+) -> None:
+    ids = await ids_on_every_primary(cluster_client, key_prefix, 1)
+    await cluster_streams.running(ids[0], "héllo")
+    await cluster_streams.done(ids[1], "one ", "two")
+    await cluster_streams.failed(ids[2])
+    url = cluster_url(redis_cluster)
+
+    async def inspect(stream_id: str, *extra: str) -> tuple[int, dict[str, Any]]:
+        code, out, err = await cli(
+            "inspect", stream_id, "--redis-url", url, "--key-prefix", key_prefix, "--json",
+            *extra,
+        )  # fmt: skip
+        assert code in (0, 1), err
+        return code, json.loads(out)
+
+    for extra in ((), ("--cluster",)):
+        code, info = await inspect(ids[0], *extra)
+        assert code == 0
+        assert (info["status"], info["chunks"], info["bytes"]) == ("running", 1, 6)
+        assert 0 < info["lease"] <= OPTIONS.lease
+        code, info = await inspect(ids[1], *extra)
+        assert (code, info["status"], info["chunks"], info["bytes"]) == (0, "done", 2, 7)
+        assert info["lease"] is None
+        code, info = await inspect(ids[2], *extra)
+        assert (code, info["status"], info["chunks"]) == (0, "failed", 1)
+        assert await inspect("nope", *extra) == (1, {"error": "not found", "id": "nope"})
+
+
+async def test_cluster_flag_on_a_plain_server(redis_server: RedisServer, key_prefix: str) -> None:
+    """``--cluster`` against a server that is no cluster: a clear error, exit 2."""
+    code, out, err = await cli(
+        "list", "--redis-url", redis_server.url, "--key-prefix", key_prefix, "--cluster"
+    )
+    assert code == 2
+    assert out == ""
+    assert "error: Redis at" in err

@@ -315,6 +315,61 @@ async def test_without_opentelemetry_nothing_is_recorded_and_nothing_breaks(
     assert otel.spans.get_finished_spans() == ()
 
 
+async def test_the_api_no_op_providers_turn_every_hook_off_until_configured_again(
+    ctx: ResumableStreamContext, otel: Recorded
+) -> None:
+    """With both of the API's no-op providers (which the API never lets anyone replace
+    once set) the first hook turns `ENABLED` off, so the call sites skip from then on;
+    other providers handed over later turn it back on."""
+    from opentelemetry.metrics import NoOpMeterProvider
+    from opentelemetry.trace import NoOpTracerProvider
+
+    telemetry.configure(meter_provider=NoOpMeterProvider(), tracer_provider=NoOpTracerProvider())
+    assert telemetry.ENABLED is True  # until a hook has seen the providers
+    await chat(ctx, "no-op")
+    assert telemetry.ENABLED is False
+    metrics = InMemoryMetricReader()
+    spans = InMemorySpanExporter()
+    meter_provider = MeterProvider(metric_readers=[metrics])
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    try:
+        telemetry.configure(meter_provider=meter_provider, tracer_provider=tracer_provider)
+        assert telemetry.ENABLED is True
+        await chat(ctx, "recorded")
+        again = Recorded(metrics, spans)
+        assert again.total("resumable_stream.streams.started") == 1
+        assert again.histogram("resumable_stream.follower.lag")[0] > 0
+        assert len(again.named("resumable_stream.claim")) == 1
+    finally:
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+    assert otel.total("resumable_stream.streams.started") == 0  # the no-op chat: nothing
+
+
+async def test_a_no_op_meter_with_a_real_tracer_keeps_the_spans(
+    ctx: ResumableStreamContext, otel: Recorded
+) -> None:
+    from opentelemetry.metrics import NoOpMeterProvider
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    try:
+        telemetry.configure(meter_provider=NoOpMeterProvider(), tracer_provider=tracer_provider)
+        await chat(ctx, "spans-only")
+        assert telemetry.ENABLED is True
+        recorded = Recorded(otel.metrics, spans)
+        assert [
+            s.attributes["resumable_stream.stream_id"]
+            for s in recorded.named("resumable_stream.claim")
+        ] == ["spans-only"]
+        assert len(recorded.named("resumable_stream.resume")) == 2
+        assert otel.total("resumable_stream.streams.started") == 0
+    finally:
+        tracer_provider.shutdown()
+
+
 def _python(code: str, **env: str) -> str:
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
