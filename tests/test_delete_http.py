@@ -33,7 +33,12 @@ from .http_servers import LiveServer, Probe, serving
 from .servers import RedisServer
 
 STEP = 10.0  # bound on any single wait
-ERROR_END = b'data: {"type":"error","errorText":"An error occurred."}\n\n'
+# A failed answer ends with an error chunk, then a finish with reason "error" (the
+# workflow transport stops reconnecting only at a finish), then [DONE].
+ERROR_END = (
+    b'data: {"type":"error","errorText":"An error occurred."}\n\n'
+    b'data: {"type":"finish","finishReason":"error"}\n\n'
+)
 DONE = b"data: [DONE]\n\n"
 REQUEST = {"id": "c1", "messages": [{"id": "u1", "role": "user", "parts": []}]}
 Cleanup = Callable[[], Awaitable[None]]
