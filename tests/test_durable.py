@@ -123,7 +123,7 @@ async def test_outside_the_prefix_is_not_a_stream(app: tuple[LiveServer, str | N
 def test_scripts_ship_with_the_package() -> None:
     lua = resources.files("resumable_stream.durable") / "lua"
     names = {p.name for p in lua.iterdir()}
-    assert {"commit.lua", "read.lua", "touch.lua", "rest_args.lua"} <= names
+    assert {"commit.lua", "read.lua", "touch.lua"} <= names
 
 
 def test_max_retained_must_keep_something() -> None:

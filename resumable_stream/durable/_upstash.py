@@ -5,7 +5,7 @@ at once), through Upstash's documented HTTP API with httpx:
 
 * commands and scripts: ``POST /`` with a JSON array, replies under
   ``Upstash-Encoding: base64`` (every string base64, but the status ``OK``); script
-  arguments travel base64 too and ``lua/rest_args.lua``, put before each script,
+  arguments travel base64 too and the backends' ``lua/rest_args.lua``, put before each script,
   decodes them (a JSON body cannot carry bytes that are not UTF-8). ``EVALSHA`` first,
   ``EVAL`` on ``NOSCRIPT``.
 * announcements: the streaming subscribe, ``POST /subscribe/<channel>`` (server-sent
@@ -18,33 +18,21 @@ Every request has a deadline (``command_timeout``); past it, or on a status othe
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
 from .._exceptions import BackendUnavailable
+
+# The REST encoding of the backend's own Upstash wire: one copy of it.
+from ..backends.upstash import _arg
+from ..backends.upstash import _decode as _decoded
 from ._redis import COMMAND_TIMEOUT, DEFAULT_RETENTION, SCRIPTS, ScriptedStorage, lua
 
 __all__ = ["UpstashStorage"]
-
-
-def _arg(value: bytes | str | int) -> str:
-    if isinstance(value, int):
-        value = str(value)
-    if isinstance(value, str):
-        value = value.encode()
-    return base64.b64encode(value).decode("ascii")
-
-
-def _decoded(value: Any) -> Any:
-    if isinstance(value, str):
-        return b"OK" if value == "OK" else base64.b64decode(value)
-    if isinstance(value, list):
-        return [_decoded(v) for v in value]
-    return value
 
 
 class UpstashStorage(ScriptedStorage):
@@ -80,7 +68,8 @@ class UpstashStorage(ScriptedStorage):
         self._auth = {"Authorization": f"Bearer {token}", "Upstash-Encoding": "base64"}
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(command_timeout))
         self._streams = httpx.AsyncClient(timeout=httpx.Timeout(command_timeout, read=None))
-        prelude = lua("rest_args.lua")
+        backend_lua = resources.files("resumable_stream.backends") / "lua"
+        prelude = (backend_lua / "rest_args.lua").read_text(encoding="utf-8")
         self._scripts = {}
         for name in SCRIPTS:
             text = prelude + "\n" + lua(f"{name}.lua")
