@@ -41,6 +41,7 @@ import enum
 import hmac
 import inspect
 import logging
+import types
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -294,6 +295,20 @@ class BodyEncoder:
         self._decoder = codecs.getincrementaldecoder("utf-8")() if mode == "text" else None
         self._pending = b""  # text bytes not decoded yet (for the fallback to bytes)
 
+    def whole_event(self, data: bytes) -> bool:
+        """True if ``data`` is one whole SSE event on its own (LF line ends, nothing
+        held from before): then it is its chunk as it is, with no scan. The common
+        case, one event per write; what `EventSplitter.feed` would make of it too."""
+        splitter = self._splitter
+        return (
+            splitter is not None
+            and not splitter._buf
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and data[0] != 0x0A
+            and b"\r" not in data
+        )
+
     def feed(self, data: bytes) -> list[Chunk]:
         if not data:
             return []
@@ -511,37 +526,16 @@ async def wait_disconnect(receive: Receive) -> None:
 
 
 async def _awaited(awaitable: Awaitable[None]) -> None:
+    """Any awaitable as a coroutine (a server's send may return one of its own)."""
     await awaitable
 
 
-def as_coroutine(awaitable: Awaitable[None]) -> Coroutine[Any, Any, None]:
-    """``awaitable`` as a coroutine (a server's send may return any awaitable)."""
-    if hasattr(awaitable, "send"):
-        return awaitable  # type: ignore[return-value]
-    return _awaited(awaitable)
-
-
-def begin_send(coro: Coroutine[Any, Any, None]) -> Any:
-    """Run a server's ``send`` coroutine up to its first wait, in the caller's task.
-
-    Returns:
-        `SENT` if it completed without waiting (the common case: the server wrote
-        the message to its transport), else what it waits on, for `finish_send`.
-
-    Raises:
-        Whatever the send raised.
-    """
-    try:
-        return coro.send(None)
-    except StopIteration:
-        return SENT
-
-
-SENT: Any = object()
+_COROUTINE = types.CoroutineType
 
 
 async def finish_send(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Drive a send that `begin_send` left waiting to its end, as its own task would
+    """Drive a send that its caller ran up to its first wait (``coro.send(None)`` gave
+    ``waiting``: the server holds it back) to its end, as its own task would
     have: wait for what it waits on, then let it go on. Closed if this is cancelled."""
     try:
         while True:
@@ -653,6 +647,18 @@ class Line:
                 self._direct(self._encode(chunks, start, taken))
         return wait
 
+    def write_event(self, event: bytes) -> bool:
+        """`write` of one whole SSE event (`BodyEncoder.whole_event`): its id goes just
+        before its blank line, where `with_id` puts it, without looking for it."""
+        producer = self.producer
+        assert producer is not None
+        if self.state is not LineState.DIRECT:
+            return producer.push(event)
+        index = producer.next_index
+        wait = producer.push(event)
+        self._direct(b"%sid: %d\n\n" % (event[:-1], index))
+        return wait
+
     def finish(self, error: BaseException | None = None) -> None:
         """The body is complete (None) or failed with ``error``: the stream ends so."""
         assert self.producer is not None
@@ -677,20 +683,21 @@ class Line:
             self._direct(PING)
 
     def _direct(self, data: bytes) -> None:
-        coro = as_coroutine(
-            self._send({"type": "http.response.body", "body": data, "more_body": True})
-        )
+        sent = self._send({"type": "http.response.body", "body": data, "more_body": True})
+        coro = sent if type(sent) is _COROUTINE else _awaited(sent)
         try:
-            waiting = begin_send(coro)
+            # Run the send up to its first wait, in this task: the common case is no
+            # wait at all (the server wrote the message to its transport).
+            waiting = coro.send(None)
+        except StopIteration:
+            self.last_send = self._clock()
+            return
         except OSError:
             self._gone()
             return
         except Exception as exc:
             self._error = exc
             self._gone()
-            return
-        if waiting is SENT:
-            self.last_send = self._clock()
             return
         # The server waits before it writes (flow control): the client is slower than
         # the body. The rest of this send and everything after go through the pump.

@@ -328,7 +328,16 @@ class _Call:
         final = not message.get("more_body", False)
         encoder = self.encoder
         assert encoder is not None
-        chunks = encoder.feed(message.get("body", b""))
+        data = message.get("body", b"")
+        if not final and encoder.whole_event(data):
+            try:
+                wait = line.write_event(data)  # the common case: one event per message
+            except Refused:
+                return
+            if wait:
+                await line.wait_for_room()
+            return
+        chunks = encoder.feed(data)
         if final:
             self.body_done = True
             chunks += encoder.flush()
