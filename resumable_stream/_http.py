@@ -722,8 +722,9 @@ class Line:
         self._bell.set()
 
     def _gone(self) -> None:
-        """-> GONE: the client went; chunks are only stored from now on."""
-        if self.state is LineState.DIRECT:
+        """DIRECT or HANDED -> GONE: the client went; chunks are only stored (and fed
+        to the local feed, if attached) from now on."""
+        if self.state is LineState.DIRECT or self.state is LineState.HANDED:
             self.state = LineState.GONE
         self._bell.set()
 
@@ -747,33 +748,19 @@ class Line:
         Raises:
             As `pump`; or what the server's send raised on the direct path.
         """
+        error: Exception | None = None
         try:
-            if self.state is LineState.DIRECT:
-                async with anyio.create_task_group() as tg:
-                    if listen_disconnect is not None:
-                        tg.start_soon(self._listen, listen_disconnect)
-                    if self._mode == "sse" and ping_interval:
-                        tg.start_soon(self._pinger, ping_interval)
-                    bell = self._bell
-                    while self.state is LineState.DIRECT:
-                        bell.clear()
-                        await bell.wait()
-                    tg.cancel_scope.cancel()
-            pending, self._pending = self._pending, None
-            if pending is not None and self.state is LineState.HANDED:
+            # One listener for the whole response (the direct phase and the pump's).
+            async with anyio.create_task_group() as tg:
+                if listen_disconnect is not None:
+                    tg.start_soon(self._listen, listen_disconnect, tg.cancel_scope)
+                if self._mode == "sse" and ping_interval:
+                    tg.start_soon(self._pinger, ping_interval)
                 try:
-                    await finish_send(*pending)
-                except OSError:
-                    self.state = LineState.GONE
-            if self._error is not None:
-                raise self._error
-            if self.state is LineState.GONE:
-                return
-            reader._begin_at(self.resume_at)
-            await pump(
-                reader, self._send, listen_disconnect, mode=self._mode,
-                ping_interval=ping_interval, started=True,
-            )  # fmt: skip
+                    await self._follow(reader, ping_interval)
+                except Exception as exc:
+                    error = exc  # raised after the task group, unwrapped (see `pump`)
+                tg.cancel_scope.cancel()
         finally:
             self._gone()  # cancelled or failed: the producing task stops sending
             pending, self._pending = self._pending, None
@@ -781,10 +768,38 @@ class Line:
                 pending[0].close()
             with anyio.CancelScope(shield=True):
                 await reader.aclose()
+        if error is not None:
+            raise error
 
-    async def _listen(self, listen_disconnect: Callable[[], Awaitable[None]]) -> None:
+    async def _follow(self, reader: ResumableStream, ping_interval: float | None) -> None:
+        """Wait while the line is direct; then the rest of a send that waited, and
+        the pump from the next index (nothing if the client went)."""
+        bell = self._bell
+        while self.state is LineState.DIRECT:
+            bell.clear()
+            await bell.wait()
+        pending, self._pending = self._pending, None
+        if pending is not None and self.state is LineState.HANDED:
+            try:
+                await finish_send(*pending)
+            except OSError:
+                self._gone()
+        if self._error is not None:
+            raise self._error
+        if self.state is LineState.GONE:
+            return
+        reader._begin_at(self.resume_at)
+        await pump(
+            reader, self._send, None, mode=self._mode, ping_interval=ping_interval,
+            started=True,
+        )  # fmt: skip
+
+    async def _listen(
+        self, listen_disconnect: Callable[[], Awaitable[None]], scope: anyio.CancelScope
+    ) -> None:
         await listen_disconnect()
         self._gone()
+        scope.cancel()
 
     async def _pinger(self, interval: float) -> None:
         clock = self._clock
