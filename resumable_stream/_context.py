@@ -507,8 +507,11 @@ class ResumableStreamContext:
     ) -> ResumableStream:
         # If this raises, `_claim` releases the claim: a stream that stored nothing is
         # never reported as finished, and the next claim of the id starts it afresh.
-        pushed = make_stream if isinstance(make_stream, PushedSource) else None
-        source = pushed if pushed is not None else await _open_source(make_stream)
+        source: AsyncIterator[Chunk] | PushedSource
+        if isinstance(make_stream, PushedSource):
+            source = make_stream  # its caller pushes the chunks: nothing to open
+        else:
+            source = await _open_source(make_stream)
         if self._closed:  # closed while the source opened: `aclose` would not see it
             await close_source(source, stream_id)
             raise ResumableStreamError("the context is closed: it starts no new producers")
@@ -516,14 +519,14 @@ class ResumableStreamContext:
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )
         producer: Producer
-        if pushed is not None:
+        if isinstance(source, PushedSource):
             # Its caller pushes the chunks (`PushedProducer.push`): no source to pull.
-            producer = pushed.producer = PushedProducer(
-                self.backend, stream_id, token, pushed, feed, self.options, ttl, self._clock
+            producer = source.producer = PushedProducer(
+                self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
             )
         else:
             producer = Producer(
-                self.backend, stream_id, token, source, feed, self.options, ttl, self._clock  # type: ignore[arg-type]
+                self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
             )
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)
