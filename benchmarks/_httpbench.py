@@ -32,6 +32,13 @@ from ._httpapp import EVENT_BYTES
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _library_root() -> Path:
+    """The tree whose ``resumable_stream`` this process imported."""
+    import resumable_stream
+
+    return Path(resumable_stream.__file__).resolve().parent.parent
+
+
 @dataclass
 class Response:
     started: int
@@ -198,7 +205,9 @@ class Server:
         # Popen only forks: it does not wait for the child.
         self.process = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "benchmarks._httpapp", json.dumps(self.spec)],
-            cwd=ROOT,
+            # The library this worker imported (`benchmarks.ab` runs two trees whose
+            # `benchmarks` is one symlinked directory): the server must import it too.
+            cwd=_library_root(),
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -2,6 +2,9 @@
 
     python -m benchmarks.ab BASE [--head COMMIT] [--only w2 --only w5] [--repeats 3] [--node]
 
+W4's resumable variants (middleware, explicit) run on both sides, plain once per turn;
+it also prints each side's ratio to plain of the same turns.
+
 A shared machine makes absolute figures noise; what holds is the ratio of two
 variants measured in turns. This checks ``BASE`` (any commit) out into a temporary
 worktree and runs every Python step of the chosen workloads (full sizes) once with
@@ -38,9 +41,14 @@ MEASURES: dict[str, list[tuple[str, str]]] = {
     "w3": [("ttfb_ms.p50", "first chunk p50 ms"), ("catch_up_ms.p50", "all stored p50 ms"),
            ("burst_ttfb_ms.p99", "burst first chunk p99 ms"),
            ("burst_catch_up_ms.p50", "burst all stored p50 ms")],
+    "w4": [("chunks_per_s", "events/s"), ("latency_ms.p50", "latency p50 ms"),
+           ("latency_ms.p99", "latency p99 ms"), ("cpu_us_per_chunk", "server CPU us/event")],
     "w5": [("cpu_us_per_chunk", "CPU us/chunk"), ("follower_lag_ms.p50", "follower lag p50 ms"),
            ("follower_lag_ms.p99", "follower lag p99 ms"), ("latency_ms.p99", "latency p99 ms")],
 }
+
+
+_OURS = ("ours", "middleware", "explicit")  # the impls that run with both libraries
 
 
 def _get(result: dict[str, Any], path: str) -> float | None:
@@ -97,7 +105,7 @@ def main() -> int:
     try:
         for repeat in range(args.repeats):
             for step in steps:
-                ours = step.spec.get("impl") == "ours"
+                ours = step.spec.get("impl") in _OURS
                 sides = (("base", base_tree), ("head", head_tree)) if ours else (("", ROOT),)
                 if ours and repeat % 2:
                     sides = sides[::-1]
@@ -122,7 +130,7 @@ def main() -> int:
                 values = [v for r in results.get((key, side), []) if (v := _get(r, path))
                           is not None]
                 return statistics.median(values) if values else None
-            if step.spec.get("impl") == "ours":
+            if step.spec.get("impl") in _OURS:
                 base, head = med("base"), med("head")
                 ratio = f"{head / base:.2f}x" if base and head is not None else "-"
                 rows.append(f"| {step.label} | {label} | {base} | {head} | {ratio} |")
@@ -130,10 +138,45 @@ def main() -> int:
                 rows.append(f"| {step.label} | {label} | {med('')} | | |")
     print("| step | measure | base | head | head/base |\n|---|---|---|---|---|")
     print("\n".join(rows))
+    w4 = _w4_against_plain(steps, results)
+    if w4:
+        print("\n| W4 clients | variant | base/plain | head/plain | added p99 ms base | head |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(w4))
     if args.json:
         args.json.write_text(json.dumps(
             {f"{k}|{s}": v for (k, s), v in results.items()}, indent=1))
     return 0
+
+
+def _w4_against_plain(
+    steps: list[Step], results: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[str]:
+    """W4 rows: each side's events/s over plain's (medians of the same turns), and its
+    latency p99 minus plain's."""
+    def med(step: Step, side: str, path: str) -> float | None:
+        values = [v for r in results.get((_key(step), side), []) if (v := _get(r, path))
+                  is not None]
+        return statistics.median(values) if values else None
+
+    rows = []
+    w4 = [s for s in steps if s.workload == "w4"]
+    for plain in (s for s in w4 if s.spec.get("variant") == "plain"):
+        clients = plain.spec["clients"]
+        p_rate, p_p99 = med(plain, "", "chunks_per_s"), med(plain, "", "latency_ms.p99")
+        for step in w4:
+            if step.spec.get("clients") != clients or step.spec.get("variant") == "plain":
+                continue
+            cells = []
+            for side in ("base", "head"):
+                rate = med(step, side, "chunks_per_s")
+                cells.append(f"{rate / p_rate:.2f}x" if rate and p_rate else "-")
+            for side in ("base", "head"):
+                p99 = med(step, side, "latency_ms.p99")
+                cells.append(f"{p99 - p_p99:+.2f}" if p99 is not None and p_p99 is not None
+                             else "-")
+            rows.append(f"| {clients} | {step.spec['variant']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from ._exceptions import (
 from ._keys import validate_stream_id
 from ._lease import LeaseWatch, Liveness, settle
 from ._options import StreamOptions
-from ._producer import Producer, WriteClock, close_source
+from ._producer import Producer, PushedProducer, PushedSource, WriteClock, close_source
 from ._reader import ReaderSource, ResumableStream
 from ._retry import LEAST_ATTEMPT, RetryWindow
 from ._subscription import Subscription
@@ -507,16 +507,27 @@ class ResumableStreamContext:
     ) -> ResumableStream:
         # If this raises, `_claim` releases the claim: a stream that stored nothing is
         # never reported as finished, and the next claim of the id starts it afresh.
-        source = await _open_source(make_stream)
+        source: AsyncIterator[Chunk] | PushedSource
+        if isinstance(make_stream, PushedSource):
+            source = make_stream  # its caller pushes the chunks: nothing to open
+        else:
+            source = await _open_source(make_stream)
         if self._closed:  # closed while the source opened: `aclose` would not see it
             await close_source(source, stream_id)
             raise ResumableStreamError("the context is closed: it starts no new producers")
         feed = Subscription(
             stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
         )
-        producer = Producer(
-            self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
-        )
+        producer: Producer
+        if isinstance(source, PushedSource):
+            # Its caller pushes the chunks (`PushedProducer.push`): no source to pull.
+            producer = source.producer = PushedProducer(
+                self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
+            )
+        else:
+            producer = Producer(
+                self.backend, stream_id, token, source, feed, self.options, ttl, self._clock
+            )
         task = asyncio.create_task(producer.run(), name=f"resumable-stream producer {stream_id}")
         self._producers.add(task)
         self._local[stream_id] = producer

@@ -37,14 +37,17 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import enum
 import hmac
 import inspect
 import logging
+import types
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     MutableMapping,
@@ -55,13 +58,17 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 import anyio
 
 from ._context import ResumableStreamContext, _unpack_metadata
+from ._producer import PushedProducer, PushedSource
 from ._reader import ResumableStream
 from ._sse import PING, EventSplitter, is_event_stream, is_text, with_id
+from ._subscription import Bell
 from ._types import Chunk, IndexedChunk
 
 __all__ = [
     "OWNER_KEY",
     "BodyEncoder",
+    "Line",
+    "LineState",
     "Message",
     "Owner",
     "Receive",
@@ -288,6 +295,20 @@ class BodyEncoder:
         self._decoder = codecs.getincrementaldecoder("utf-8")() if mode == "text" else None
         self._pending = b""  # text bytes not decoded yet (for the fallback to bytes)
 
+    def whole_event(self, data: bytes) -> bool:
+        """True if ``data`` is one whole SSE event on its own (LF line ends, nothing
+        held from before): then it is its chunk as it is, with no scan. The common
+        case, one event per write; what `EventSplitter.feed` would make of it too."""
+        splitter = self._splitter
+        return (
+            splitter is not None
+            and not splitter._buf
+            and data.endswith(b"\n\n")
+            and data.find(b"\n\n") == len(data) - 2
+            and data[0] != 0x0A
+            and b"\r" not in data
+        )
+
     def feed(self, data: bytes) -> list[Chunk]:
         if not data:
             return []
@@ -338,6 +359,7 @@ async def pump(
     ping_interval: float | None,
     first: IndexedChunk | None = None,
     body: AsyncGenerator[bytes, None] | None = None,
+    started: bool = False,
 ) -> None:
     """Send a stream's chunks as the response body until it ends or the client goes.
 
@@ -345,6 +367,7 @@ async def pump(
     pings and chunks share a lock so a ping never lands inside an event. ``body``, if
     given, is the body's pieces made from ``reader`` by the caller (which may add pieces
     of its own, as the AI SDK layer does at the end); ``reader`` is still closed here.
+    ``started``: a body message went out already (the headers are sent).
 
     Raises:
         Whatever the reader raises mid-stream (the server then aborts the response,
@@ -386,7 +409,8 @@ async def pump(
             # An empty body message sends the headers now: ASGI lets a server hold
             # the response start until the first body message (granian does), and
             # a quiet stream may have no chunk for a long while.
-            await write(b"")
+            if not started:
+                await write(b"")
             if first is not None:
                 await write(encode(first, mode))
             if body is None:
@@ -499,3 +523,287 @@ async def wait_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def _awaited(awaitable: Awaitable[None]) -> None:
+    """Any awaitable as a coroutine (a server's send may return one of its own)."""
+    await awaitable
+
+
+_COROUTINE = types.CoroutineType
+
+
+async def finish_send(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive a send that its caller ran up to its first wait (``coro.send(None)`` gave
+    ``waiting``: the server holds it back) to its end, as its own task would
+    have: wait for what it waits on, then let it go on. Closed if this is cancelled."""
+    try:
+        while True:
+            if waiting is None:
+                await asyncio.sleep(0)  # a bare yield: it asked for one loop turn
+            elif getattr(waiting, "_asyncio_future_blocking", None) is not None:
+                # A future, or an object that passes for one as a task sees it (granian's).
+                waiting._asyncio_future_blocking = False  # as a task resets it
+                await _settled(waiting)
+            else:
+                raise RuntimeError(f"a send waited on {waiting!r}, not a future")
+            try:
+                waiting = coro.send(None)
+            except StopIteration:
+                return
+    except BaseException:
+        coro.close()
+        raise
+
+
+async def _settled(future: Any) -> None:
+    """Return once ``future`` is done, whatever its outcome (its awaiter reads that).
+
+    Only what a task itself asks of what it awaits: ``add_done_callback``."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settle(_: object) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    future.add_done_callback(settle)
+    await done
+
+
+class LineState(enum.Enum):
+    """Where the original client's connection of a pushed stream is (`Line`)."""
+
+    DIRECT = "direct"  # the producing task's own send writes each chunk to the connection
+    HANDED = "handed"  # a send had to wait: the pump goes on from the local feed
+    ENDED = "ended"  # the stream ended while direct: the pump sends its end
+    GONE = "gone"  # the client went (or wants no body: HEAD): chunks are only stored
+
+
+class Line:
+    """The original client's connection of a pushed stream (`PushedSource`).
+
+    While the client keeps up, the task that makes the body (the app's, through the
+    middleware's ``send``; the explicit response's content) stores each chunk behind
+    (`PushedProducer.push`) and writes it to the connection itself, numbered as the
+    pump would: one task step per chunk, where the pump costs three. The first send
+    that has to wait (the server's write buffer is full: the client reads slower than
+    the body comes) hands the connection over (`LineState.HANDED`): the request's task
+    finishes that send, then pumps the rest from the local feed, from the next index;
+    the producing task only stores from then on, so it is never held up by its
+    client. A client that goes leaves the line `GONE`: chunks are stored, errors of
+    the connection swallowed. The request's task keeps listening for the disconnect
+    and pings a quiet SSE stream, and once the stream ends (its end stored) sends
+    that end through the pump, so an error still aborts the response.
+    """
+
+    __slots__ = (
+        "_bell", "_clock", "_error", "_mode", "_pending", "_send", "last_send",
+        "producer", "resume_at", "source", "state",
+    )  # fmt: skip
+
+    def __init__(self, send: Send, mode: str, close: Callable[[], Awaitable[None]]) -> None:
+        self._send = send
+        self._mode = mode
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self._bell = Bell(loop)
+        self.state = LineState.DIRECT
+        self.source = PushedSource(close, self._ended)
+        self.producer: PushedProducer | None = None  # bound once the stream exists
+        self._pending: tuple[Coroutine[Any, Any, None], Any] | None = None
+        self._error: Exception | None = None  # the server's send raised (not OSError)
+        self.last_send = self._clock()
+        self.resume_at = 0  # where the pump goes on
+
+    def bind(self) -> PushedProducer:
+        producer = self.source.producer
+        assert producer is not None
+        self.producer = producer
+        return producer
+
+    def write(self, chunks: list[Chunk]) -> bool:
+        """Store ``chunks`` and, while direct, send them; True if the caller should
+        wait for room (``producer.writer.wait_for_room()``).
+
+        Raises:
+            Refused: the stream takes no more chunks (those before the refused one
+                are stored and sent).
+        """
+        producer = self.producer
+        assert producer is not None
+        wait = False
+        if self.state is not LineState.DIRECT:
+            for chunk in chunks:
+                wait = producer.push(chunk)
+            return wait
+        start = producer.next_index
+        taken = 0
+        try:
+            for chunk in chunks:
+                wait = producer.push(chunk)
+                taken += 1
+        finally:
+            if taken:
+                self._direct(self._encode(chunks, start, taken))
+        return wait
+
+    def write_event(self, event: bytes) -> bool:
+        """`write` of one whole SSE event (`BodyEncoder.whole_event`): its id goes just
+        before its blank line, where `with_id` puts it, without looking for it."""
+        producer = self.producer
+        assert producer is not None
+        if self.state is not LineState.DIRECT:
+            return producer.push(event)
+        index = producer.next_index
+        wait = producer.push(event)
+        self._direct(b"%sid: %d\n\n" % (event[:-1], index))
+        return wait
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """The body is complete (None) or failed with ``error``: the stream ends so."""
+        assert self.producer is not None
+        self.producer.finish(error)
+
+    async def wait_for_room(self) -> None:
+        """Until storage is back under ``max_buffered_bytes`` (after `write` said so)."""
+        assert self.producer is not None
+        await self.producer.writer.wait_for_room()
+
+    def _encode(self, chunks: list[Chunk], start: int, count: int) -> bytes:
+        """The wire bytes of ``chunks[:count]``, numbered from ``start`` (as `encode`)."""
+        if self._mode == "sse":
+            if count == 1:
+                return with_id(chunks[0], start)  # type: ignore[arg-type]  # sse: bytes
+            return b"".join([with_id(chunks[i], start + i) for i in range(count)])  # type: ignore[arg-type]
+        pieces = [c.encode("utf-8") if isinstance(c, str) else c for c in chunks[:count]]
+        return pieces[0] if count == 1 else b"".join(pieces)
+
+    def ping(self) -> None:
+        if self.state is LineState.DIRECT:
+            self._direct(PING)
+
+    def _direct(self, data: bytes) -> None:
+        sent = self._send({"type": "http.response.body", "body": data, "more_body": True})
+        coro = sent if type(sent) is _COROUTINE else _awaited(sent)
+        try:
+            # Run the send up to its first wait, in this task: the common case is no
+            # wait at all (the server wrote the message to its transport).
+            waiting = coro.send(None)
+        except StopIteration:
+            self.last_send = self._clock()
+            return
+        except OSError:
+            self._gone()
+            return
+        except Exception as exc:
+            self._error = exc
+            self._gone()
+            return
+        # The server waits before it writes (flow control): the client is slower than
+        # the body. The rest of this send and everything after go through the pump.
+        self._pending = (coro, waiting)
+        self._hand_over()
+
+    # -- transitions -------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """DIRECT -> HANDED: the local feed takes every chunk from the next one on."""
+        assert self.producer is not None
+        self.resume_at = self.producer.attach()
+        self.state = LineState.HANDED
+        self._bell.set()
+
+    def _ended(self) -> None:
+        """The producer ended (called by it): DIRECT -> ENDED."""
+        if self.state is LineState.DIRECT:
+            producer = self.producer
+            self.resume_at = 0 if producer is None else producer.next_index
+            self.state = LineState.ENDED
+        self._bell.set()
+
+    def _gone(self) -> None:
+        """DIRECT or HANDED -> GONE: the client went; chunks are only stored (and fed
+        to the local feed, if attached) from now on."""
+        if self.state is LineState.DIRECT or self.state is LineState.HANDED:
+            self.state = LineState.GONE
+        self._bell.set()
+
+    def detach(self) -> None:
+        """No body for this client (HEAD): store only."""
+        self._gone()
+
+    # -- the request's task ----------------------------------------------------------
+
+    async def serve(
+        self,
+        reader: ResumableStream,
+        listen_disconnect: Callable[[], Awaitable[None]] | None,
+        *,
+        ping_interval: float | None,
+    ) -> None:
+        """The request's side, once the headers are out: wait while the line is
+        direct (listening for the client going, pinging a quiet SSE stream), then
+        finish what is left through the pump (or, if the client went, nothing).
+
+        Raises:
+            As `pump`; or what the server's send raised on the direct path.
+        """
+        error: Exception | None = None
+        try:
+            # One listener for the whole response (the direct phase and the pump's).
+            async with anyio.create_task_group() as tg:
+                if listen_disconnect is not None:
+                    tg.start_soon(self._listen, listen_disconnect, tg.cancel_scope)
+                if self._mode == "sse" and ping_interval:
+                    tg.start_soon(self._pinger, ping_interval)
+                try:
+                    await self._follow(reader, ping_interval)
+                except Exception as exc:
+                    error = exc  # raised after the task group, unwrapped (see `pump`)
+                tg.cancel_scope.cancel()
+        finally:
+            self._gone()  # cancelled or failed: the producing task stops sending
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                pending[0].close()
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+        if error is not None:
+            raise error
+
+    async def _follow(self, reader: ResumableStream, ping_interval: float | None) -> None:
+        """Wait while the line is direct; then the rest of a send that waited, and
+        the pump from the next index (nothing if the client went)."""
+        bell = self._bell
+        while self.state is LineState.DIRECT:
+            bell.clear()
+            await bell.wait()
+        pending, self._pending = self._pending, None
+        if pending is not None and self.state is LineState.HANDED:
+            try:
+                await finish_send(*pending)
+            except OSError:
+                self._gone()
+        if self._error is not None:
+            raise self._error
+        if self.state is LineState.GONE:
+            return
+        reader._begin_at(self.resume_at)
+        await pump(
+            reader, self._send, None, mode=self._mode, ping_interval=ping_interval,
+            started=True,
+        )  # fmt: skip
+
+    async def _listen(
+        self, listen_disconnect: Callable[[], Awaitable[None]], scope: anyio.CancelScope
+    ) -> None:
+        await listen_disconnect()
+        self._gone()
+        scope.cancel()
+
+    async def _pinger(self, interval: float) -> None:
+        clock = self._clock
+        while self.state is LineState.DIRECT:
+            await anyio.sleep(max(0.0, self.last_send + interval - clock()))
+            if self.state is LineState.DIRECT and clock() - self.last_send >= interval:
+                self.ping()

@@ -11,7 +11,6 @@ import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 import anyio
 
@@ -25,6 +24,7 @@ from ._exceptions import (
 )
 from ._http import (
     BodyEncoder,
+    Line,
     Message,
     Owner,
     Receive,
@@ -37,13 +37,14 @@ from ._http import (
 )
 from ._http import plain_response as _plain
 from ._keys import validate_stream_id
+from ._producer import Refused
 from ._responder import (
     DEFAULT_PING_INTERVAL,
     RETRY_AFTER,
     Authorize,
     check_resume_path,
     new_stream_id,
-    respond,
+    respond_live,
     resume_location,
 )
 from ._subscription import Bell
@@ -69,7 +70,10 @@ class ResumableStreamMiddleware:
     The app runs in a task of its own, so it outlives the client's connection. It is
     cancelled when its stream is stopped, cut at ``max_stream_bytes`` or shut down with
     the context; its ``send`` waits while ``StreamOptions.max_buffered_bytes`` of its
-    body (plus 64 bytes per message) wait for the producer.
+    body wait to be stored. While the client keeps up, that ``send`` writes each event
+    to the connection itself, numbered, and stores it behind; a client that falls
+    behind is handed to a pump from the stream's local feed, so it never holds the
+    app back (see `resumable_stream._http.Line`).
 
     Args:
         app: the ASGI app to wrap.
@@ -174,7 +178,9 @@ def _cost(message: Message) -> int:
 
 
 class _Outbox:
-    """The app's response messages on their way to the request's task or the producer.
+    """The app's response messages on their way to the request's task, until it has
+    decided what the response is (a resumable one then takes the app's body straight
+    to its `Line`, and takes what is held here first).
 
     One reader; `put` is the app's ``send``. It waits while more than ``limit`` bytes
     are held, so an app that outpaces storage (or a slow client) is held back in its
@@ -225,6 +231,13 @@ class _Outbox:
             self._room.set()
         return message
 
+    def drain(self) -> list[Message]:
+        """Take every message held, in order."""
+        messages = list(self._messages)
+        self._messages.clear()
+        self.buffered = 0
+        return messages
+
     def close(self) -> None:
         """Drop what is held and whatever comes later; wake a waiting `put`."""
         self._closed = True
@@ -238,8 +251,8 @@ class _Call:
 
     Who owns the app's task (and so cancels it if it must end early): this request's
     task until it decides what the response is; then, for a resumable response, the
-    producer, through the body it pulls (`body`): stopping the stream, cutting it at
-    ``max_stream_bytes`` or closing the context cancels the app and waits for it. A
+    producer, through its source's close (`close_body`): stopping the stream, cutting it
+    at ``max_stream_bytes`` or closing the context cancels the app and waits for it. A
     response passed through is relayed until it is complete or the client has gone;
     the app then runs on to its own end (background tasks), as it would unwrapped.
     """
@@ -268,6 +281,10 @@ class _Call:
         # listener); request messages the listener reads are kept here for the app.
         self.pull_lock = asyncio.Lock()
         self.for_app: asyncio.Queue[Message] = asyncio.Queue()
+        # A resumable response: the app's body goes to the line, split by the encoder.
+        self.line: Line | None = None
+        self.encoder: BodyEncoder | None = None
+        self.body_done = False  # the app's body is complete (what follows is dropped)
 
     async def pull(self) -> Message:
         """One message from the real `receive`, noting what it tells us."""
@@ -298,15 +315,67 @@ class _Call:
         await self.reveal.wait()
         return {"type": "http.disconnect"}
 
+    async def app_send(self, message: Message) -> None:
+        """The app's ``send``: to the outbox until the response is decided; for a
+        resumable response, then straight to its `Line` (stored, and sent while the
+        client keeps up), in the app's own task."""
+        line = self.line
+        if line is None:
+            await self.outbox.put(message)
+            return
+        if self.body_done or message["type"] != "http.response.body":
+            return  # after the body's end (background work), or not a body message
+        final = not message.get("more_body", False)
+        encoder = self.encoder
+        assert encoder is not None
+        data = message.get("body", b"")
+        if not final and encoder.whole_event(data):
+            try:
+                wait = line.write_event(data)  # the common case: one event per message
+            except Refused:
+                return
+            if wait:
+                await line.wait_for_room()
+            return
+        chunks = encoder.feed(data)
+        if final:
+            self.body_done = True
+            chunks += encoder.flush()
+        try:
+            wait = line.write(chunks)
+        except Refused:
+            return  # the stream ended early: its producer stops this app
+        if final:
+            line.finish()
+        elif wait:
+            await line.wait_for_room()
+
+    def app_ended(self) -> None:
+        """The app returned (or raised) with a resumable response under way."""
+        line = self.line
+        assert line is not None
+        if self.body_done:
+            return
+        self.body_done = True
+        if self.app_error is None and self.encoder is not None:
+            try:
+                line.write(self.encoder.flush())
+            except Refused:
+                return
+        line.finish(self.app_error)
+
     async def run_app(self) -> None:
         try:
-            await self.middleware.app(self.scope, self.app_receive, self.outbox.put)
+            await self.middleware.app(self.scope, self.app_receive, self.app_send)
         except BaseException as exc:
             self.app_error = exc
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self.outbox.put_nowait(_APP_DONE)
+            if self.line is None:
+                self.outbox.put_nowait(_APP_DONE)
+            else:
+                self.app_ended()
 
     async def stop_app(self) -> None:
         """Cancel the app and give its own cleanup up to `APP_CANCEL_GRACE` to run.
@@ -389,40 +458,12 @@ class _Call:
             unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
             await self.pass_through({**start, "headers": unnamed}, first)
             return
-        encoder = BodyEncoder(mode)
-
-        async def body() -> Any:
-            """The producer's source. However it ends early (stopped, cut at its size
-            limit, the context closing), the app is cancelled and awaited here."""
-            finished = False  # the app's body is complete: it may run on (background work)
-            try:
-                if first is not None:
-                    for chunk in encoder.feed(first.get("body", b"")):
-                        yield chunk
-                while True:
-                    message = await self.next_message()
-                    if message is _APP_DONE:
-                        break
-                    if message["type"] != "http.response.body":
-                        continue
-                    for chunk in encoder.feed(message.get("body", b"")):
-                        yield chunk
-                    if not message.get("more_body", False):
-                        break
-                finished = True
-                for chunk in encoder.flush():
-                    yield chunk
-            finally:
-                if finished:
-                    self.outbox.close()  # anything the app sends after its end is dropped
-                else:
-                    await self.stop_app()
-
+        line = Line(self.send, mode, self.close_body)
         reader = None
         try:
             owner = await request_owner(self.middleware.owner, self.scope)
             reader = await self.context.create_new_resumable_stream(
-                stream_id, body, metadata=http_metadata(start["status"], headers, owner)
+                stream_id, line.source, metadata=http_metadata(start["status"], headers, owner)
             )
         except TooManyStreams:
             # Another request took the last place while the app was starting.
@@ -431,16 +472,48 @@ class _Call:
         except (BackendUnavailable, StreamAlreadyExists) as exc:
             logger.warning("stream %r is not resumable (%s); passing it through", stream_id, exc)
         if reader is None:
-            # Not stored, so no id: an app-supplied one names some other stream (running
+            # Not stored, so no id: an app-supplied id names some other stream (running
             # or finished) that a client would resume instead of this one.
             unnamed = [(k, v) for k, v in headers if k.lower() != b"x-stream-id"]
             await self.pass_through({**start, "headers": unnamed}, first)
             return
-        self.released = True  # the producer owns the app now, through `body`
-        await respond(
+        line.bind()
+        self.released = True  # the producer owns the app now, through `close_body`
+        pending = [first] if first is not None else []
+
+        def begin() -> None:
+            """From here on the app's body goes to the line (no await in between: the
+            messages held meanwhile go first, in order)."""
+            self.encoder = BodyEncoder(mode)
+            held = [*pending, *self.outbox.drain()]
+            self.outbox.close()  # wakes an app waiting for room; it sends to the line next
+            self.line = line
+            for message in held:
+                if message is _APP_DONE:
+                    self.app_ended()
+                    break
+                if self.body_done:
+                    break
+                if message.get("type") != "http.response.body":
+                    continue
+                final = not message.get("more_body", False)
+                chunks = self.encoder.feed(message.get("body", b""))
+                if final:
+                    self.body_done = True
+                    chunks += self.encoder.flush()
+                try:
+                    line.write(chunks)
+                except Refused:
+                    break
+                if final:
+                    line.finish()
+
+        await respond_live(
             self.scope,
             self.send,
             reader,
+            line,
+            begin,
             status=start["status"],
             headers=headers,
             stream_id=stream_id,
@@ -449,6 +522,16 @@ class _Call:
             ping_interval=self.middleware.ping_interval,
             location=self.middleware.location(self.scope, stream_id),
         )
+
+    async def close_body(self) -> None:
+        """The producer's close of its source: however the stream ends, the app is
+        cancelled and awaited here, unless its body is complete (it may run on:
+        background work)."""
+        if self.body_done:
+            self.outbox.close()
+        else:
+            self.body_done = True
+            await self.stop_app()
 
     def choose_id(self, headers: list[tuple[bytes, bytes]]) -> str:
         chosen = (

@@ -237,6 +237,16 @@ class ResumableStream:
         `indexed` (`last_index` moves on)."""
         return self._ready(limit)
 
+    def _begin_at(self, start: int) -> None:
+        """Start at ``start`` instead, before the first read: the original reader of a
+        pushed stream whose chunks before ``start`` reached its client another way
+        (sent directly by the producing task)."""
+        merge = self._merge
+        self._merge = Merge(start, merge._watch, skip=merge.skip, live=True)
+        self._batch = ()
+        self._batch_start = start
+        self._batch_pos = 0
+
     async def aclose(self) -> None:
         """Stop reading and release the subscription; the producer is not affected."""
         self._ended = True

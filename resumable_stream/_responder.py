@@ -29,6 +29,7 @@ import anyio
 
 from ._exceptions import InvalidArgument
 from ._http import (
+    Line,
     Receive,
     Scope,
     Send,
@@ -52,6 +53,7 @@ __all__ = [
     "new_stream_id",
     "request_location",
     "respond",
+    "respond_live",
     "resume_location",
     "stream_directly",
     "wants_delete",
@@ -199,6 +201,53 @@ async def respond(
         first=first,
         body=body,
     )
+
+
+async def respond_live(
+    scope: Scope,
+    send: Send,
+    reader: ResumableStream,
+    line: Line,
+    begin: Callable[[], None],
+    *,
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]],
+    stream_id: str,
+    mode: str,
+    listen_disconnect: Callable[[], Awaitable[None]] | None,
+    ping_interval: float | None,
+    location: bytes | None = None,
+) -> None:
+    """`respond` for a pushed stream: its start, then the body as ``line`` delivers it
+    (see `Line`). ``begin()`` is called once the headers are out (for ``HEAD``, with
+    the line detached): from then on the producing task writes to the line.
+
+    The reader is closed in every case.
+    """
+    head = method_is_head(scope)
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": stream_headers(headers, stream_id, mode, location=location),
+            }
+        )
+        # For HEAD the end; else an empty body message sends the headers now (see `pump`).
+        await send({"type": "http.response.body", "body": b"", "more_body": not head})
+    except BaseException:
+        head = True  # no body for this client either
+        raise
+    finally:
+        if head:
+            line.detach()  # the body is stored, not sent
+            begin()
+            with anyio.CancelScope(shield=True):
+                await reader.aclose()
+    if head:
+        return
+    begin()
+    await line.serve(reader, listen_disconnect, ping_interval=ping_interval)
 
 
 async def stream_directly(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
+
+import anyio
 
 from ._context import ResumableStreamContext
 from ._exceptions import BackendUnavailable, StreamAlreadyExists, TooManyStreams
 from ._http import (
     BodyEncoder,
+    Line,
     Owner,
     Receive,
     Scope,
@@ -23,12 +27,13 @@ from ._http import (
 )
 from ._http import plain_response as _plain
 from ._keys import validate_stream_id
+from ._producer import Refused
 from ._responder import (
     DEFAULT_PING_INTERVAL,
     RETRY_AFTER,
     check_resume_path,
     new_stream_id,
-    respond,
+    respond_live,
     resume_location,
     stream_directly,
 )
@@ -36,6 +41,10 @@ from ._responder import (
 __all__ = ["ResumableStreamResponse"]
 
 logger = logging.getLogger("resumable_stream")
+
+_CANCEL_GRACE = 1.0  # seconds a cancelled content gets for its own cleanup
+# Content tasks running: the loop keeps only weak references to tasks.
+_feeding: set[asyncio.Task[None]] = set()
 
 
 class ResumableStreamResponse:
@@ -98,21 +107,24 @@ class ResumableStreamResponse:
         content_type = header(self.raw_headers, b"content-type")
         mode = body_mode(None if content_type is None else content_type.decode("latin-1"))
         reader = None
+        feeding: list[asyncio.Task[None]] = []  # the task that iterates the content
+
+        async def stop() -> None:
+            """The producer's close of its source: an early end cancels the content's
+            iteration and waits for it (bounded); a complete one has nothing to stop."""
+            for task in feeding:
+                if not task.done():
+                    task.cancel()
+                    with anyio.move_on_after(_CANCEL_GRACE, shield=True):
+                        await asyncio.wait([task])
+
+        line = Line(send, mode, stop)
         if self.context is not None:
-            encoder = BodyEncoder(mode)
-
-            async def chunks() -> Any:
-                async for piece in iterate_content(self._content()):
-                    for chunk in encoder.feed(piece):
-                        yield chunk
-                for chunk in encoder.flush():
-                    yield chunk
-
             owner = await request_owner(self.owner, scope)
             try:
                 reader = await self.context.create_new_resumable_stream(
                     self.stream_id,
-                    chunks,
+                    line.source,
                     metadata=http_metadata(self.status_code, self.raw_headers, owner),
                 )
             except TooManyStreams:
@@ -131,10 +143,40 @@ class ResumableStreamResponse:
                 receive=receive,
             )
             return
-        await respond(
+        line.bind()
+
+        async def feed() -> None:
+            """The content, in a task of its own (it outlives the request), through the
+            line: stored, and sent directly while the client keeps up."""
+            encoder = BodyEncoder(mode)
+            try:
+                async for piece in iterate_content(self._content()):
+                    try:
+                        wait = line.write(encoder.feed(piece))
+                    except Refused:
+                        return  # the stream ended early: `stop` cancels us
+                    if wait:
+                        await line.wait_for_room()
+                try:
+                    line.write(encoder.flush())
+                except Refused:
+                    return
+                line.finish()
+            except Exception as exc:
+                line.finish(exc)
+
+        def begin() -> None:
+            task = asyncio.create_task(feed(), name=f"resumable-stream content {self.stream_id}")
+            feeding.append(task)
+            _feeding.add(task)
+            task.add_done_callback(_feeding.discard)
+
+        await respond_live(
             scope,
             send,
             reader,
+            line,
+            begin,
             status=self.status_code,
             headers=self.raw_headers,
             stream_id=self.stream_id,
