@@ -35,6 +35,7 @@ from .backends._protocol import Backend, StaleProducer, WritesSoon
 
 __all__ = [
     "STORAGE_LOST",
+    "Intake",
     "Producer",
     "PushedProducer",
     "PushedSource",
@@ -614,6 +615,35 @@ def _coerce(chunk: object) -> Chunk:
     raise TypeError(f"stream chunks must be str or bytes, not {type(chunk).__name__}")
 
 
+class _Admission:
+    """What every chunk of a stream passes before it is stored, pulled or pushed: its
+    type (bytes-likes become bytes), its stored size, and the stream's size cap."""
+
+    __slots__ = ("_limit", "_stream_id", "counted")
+
+    def __init__(self, stream_id: str, limit: int | None) -> None:
+        self._stream_id = stream_id
+        self._limit = limit
+        self.counted = 0
+
+    def admit(self, chunk: object) -> tuple[Chunk, int]:
+        """The chunk as stored and its size.
+
+        Raises:
+            TypeError: not a chunk.
+            ValueError: a ``str`` chunk that is not valid Unicode (see `_size`).
+            StreamTooLarge: it takes the stream past ``max_stream_bytes``.
+        """
+        if type(chunk) is not str and type(chunk) is not bytes:
+            chunk = _coerce(chunk)
+        size = _size(chunk)
+        if self._limit is not None:
+            self.counted += size
+            if self.counted > self._limit:
+                raise StreamTooLarge.for_limit(self._stream_id, self._limit)
+        return chunk, size
+
+
 class Producer:
     """One stream's producing unit: the source, its writer and the lease.
 
@@ -742,17 +772,10 @@ class Producer:
             try:
                 # stop() cancels this scope only; the scope swallows its own cancellation.
                 push, add = self._feed.push_chunk, self.writer.add
-                limit = self._options.max_stream_bytes
-                stored = 0
+                admit = _Admission(self.stream_id, self._options.max_stream_bytes).admit
                 with self._stop_scope:
-                    async for chunk in self._source:
-                        if type(chunk) is not str and type(chunk) is not bytes:
-                            chunk = _coerce(chunk)
-                        size = _size(chunk)
-                        if limit is not None:
-                            stored += size
-                            if stored > limit:
-                                raise StreamTooLarge.for_limit(self.stream_id, limit)
+                    async for item in self._source:
+                        chunk, size = admit(item)
                         push(index, chunk)
                         index = self._index = index + 1
                         if add(chunk, size):
@@ -761,9 +784,7 @@ class Producer:
             finally:
                 await self._close_source()
         except StreamTooLarge as exc:
-            self.exception = exc
-            logger.warning("stream %r: cut at chunk %d: %s", self.stream_id, index, exc.error)
-            return Ended(StreamStatus.FAILED, index, exc.error, exc)
+            return self._failed_end(index, exc)
         except Exception as exc:
             if self._stop_scope.cancel_called:
                 # Raised while stop() was closing it: its cleanup failed, not the stream.
@@ -771,10 +792,18 @@ class Producer:
                     "stream %r: its source raised %s while stopping", self.stream_id, describe(exc)
                 )
                 return Ended(StreamStatus.DONE, index)
-            self.exception = exc
-            logger.warning("stream %r: its source raised %s", self.stream_id, describe(exc))
-            return Ended(StreamStatus.FAILED, index, describe(exc), exc)
+            return self._failed_end(index, exc)
         return end
+
+    def _failed_end(self, index: int, exc: BaseException) -> Ended:
+        """The end of a stream whose source failed (or was cut at the size cap) at
+        ``index``: recorded as the producer's exception, logged, and stored."""
+        self.exception = exc
+        if isinstance(exc, StreamTooLarge):
+            logger.warning("stream %r: cut at chunk %d: %s", self.stream_id, index, exc.error)
+            return Ended(StreamStatus.FAILED, index, exc.error, exc)
+        logger.warning("stream %r: its source raised %s", self.stream_id, describe(exc))
+        return Ended(StreamStatus.FAILED, index, describe(exc), exc)
 
     async def _close_source(self) -> None:
         await close_source(self._source, self.stream_id)
@@ -791,6 +820,17 @@ async def close_source(source: object, stream_id: str) -> None:
             await aclose()
     except Exception as exc:
         logger.warning("stream %r: its source raised %s while closing", stream_id, describe(exc))
+
+
+class Intake(enum.Enum):
+    """How a pushed stream takes chunks. DIRECT: its caller delivers them to the
+    original reader's client itself, so the local feed carries only the end. ATTACHED:
+    the feed gets every chunk too (the original reader was handed to the pump).
+    CLOSED: no more chunks (finished, cut, stopped or ending)."""
+
+    DIRECT = "direct"
+    ATTACHED = "attached"
+    CLOSED = "closed"
 
 
 class Refused(Exception):
@@ -833,7 +873,7 @@ class PushedProducer(Producer):
     feed carries only the end.
     """
 
-    __slots__ = ("_attached", "_bytes", "_done", "_open", "_pushed")
+    __slots__ = ("_admission", "_done", "_pushed", "intake")
 
     def __init__(
         self,
@@ -850,9 +890,8 @@ class PushedProducer(Producer):
             backend, stream_id, token, source, feed, options, ttl, clock  # type: ignore[arg-type]
         )
         self._pushed = source
-        self._open = True  # takes chunks (until finished, cut, stopped or ending)
-        self._attached = False
-        self._bytes = 0
+        self.intake = Intake.DIRECT
+        self._admission = _Admission(stream_id, options.max_stream_bytes)
         self._done: asyncio.Future[BaseException | None] = (
             asyncio.get_running_loop().create_future()
         )
@@ -874,40 +913,38 @@ class PushedProducer(Producer):
                 chunk that breaks ``max_stream_bytes`` (or is no valid chunk) ends the
                 stream failed, as a pulled source's would.
         """
-        if not self._open:
+        intake = self.intake
+        if intake is Intake.CLOSED:
             raise Refused
-        if type(chunk) is not str and type(chunk) is not bytes:
-            try:
-                chunk = _coerce(chunk)
-            except TypeError as exc:
-                self.finish(exc)
-                raise Refused from exc
         try:
-            size = _size(chunk)
-        except ValueError as exc:
+            chunk, size = self._admission.admit(chunk)
+        except (TypeError, ValueError, StreamTooLarge) as exc:
             self.finish(exc)
             raise Refused from exc
-        limit = self._options.max_stream_bytes
-        if limit is not None:
-            self._bytes += size
-            if self._bytes > limit:
-                self.finish(StreamTooLarge.for_limit(self.stream_id, limit))
-                raise Refused
         index = self._index
-        if self._attached:
+        if intake is Intake.ATTACHED:
             self._feed.push_chunk(index, chunk)
         self._index = index + 1
         return self.writer.add(chunk, size)
 
     def attach(self) -> int:
-        """From now on every chunk also goes to the local feed; the index of the first."""
-        self._attached = True
+        """DIRECT -> ATTACHED: from now on every chunk also goes to the local feed.
+
+        Returns:
+            The index of the first chunk the feed gets.
+        """
+        if self.intake is Intake.DIRECT:
+            self.intake = Intake.ATTACHED
         return self._index
+
+    def _close_intake(self) -> None:
+        """-> CLOSED: no more chunks; the stream's last index is final."""
+        self.intake = Intake.CLOSED
 
     def finish(self, error: BaseException | None = None) -> None:
         """The pushed source ended: complete (None) or failed with ``error``. Later
         calls, and pushes, are ignored (refused)."""
-        self._open = False
+        self._close_intake()
         if not self._done.done():
             self._done.set_result(error)
 
@@ -918,7 +955,7 @@ class PushedProducer(Producer):
             self._pushed.on_end()
 
     def on_task_done(self, task: asyncio.Task[None]) -> None:
-        self._open = False
+        self._close_intake()
         ended = self._ended
         super().on_task_done(task)
         if not ended and task.cancelled():
@@ -931,14 +968,8 @@ class PushedProducer(Producer):
             with self._stop_scope:
                 error = await self._done
         finally:
-            self._open = False  # before the end is decided: its index is final
+            self._close_intake()  # before the end is decided: its index is final
             await self._close_source()
-        index = self._index
         if error is None:
-            return Ended(StreamStatus.DONE, index)
-        self.exception = error
-        if isinstance(error, StreamTooLarge):
-            logger.warning("stream %r: cut at chunk %d: %s", self.stream_id, index, error.error)
-            return Ended(StreamStatus.FAILED, index, error.error, error)
-        logger.warning("stream %r: its source raised %s", self.stream_id, describe(error))
-        return Ended(StreamStatus.FAILED, index, describe(error), error)
+            return Ended(StreamStatus.DONE, self._index)
+        return self._failed_end(self._index, error)
