@@ -32,11 +32,15 @@ from ._httpapp import EVENT_BYTES
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _library_root() -> Path:
-    """The tree whose ``resumable_stream`` this process imported."""
+def _server_cwd() -> Path:
+    """Where the server process starts: the source tree whose ``resumable_stream``
+    this process imported, if it has the benchmarks too (`benchmarks.ab` runs two trees
+    whose ``benchmarks`` is one symlinked directory, so the server must start in the
+    tree of the library under test); else (an installed wheel) this checkout."""
     import resumable_stream
 
-    return Path(resumable_stream.__file__).resolve().parent.parent
+    tree = Path(resumable_stream.__file__).resolve().parent.parent
+    return tree if (tree / "benchmarks").is_dir() else ROOT
 
 
 @dataclass
@@ -205,9 +209,7 @@ class Server:
         # Popen only forks: it does not wait for the child.
         self.process = subprocess.Popen(  # noqa: ASYNC220
             [sys.executable, "-m", "benchmarks._httpapp", json.dumps(self.spec)],
-            # The library this worker imported (`benchmarks.ab` runs two trees whose
-            # `benchmarks` is one symlinked directory): the server must import it too.
-            cwd=_library_root(),
+            cwd=_server_cwd(),
             stdout=subprocess.PIPE,
             text=True,
         )
