@@ -8,7 +8,10 @@ client has its first part, and only then are the remaining parts produced. The c
 must come back from the offset it reached and end with the whole text, no part twice.
 
 * TypeScript: ``@durable-streams/client`` (``tests/durable/read_stream.mjs``), over
-  long-poll and over SSE; it ends on the stream's closure.
+  long-poll and over SSE; it ends on the stream's closure. A cut before a response
+  starts is retried inside the client's session; a cut in the middle of an SSE body
+  ends the session with an error (0.2.x), and the reader opens a new one from the
+  offset it reached, as an application would.
 * Python: ``durable-streams`` from PyPI (``astream``), over long-poll. Version 0.1.0
   predates the protocol's closure signal, so the test stops it once it has the whole
   text and checks the closure with a ``HEAD``.
@@ -45,8 +48,17 @@ def release(server: LiveServer, stream_id: str, parts: range) -> None:
         server.probe.event(f"{stream_id}:go{i}").set()
 
 
-@pytest.mark.parametrize("live", ["long-poll", "sse"])
-async def test_typescript_client_reads_through_a_cut(server: LiveServer, live: str) -> None:
+@pytest.mark.parametrize(
+    ("live", "cut_at"),
+    [("long-poll", "next"), ("sse", "next"), ("sse", "body")],
+    ids=["long-poll", "sse", "sse-mid-body"],
+)
+async def test_typescript_client_reads_through_a_cut(
+    server: LiveServer, live: str, cut_at: str
+) -> None:
+    """``next``: cut the client's next request, before or after its response began.
+    ``body``: cut an SSE response the client is reading (it has the response's first
+    control event, an empty chunk that says it is up to date)."""
     missing = suite_missing()
     if missing is not None:
         if REQUIRE:
@@ -80,7 +92,8 @@ async def test_typescript_client_reads_through_a_cut(server: LiveServer, live: s
                 lines.append(line)
                 if "text" in line:
                     text += line["text"]
-                    if not cuts and text:
+                    ready = bool(text) if cut_at == "next" else (bool(text) and not line["text"])
+                    if not cuts and ready:
                         # The client holds its first parts; its next request is open.
                         await proxy.wait_for(lambda: bool(proxy.open()), READ_TIMEOUT)
                         cuts = proxy.cut()
