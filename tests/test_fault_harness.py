@@ -52,6 +52,7 @@ from resumable_stream import (
     StreamStatus,
 )
 from resumable_stream._keys import StreamKeys
+from resumable_stream._producer import PushedProducer, PushedSource, Refused
 from resumable_stream.backends.redis import RedisBackend
 
 from .faulty_backend import KINDS, Fault, FaultPlan, FaultyBackend, faulty
@@ -347,6 +348,7 @@ class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    pushed: bool = False  # the source's chunks are pushed by a task of their own (`Pusher`)
     ctx: Any = None  # the producing context
     other: Any = None  # a second context on the same storage: another process
 
@@ -376,7 +378,53 @@ def _backend_task(task: asyncio.Task[Any]) -> bool:
     return name.startswith(("_Batcher.", "PubSubHub."))
 
 
-async def run_scenario(scenario: Scenario, kind: str, redis_url: str | None) -> Run:
+class Pusher:
+    """The scenario's source as a caller that pushes its chunks (the shape of the HTTP
+    direct path: the app's task stores each chunk through `PushedProducer.push`) rather
+    than a source the producer pulls. The feed is attached from the first chunk, so the
+    original reader reads it as it reads a pulled stream's."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self.task: asyncio.Task[None] | None = None
+        self.pushed = PushedSource(self._close, lambda: None)
+
+    def start(self) -> asyncio.Task[None]:
+        producer = self.pushed.producer
+        assert producer is not None
+        producer.attach()
+        self.task = asyncio.create_task(self._run(producer))
+        return self.task
+
+    async def _run(self, producer: PushedProducer) -> None:
+        chunks = self._source()
+        try:
+            async for chunk in chunks:
+                if producer.push(chunk):
+                    await producer.writer.wait_for_room()
+        except Refused:
+            return  # stopped, cut or shut down: the producer ends the stream
+        except (Exception, asyncio.CancelledError) as exc:
+            producer.finish(exc)  # the caller's task failed or was cancelled
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        producer.finish()
+
+    async def _close(self) -> None:
+        """The producer ends the stream early: stop the pushing task."""
+        task = self.task
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.wait([task])
+
+
+async def run_scenario(
+    scenario: Scenario, kind: str, redis_url: str | None, *, pushed: bool = False
+) -> Run:
     main = asyncio.current_task()
     before = asyncio.all_tasks()
     loop_errors: list[str] = []
@@ -395,7 +443,7 @@ async def run_scenario(scenario: Scenario, kind: str, redis_url: str | None) -> 
         inner = RedisBackend(client, key_prefix=prefix)
     backend = faulty(inner, scenario.plan)
     source = Source(scenario)
-    run = Run(scenario, backend, inner, client, prefix, source)
+    run = Run(scenario, backend, inner, client, prefix, source, pushed=pushed)
     try:
         await drive(run)
         await check_after(run, before, main)
@@ -437,9 +485,16 @@ async def drive(run: Run) -> None:
     original = Outcome("original", 0)
     opened = asyncio.Event()
 
+    pusher = Pusher(source) if run.pushed else None
+
     async def open_original() -> ResumableStream | None:
         try:
-            return await ctx.resumable_stream(STREAM_ID, source)
+            if pusher is None:
+                return await ctx.resumable_stream(STREAM_ID, source)
+            stream = await ctx.resumable_stream(STREAM_ID, pusher.pushed)
+            if stream is not None:
+                backend.user_task(pusher.start())
+            return stream
         finally:
             opened.set()
 
@@ -506,6 +561,10 @@ async def drive(run: Run) -> None:
         await asyncio.wait(pending)
     if closing is not None:
         await asyncio.wait([closing], timeout=STEP_TIMEOUT)
+    pushing = pusher.task if pusher is not None else None
+    if pushing is not None and not (await asyncio.wait([pushing], timeout=STEP_TIMEOUT))[0]:
+        run.fail(Hang, "the pushing task never ended")
+        pushing.cancel()
 
 
 async def check_after(
@@ -715,6 +774,29 @@ def test_harness_memory(scenario: Scenario) -> None:
 @given(scenario=scenarios())
 def test_harness_redis(redis_url: str, scenario: Scenario) -> None:
     verdict(asyncio.run(run_scenario(scenario, "redis", redis_url)))
+
+
+# The same plans with the chunks pushed by the caller's task (the HTTP direct path).
+
+
+@harness_settings(15, shrink=False)
+@given(scenario=scenarios())
+def test_harness_memory_pushed(scenario: Scenario) -> None:
+    verdict(asyncio.run(run_scenario(scenario, "memory", None, pushed=True)))
+
+
+@harness_settings(15, shrink=False)
+@given(scenario=scenarios())
+def test_harness_redis_pushed(redis_url: str, scenario: Scenario) -> None:
+    verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, pushed=True)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@harness_settings(300, shrink=True)
+@given(scenario=scenarios())
+def test_harness_pushed_long(redis_url: str, scenario: Scenario) -> None:
+    verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, pushed=True)))
 
 
 @pytest.mark.slow
