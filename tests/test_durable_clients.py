@@ -92,7 +92,7 @@ async def test_typescript_client_reads_through_a_cut(
                 lines.append(line)
                 if "text" in line:
                     text += line["text"]
-                    ready = bool(text) if cut_at == "next" else (bool(text) and not line["text"])
+                    ready = bool(text) and (cut_at == "next" or not line["text"])
                     if not cuts and ready:
                         # The client holds its first parts; its next request is open.
                         await proxy.wait_for(lambda: bool(proxy.open()), READ_TIMEOUT)

@@ -404,10 +404,11 @@ class Pusher:
                     await producer.writer.wait_for_room()
         except Refused:
             return  # stopped, cut or shut down: the producer ends the stream
-        except (Exception, asyncio.CancelledError) as exc:
-            producer.finish(exc)  # the caller's task failed or was cancelled
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except asyncio.CancelledError as exc:
+            producer.finish(exc)  # the caller's task was cancelled
+            raise
+        except Exception as exc:
+            producer.finish(exc)  # the caller's task failed
             return
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]

@@ -17,8 +17,9 @@ const deadline = setTimeout(() => {
   process.exit(2)
 }, 30000)
 
-// One session from `offset`; resolves with the offset reached and whether the
-// stream's closure was seen, or rejects with the error that ended the session.
+// One session from `offset`: the offset reached, whether the stream's closure was
+// seen, and the error that ended the session if one did. Rejects only if the
+// session's first request fails for good.
 async function session(offset) {
   const res = await stream({
     url,
