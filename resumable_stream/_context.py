@@ -31,7 +31,7 @@ from ._options import StreamOptions
 from ._producer import Producer, PushedProducer, PushedSource, WriteClock, close_source
 from ._reader import ReaderSource, ResumableStream
 from ._retry import LEAST_ATTEMPT, RetryWindow
-from ._subscription import Subscription
+from ._subscription import LocalFeed, Subscription
 from ._types import Chunk, Snapshot, StreamStatus
 from .backends._protocol import Backend, Deletes
 
@@ -129,6 +129,10 @@ class ResumableStreamContext:
         self._claiming = 0  # calls between their capacity check and their producer task
         self._followers: dict[str, int] = {}
         self._closed = False
+        # Followers of a producer running here fed by it (`Fanout`), not by the backend.
+        # Off until every test that takes a same-context follower for a backend one is
+        # redrawn (issue 17); the fault harness runs with it on.
+        self._feed_local_followers = False
 
     @property
     def running_streams(self) -> int:
@@ -515,9 +519,7 @@ class ResumableStreamContext:
         if self._closed:  # closed while the source opened: `aclose` would not see it
             await close_source(source, stream_id)
             raise ResumableStreamError("the context is closed: it starts no new producers")
-        feed = Subscription(
-            stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
-        )
+        feed = LocalFeed(stream_id, max_buffered_bytes=self.options.reader_buffer_bytes)
         producer: Producer
         if isinstance(source, PushedSource):
             # Its caller pushes the chunks (`PushedProducer.push`): no source to pull.
@@ -562,9 +564,15 @@ class ResumableStreamContext:
         self._followers[stream_id] = count + 1
         release = _Release(self._followers, stream_id)
         try:
-            # Subscribe before reading (backend invariant 3), so nothing falls in between.
-            feed = await self.backend.subscribe(
-                stream_id, max_buffered_bytes=self.options.reader_buffer_bytes
+            # Subscribe before reading (backend invariant 3), so nothing falls in between;
+            # a producer running here feeds its followers itself (see `Fanout`).
+            budget = self.options.reader_buffer_bytes
+            producer = self._local.get(stream_id) if self._feed_local_followers else None
+            local = None if producer is None else producer.follow(budget)
+            feed: Subscription = (
+                local
+                if local is not None
+                else await self.backend.subscribe(stream_id, max_buffered_bytes=budget)
             )
         except BaseException:
             release()

@@ -27,9 +27,10 @@ import anyio
 
 from . import _telemetry
 from ._exceptions import BackendUnavailable, StreamDeleted, StreamTooLarge, describe
+from ._fanout import Fanout
 from ._options import StreamOptions
 from ._retry import LEAST_ATTEMPT, RetryWindow
-from ._subscription import Bell, Subscription
+from ._subscription import Bell, LocalFeed, Subscription
 from ._types import Chunk, Ended, StreamStatus
 from .backends._protocol import Backend, StaleProducer, WritesSoon
 
@@ -662,6 +663,7 @@ class Producer:
         "_source",
         "_stop_scope",
         "exception",
+        "fanout",
         "stream_id",
         "writer",
     )
@@ -690,6 +692,23 @@ class Producer:
         self._ended = False
         self._deleted = False
         self._stop_scope = anyio.CancelScope()
+        self.fanout = Fanout()
+
+    def follow(self, max_buffered_bytes: int) -> LocalFeed | None:
+        """A live feed for a follower in this context, fed from here (see `Fanout`);
+        None once the producer ended or its storage failed (then the follower
+        subscribes to the backend)."""
+        writer = self.writer
+        if self._ended or not writer.stores:
+            return None
+        return self.fanout.join(
+            self.stream_id, max_buffered_bytes, writer._stored, writer._out + writer._pending
+        )
+
+    def _end_followers(self, end: Ended) -> None:
+        """Local followers get the end only if it is stored; else they re-read."""
+        stored = self.writer.state is WriterState.ENDED and not self._deleted
+        self.fanout.close(end if stored else None)
 
     def stop(self) -> bool:
         """Stop pulling from the source and end the stream as done (not failed).
@@ -718,6 +737,7 @@ class Producer:
         if not self._ended:
             self._ended = True
             self._feed.push(Ended(StreamStatus.FAILED, self._index, _SHUT_DOWN))
+            self.fanout.close(None)
             if _telemetry.ENABLED:
                 _telemetry.stream_ended("failed")
 
@@ -749,6 +769,7 @@ class Producer:
             # once per stream): then every reader and `has_existing_stream` see it.
             self._ended = True
             self._feed.push(end)
+            self._end_followers(end)
             if _telemetry.ENABLED:
                 _telemetry.stream_ended(self._outcome(end))
         if cancelled is not None:
@@ -772,11 +793,14 @@ class Producer:
             try:
                 # stop() cancels this scope only; the scope swallows its own cancellation.
                 push, add = self._feed.push_chunk, self.writer.add
+                followers, fan = self.fanout.feeds, self.fanout.push_chunk
                 admit = _Admission(self.stream_id, self._options.max_stream_bytes).admit
                 with self._stop_scope:
                     async for item in self._source:
                         chunk, size = admit(item)
                         push(index, chunk)
+                        if followers:
+                            fan(index, chunk)
                         index = self._index = index + 1
                         if add(chunk, size):
                             await self.writer.wait_for_room()
@@ -924,6 +948,8 @@ class PushedProducer(Producer):
         index = self._index
         if intake is Intake.ATTACHED:
             self._feed.push_chunk(index, chunk)
+        if self.fanout.feeds:
+            self.fanout.push_chunk(index, chunk)
         self._index = index + 1
         return self.writer.add(chunk, size)
 

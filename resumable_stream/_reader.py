@@ -47,7 +47,7 @@ from ._lease import LeaseWatch, Liveness
 from ._merge import DELIVER, DONE, LOST, READ, WAIT, Merge, Step
 from ._options import StreamOptions
 from ._retry import RetryWindow
-from ._subscription import RESYNC, Subscription
+from ._subscription import RESYNC, LocalFeed, Subscription
 from ._types import Appended, Chunk, IndexedChunk, Resync, Snapshot, StreamStatus
 from .backends._protocol import Backend, Deletes
 
@@ -330,8 +330,9 @@ class ResumableStream:
                 if _telemetry.ENABLED and not self._local:
                     live = type(event) is Appended
                     self._live_at = self._now() if live else 0.0
-                if self._local and type(event) is Resync:
-                    # The original reader fell behind its budget: read from storage.
+                if type(event) is Resync and isinstance(feed, LocalFeed):
+                    # A feed ahead of storage fell behind its budget (or its producer
+                    # ended unstored): move to the backend's feed, then read.
                     self._stale = True
                 return merge.event(event)
             if feed.closed:

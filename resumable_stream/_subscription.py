@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from ._types import Appended, Chunk, Event, Resync
 
-__all__ = ["RESYNC", "Bell", "Subscription", "chunk_bytes", "event_size"]
+__all__ = ["RESYNC", "Bell", "LocalFeed", "Subscription", "chunk_bytes", "event_size"]
 
 logger = logging.getLogger("resumable_stream")
 
@@ -184,6 +184,13 @@ class Subscription:
         self._tail = None
         self._overflowed = True
 
+    def resync(self) -> None:
+        """Drop what is queued and tell the reader to re-read from storage."""
+        if self.closed:
+            return
+        self._overflow()
+        self._wakeup.set()
+
     def fail(self, error: BaseException) -> None:
         """The live feed is gone (connection lost); `get` raises ``error`` once drained."""
         self._error = error
@@ -327,3 +334,12 @@ class Subscription:
         _releasing.add(task)
         task.add_done_callback(_released)
         return task
+
+
+class LocalFeed(Subscription):
+    """A feed the producer in this process fills itself, ahead of storage.
+
+    Its chunks come before they are stored, so a `RESYNC` from it cannot be answered
+    by re-reading storage alone (the chunks not stored yet would be missing until they
+    land): its reader moves to the backend's subscription instead.
+    """

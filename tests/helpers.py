@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+import anyio
+
 from resumable_stream import (
     Chunk,
     ResumableStream,
@@ -53,6 +55,17 @@ class ControlledSource:
 async def read_all(stream: ResumableStream | None) -> str:
     assert stream is not None, "expected a stream, got None"
     return "".join([c async for c in stream])  # type: ignore[misc]
+
+
+async def until_stored(backend: Any, stream_id: str, length: int) -> None:
+    """Wait until storage holds ``length`` chunks of ``stream_id``: a follower in the
+    producer's context gets chunks before they are stored, as the original reader does."""
+    with anyio.fail_after(5.0):
+        while True:
+            snap = await backend.snapshot(stream_id, 0, 0)
+            if snap is not None and snap.length >= length:
+                return
+            await asyncio.sleep(0.002)  # storage announces nothing to this context
 
 
 async def read_n(stream: ResumableStream | None, n: int) -> str:

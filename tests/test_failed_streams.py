@@ -33,7 +33,7 @@ from resumable_stream.client import ResumableStreamClient, ResumeFailed, StreamF
 
 from .apps.restart_app import build, chunk_text, message_text
 from .asgi_driver import Reply, request
-from .helpers import ControlledSource, read_all
+from .helpers import ControlledSource, read_all, until_stored
 from .http_servers import LiveServer, serving
 from .servers import RedisServer
 from .tcp_proxy import CuttingProxy, random_budgets
@@ -286,6 +286,7 @@ async def test_local_followers_outlive_a_lapsed_lease_of_a_live_producer(
         local = await here.resume_existing_stream("busy")
         assert local is not None
         assert await asyncio.wait_for(local.__anext__(), STEP) == "a"
+        await until_stored(here.backend, "busy", 1)  # else its write renews the lease
         following = asyncio.create_task(read_all(local))  # it polls while it waits
         # The lease lapses as an overloaded loop would let it (no renewal in time).
         assert await client.delete(f"{key_prefix}:{{busy}}:lease") == 1

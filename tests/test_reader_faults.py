@@ -144,10 +144,12 @@ async def test_a_cancelled_wait_keeps_its_poll_deadline() -> None:
     backend = Deaf()
     options = StreamOptions(lease=5.0, poll_interval=0.2, shutdown_grace=2.0)
     ctx = create_resumable_stream_context(backend, options=options)
+    # Another process's follower: one in the producer's context is fed by the producer.
+    other = create_resumable_stream_context(backend, options=options)
     try:
         source = ControlledSource()
         original = await ctx.resumable_stream("q", source)
-        follower = await ctx.resume_existing_stream("q")
+        follower = await other.resume_existing_stream("q")
         assert original is not None
         assert follower is not None
         source.write("a")
@@ -167,6 +169,7 @@ async def test_a_cancelled_wait_keeps_its_poll_deadline() -> None:
         source.close()
         assert await asyncio.wait_for(read_all(follower), STEP) == ""
     finally:
+        await other.aclose()
         await ctx.aclose()
 
 

@@ -1,0 +1,151 @@
+# ruff: noqa: F811  (backend_kind: the fault harness fixture, imported as a fixture)
+"""Followers in the producer's own context, fed by the producer (`Fanout`).
+
+They get chunks before storage does, so the end must reach them only once it is
+stored: a follower may end normally only when the stored stream is DONE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from resumable_stream import (
+    Backend,
+    ResumableStreamContext,
+    ResumableStreamError,
+    StreamDeleted,
+    StreamFailed,
+    StreamOptions,
+)
+from resumable_stream._subscription import LocalFeed
+
+from .faulty_backend import Fault, FaultPlan
+from .helpers import ControlledSource, read_all
+from .test_fault_harness import OPTIONS, STEP_TIMEOUT, backend_kind, directed  # noqa: F401
+
+# The first write of the stream fails for good: the write clock's try cannot encode it,
+# and the writer's task finds storage unreachable with no time left to retry.
+BROKEN = FaultPlan({("write_soon", 0): Fault.RAISE_SYNC, ("write", 0): Fault.RAISE})
+
+
+async def test_a_local_follower_of_a_broken_writer_ends_with_a_typed_error(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    options = StreamOptions(**{**OPTIONS.__dict__, "retry_window": 0.0})
+    async with directed(*backend_kind, BROKEN, options) as (_, ctx, producers):
+        ctx._feed_local_followers = True
+        source = ControlledSource()
+        original = await ctx.resumable_stream("s", source)
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        assert original is not None
+        assert follower is not None
+        assert isinstance(follower._feed, LocalFeed)  # the path under test
+        for text in "abc":
+            source.write(text)
+        source.close()
+        # The original reader is fed by the producer: it gets everything.
+        assert await asyncio.wait_for(read_all(original), STEP_TIMEOUT) == "abc"
+        # The follower got what the producer handed it, then storage's verdict.
+        with pytest.raises(ResumableStreamError) as caught:
+            await asyncio.wait_for(read_all(follower), STEP_TIMEOUT)
+        assert isinstance(caught.value, StreamFailed), caught.value
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+
+
+async def test_a_local_follower_gets_every_chunk_once_through_a_slow_write(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """It joins while a write is held: the chunks in flight and pending are handed over."""
+    plan = FaultPlan({("write_soon", 0): Fault.HOLD})
+    async with directed(*backend_kind, plan) as (backend, ctx, producers):
+        ctx._feed_local_followers = True
+        source = ControlledSource()
+        original = await ctx.resumable_stream("s", source)
+        assert original is not None
+        source.write("a")
+        assert await original.__anext__() == "a"
+        await asyncio.wait_for(backend.held("write_soon", 0).wait(), STEP_TIMEOUT)
+        for text in "bc":
+            source.write(text)
+            assert await original.__anext__() == text
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        assert follower is not None
+        assert isinstance(follower._feed, LocalFeed)
+        got = [await asyncio.wait_for(follower.__anext__(), STEP_TIMEOUT) for _ in range(3)]
+        assert got == ["a", "b", "c"]  # "a" in flight, "b" and "c" pending: none stored
+        backend.release("write_soon", 0)
+        source.write("d")
+        source.close()
+        assert await asyncio.wait_for(read_all(follower), STEP_TIMEOUT) == "d"
+        assert await asyncio.wait_for(read_all(original), STEP_TIMEOUT) == "d"
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+
+
+async def test_a_slow_local_follower_moves_to_the_backend_and_loses_nothing(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    options = StreamOptions(**{**OPTIONS.__dict__, "reader_buffer_bytes": 64})
+    async with directed(*backend_kind, FaultPlan(), options) as (_, ctx, producers):
+        ctx._feed_local_followers = True
+        source = ControlledSource()
+        original = await ctx.resumable_stream("s", source)
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        assert original is not None
+        assert follower is not None
+        texts = [f"{i:04d}" for i in range(200)]
+        for text in texts:  # far past its 64-byte budget before it reads once
+            source.write(text)
+        source.close()
+        assert await asyncio.wait_for(read_all(original), STEP_TIMEOUT) == "".join(texts)
+        assert await asyncio.wait_for(read_all(follower), STEP_TIMEOUT) == "".join(texts)
+        assert not isinstance(follower._feed, LocalFeed)  # it moved to the backend's
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+
+
+async def test_a_local_follower_of_a_failed_source_gets_stream_failed(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """Not the source's own exception object: that is the original reader's."""
+    async with directed(*backend_kind, FaultPlan()) as (_, ctx, producers):
+        ctx._feed_local_followers = True
+        source = ControlledSource()
+        original = await ctx.resumable_stream("s", source)
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        assert original is not None
+        assert follower is not None
+        source.write("a")
+        source.fail(KeyError("boom"))
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(read_all(original), STEP_TIMEOUT)
+        with pytest.raises(StreamFailed):
+            await asyncio.wait_for(read_all(follower), STEP_TIMEOUT)
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+
+
+@pytest.mark.parametrize("memory_or_redis", ["memory", "redis"], indirect=True)
+async def test_a_local_follower_of_a_stream_deleted_elsewhere_gets_stream_deleted(
+    memory_or_redis: Backend,
+) -> None:
+    ctx = ResumableStreamContext(memory_or_redis, options=OPTIONS)
+    ctx._feed_local_followers = True
+    elsewhere = ResumableStreamContext(memory_or_redis, options=OPTIONS)
+    try:
+        source = ControlledSource()
+        original = await ctx.resumable_stream("s", source)
+        follower = await ctx.resume_existing_stream("s", after=-1)
+        assert original is not None
+        assert follower is not None
+        assert isinstance(follower._feed, LocalFeed)
+        source.write("a")
+        assert await asyncio.wait_for(follower.__anext__(), STEP_TIMEOUT) == "a"
+        assert await elsewhere.delete_stream("s")
+        source.write("b")  # its write meets the tombstone: the producer stops
+        with pytest.raises(StreamDeleted):
+            await asyncio.wait_for(read_all(follower), STEP_TIMEOUT)
+        with pytest.raises(StreamDeleted):
+            await asyncio.wait_for(read_all(original), STEP_TIMEOUT)
+    finally:
+        await elsewhere.aclose()
+        await ctx.aclose()
