@@ -16,7 +16,6 @@ they do for every other reader.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 
 from ._subscription import LocalFeed, Subscription
 from ._types import Appended, Chunk, Ended
@@ -40,15 +39,16 @@ class Fanout:
         self.state = FanoutState.OPEN
 
     def join(
-        self, key: str, max_buffered_bytes: int, stored: int, unlanded: Sequence[Chunk]
+        self, key: str, max_buffered_bytes: int, stored: int, unlanded: list[Chunk]
     ) -> LocalFeed | None:
-        """A feed that gets every chunk from index ``stored`` on (``unlanded`` first),
-        or None if the producer ended: then the caller subscribes to the backend."""
+        """A feed that gets every chunk from index ``stored`` on (``unlanded`` first,
+        a list the feed keeps), or None if the producer ended: then the caller
+        subscribes to the backend."""
         if self.state is FanoutState.CLOSED:
             return None
         feed = LocalFeed(key, max_buffered_bytes=max_buffered_bytes, on_close=self._leave)
         if unlanded:
-            feed.push(Appended(stored, list(unlanded)))
+            feed.push(Appended(stored, unlanded))
         self.feeds.append(feed)
         return feed
 

@@ -701,9 +701,8 @@ class Producer:
         writer = self.writer
         if self._ended or not writer.stores:
             return None
-        return self.fanout.join(
-            self.stream_id, max_buffered_bytes, writer._stored, writer._out + writer._pending
-        )
+        unlanded = writer._out + writer._pending  # a new list, the follower's own
+        return self.fanout.join(self.stream_id, max_buffered_bytes, writer._stored, unlanded)
 
     def _end_followers(self, end: Ended) -> None:
         """Local followers get the end only if it is stored; else they re-read."""

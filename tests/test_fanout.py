@@ -13,6 +13,7 @@ import pytest
 
 from resumable_stream import (
     Backend,
+    ResumableStream,
     ResumableStreamContext,
     ResumableStreamError,
     StreamDeleted,
@@ -30,18 +31,27 @@ from .test_fault_harness import OPTIONS, STEP_TIMEOUT, backend_kind, directed  #
 BROKEN = FaultPlan({("write_soon", 0): Fault.RAISE_SYNC, ("write", 0): Fault.RAISE})
 
 
+async def local_pair(
+    ctx: ResumableStreamContext,
+) -> tuple[ControlledSource, ResumableStream, ResumableStream]:
+    """A stream in ``ctx`` with the switch on: its source, original reader, and a
+    follower fed by the producer (the path under test)."""
+    ctx._feed_local_followers = True
+    source = ControlledSource()
+    original = await ctx.resumable_stream("s", source)
+    follower = await ctx.resume_existing_stream("s", after=-1)
+    assert original is not None
+    assert follower is not None
+    assert isinstance(follower._feed, LocalFeed)
+    return source, original, follower
+
+
 async def test_a_local_follower_of_a_broken_writer_ends_with_a_typed_error(
     backend_kind: tuple[str, str | None],
 ) -> None:
     options = StreamOptions(**{**OPTIONS.__dict__, "retry_window": 0.0})
     async with directed(*backend_kind, BROKEN, options) as (_, ctx, producers):
-        ctx._feed_local_followers = True
-        source = ControlledSource()
-        original = await ctx.resumable_stream("s", source)
-        follower = await ctx.resume_existing_stream("s", after=-1)
-        assert original is not None
-        assert follower is not None
-        assert isinstance(follower._feed, LocalFeed)  # the path under test
+        source, original, follower = await local_pair(ctx)
         for text in "abc":
             source.write(text)
         source.close()
@@ -88,12 +98,7 @@ async def test_a_slow_local_follower_moves_to_the_backend_and_loses_nothing(
 ) -> None:
     options = StreamOptions(**{**OPTIONS.__dict__, "reader_buffer_bytes": 64})
     async with directed(*backend_kind, FaultPlan(), options) as (_, ctx, producers):
-        ctx._feed_local_followers = True
-        source = ControlledSource()
-        original = await ctx.resumable_stream("s", source)
-        follower = await ctx.resume_existing_stream("s", after=-1)
-        assert original is not None
-        assert follower is not None
+        source, original, follower = await local_pair(ctx)
         texts = [f"{i:04d}" for i in range(200)]
         for text in texts:  # far past its 64-byte budget before it reads once
             source.write(text)
@@ -109,12 +114,7 @@ async def test_a_local_follower_of_a_failed_source_gets_stream_failed(
 ) -> None:
     """Not the source's own exception object: that is the original reader's."""
     async with directed(*backend_kind, FaultPlan()) as (_, ctx, producers):
-        ctx._feed_local_followers = True
-        source = ControlledSource()
-        original = await ctx.resumable_stream("s", source)
-        follower = await ctx.resume_existing_stream("s", after=-1)
-        assert original is not None
-        assert follower is not None
+        source, original, follower = await local_pair(ctx)
         source.write("a")
         source.fail(KeyError("boom"))
         with pytest.raises(KeyError):
@@ -129,15 +129,9 @@ async def test_a_local_follower_of_a_stream_deleted_elsewhere_gets_stream_delete
     memory_or_redis: Backend,
 ) -> None:
     ctx = ResumableStreamContext(memory_or_redis, options=OPTIONS)
-    ctx._feed_local_followers = True
     elsewhere = ResumableStreamContext(memory_or_redis, options=OPTIONS)
     try:
-        source = ControlledSource()
-        original = await ctx.resumable_stream("s", source)
-        follower = await ctx.resume_existing_stream("s", after=-1)
-        assert original is not None
-        assert follower is not None
-        assert isinstance(follower._feed, LocalFeed)
+        source, original, follower = await local_pair(ctx)
         source.write("a")
         assert await asyncio.wait_for(follower.__anext__(), STEP_TIMEOUT) == "a"
         assert await elsewhere.delete_stream("s")
