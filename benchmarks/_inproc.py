@@ -318,12 +318,15 @@ async def _stored_exact(side: Side | None, prefix: str, want: list[list[str]], n
 
 
 async def w2(spec: dict[str, Any]) -> dict[str, Any]:
-    """One producer, ``followers`` followers in this process on their own client."""
+    """One producer, ``followers`` followers in this process: on a context and client
+    of their own (mode "same"), or in the producer's context (mode "context", where
+    ours feeds them from the producer and the npm original still reads Redis)."""
     impl, url = spec["impl"], spec["url"]
     chunks, size, followers = spec["chunks"], spec["chunk_bytes"], spec["followers"]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     producer = Side(impl, url, prefix)
-    follower = Side(impl, url, prefix)
+    shared = spec["mode"] == "context"
+    follower = producer if shared else Side(impl, url, prefix)
     shared_memory_backend(producer, follower)
     probe = RedisProbe(url)
     want = expected(0, chunks, size)
@@ -333,7 +336,8 @@ async def w2(spec: dict[str, Any]) -> dict[str, Any]:
     got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
     try:
         await warm_up(producer, 4, prefix)
-        await warm_up(follower, 4, prefix + "f")
+        if not shared:
+            await warm_up(follower, 4, prefix + "f")
         stream_id = f"{prefix}-w2"
         origin = await producer.ctx.create_new_resumable_stream(
             stream_id, partial(source, 0, chunks, size, stamps, gate=gate)
@@ -342,7 +346,8 @@ async def w2(spec: dict[str, Any]) -> dict[str, Any]:
             await follower.ctx.resume_existing_stream(stream_id, after=-1)
             for _ in range(followers)
         ]
-        sent_before = producer.sent + follower.sent
+        sides = [producer] if shared else [producer, follower]
+        sent_before = sum(side.sent for side in sides)
         await probe.start()
         with Meter() as meter:
             tasks = [asyncio.create_task(read_all(origin, origin_got))]
@@ -352,10 +357,11 @@ async def w2(spec: dict[str, Any]) -> dict[str, Any]:
             gate.set()
             await asyncio.gather(*tasks)
         await probe.stop()
-        sent = producer.sent + follower.sent - sent_before
+        sent = sum(side.sent for side in sides) - sent_before
     finally:
         await producer.aclose()
-        await follower.aclose()
+        if not shared:
+            await follower.aclose()
         await probe.aclose()
     ok = exact(origin_got, want) and all(exact(g, want) for g in got)
     follower_lag = [lag for g in got for lag in lags(stamps, ((i, t) for i, _, t in g))]

@@ -14,7 +14,7 @@ from typing import Any
 WORKLOADS = ("w1", "w2", "w3", "w4", "w5", "memory", "durable")
 TITLES = {
     "w1": "W1 fan-in: N streams x chunks x 32 B, producer and original reader in one process",
-    "w2": "W2 followers: 1 producer, 10 followers, same process and a second process",
+    "w2": "W2 followers: 1 producer, 10 followers (its context, another context, a second process)",
     "w3": "W3 resume: time to first chunk of a running stream holding 10,000 chunks",
     "w4": "W4 over HTTP: uvicorn (uvloop, httptools), SSE of 64 B events",
     "w5": "W5 slow producer: 100 streams, a chunk every 20 ms",
@@ -141,9 +141,11 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
     w2 = {"chunks": sizes.w2_chunks, "chunk_bytes": 32, "followers": sizes.w2_followers}
     for repeat in range(sizes.w2_repeats):
         add("w2", "python", repeat, workload="w2", impl="ours", mode="same", **w2)
+        add("w2", "python", repeat, workload="w2", impl="ours", mode="context", **w2)
         add("w2", "w2_cross_python", repeat, workload="w2", impl="ours", mode="cross", **w2)
         if node:
             add("w2", "node", repeat, workload="w2", impl="npm", mode="same", **w2)
+            add("w2", "node", repeat, workload="w2", impl="npm", mode="context", **w2)
             add("w2", "w2_cross_node", repeat, workload="w2", impl="npm", mode="cross", **w2)
     # W3: resume, in process (ours, npm) and through HTTP (ours).
     w3 = {"stored": sizes.w3_stored, "chunk_bytes": 32, "burst": sizes.w3_burst}

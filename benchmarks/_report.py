@@ -236,7 +236,8 @@ def table(summary: dict[str, Any]) -> str:
             _fmt(m.get("plain", {}).get(cpu)), _fmt(m.get("raw_batched", {}).get(cpu)),
             "", "", "",
         ))
-    for mode, label in (("same", "same process"), ("cross", "second process")):
+    for mode, label in (("context", "producer's context"), ("same", "same process"),
+                        ("cross", "second process")):
         m = summary.get("w2", {}).get(mode)
         if not m:
             continue

@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile w1 [--impl ours|ours_memory] [--streams 100] [--chunks 1000]
     python -m benchmarks.profile w2|w3 [--impl ours]      # W2 in one process, W3 in process
+    python -m benchmarks.profile w2 --mode context        # followers in the producer's context
     python -m benchmarks.profile w5 --chunks 600          # 100 streams, a chunk per 20 ms
     python -m benchmarks.profile w4 [--variant middleware|explicit|plain] [--clients 100]
 
@@ -129,7 +130,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
                 "chunks": args.chunks, "chunk_bytes": 32}
     if args.workload == "w2":
         return {"workload": "w2", "impl": args.impl, "chunks": 10_000, "chunk_bytes": 32,
-                "followers": 10}
+                "followers": 10, "mode": args.mode}
     if args.workload == "w3":
         return {"workload": "w3", "impl": args.impl, "stored": 10_000, "chunk_bytes": 32,
                 "singles": 20, "burst": 200}
@@ -237,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("workload", choices=("w1", "w2", "w3", "w4", "w5"))
     parser.add_argument("--impl", default="ours", choices=("ours", "ours_memory", "plain"))
     parser.add_argument("--streams", type=int, default=100)
+    parser.add_argument("--mode", default="same", choices=("same", "context"),
+                        help="w2: followers on a context of their own, or the producer's")
     parser.add_argument("--chunks", type=int, default=1000)
     parser.add_argument("--variant", default="middleware",
                         choices=("plain", "middleware", "explicit"))

@@ -129,10 +129,6 @@ class ResumableStreamContext:
         self._claiming = 0  # calls between their capacity check and their producer task
         self._followers: dict[str, int] = {}
         self._closed = False
-        # Followers of a producer running here fed by it (`Fanout`), not by the backend.
-        # Off until every test that takes a same-context follower for a backend one is
-        # redrawn (issue 17); the fault harness runs with it on.
-        self._feed_local_followers = False
 
     @property
     def running_streams(self) -> int:
@@ -567,7 +563,7 @@ class ResumableStreamContext:
             # Subscribe before reading (backend invariant 3), so nothing falls in between;
             # a producer running here feeds its followers itself (see `Fanout`).
             budget = self.options.reader_buffer_bytes
-            producer = self._local.get(stream_id) if self._feed_local_followers else None
+            producer = self._local.get(stream_id)
             local = None if producer is None else producer.follow(budget)
             feed: Subscription = (
                 local

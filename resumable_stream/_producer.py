@@ -128,6 +128,7 @@ class _Writer:
         "_last_write",
         "_loop",
         "_on_deleted",
+        "_on_halt",
         "_on_stop",
         "_options",
         "_out",
@@ -160,12 +161,14 @@ class _Writer:
         ttl: float,
         on_stop: Callable[[], object],
         on_deleted: Callable[[], object],
+        on_halt: Callable[[], object],
         clock: WriteClock,
     ) -> None:
         self._backend = backend
         self._clock = clock
         self._on_stop = on_stop
         self._on_deleted = on_deleted
+        self._on_halt = on_halt
         self._stream_id = stream_id
         self._token = token
         self._options = options
@@ -372,6 +375,7 @@ class _Writer:
         self._out_bytes = 0
         self._room.set()
         self._wake.set()
+        self._on_halt()
 
     def _deleted(self, exc: StaleProducer) -> None:
         """-> BROKEN, quietly: the stream was deleted. The producer stops its source and
@@ -683,16 +687,16 @@ class Producer:
         self._source = source
         self._feed = feed
         self._options = options
+        self.fanout = Fanout()
         self.writer = _Writer(
             backend, stream_id, token, options, ttl, self.stop, self.delete,
-            clock if clock is not None else WriteClock(),
+            self._storage_halted, clock if clock is not None else WriteClock(),
         )
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False
         self._deleted = False
         self._stop_scope = anyio.CancelScope()
-        self.fanout = Fanout()
 
     def follow(self, max_buffered_bytes: int) -> LocalFeed | None:
         """A live feed for a follower in this context, fed from here (see `Fanout`);
@@ -703,6 +707,12 @@ class Producer:
             return None
         unlanded = writer._out + writer._pending  # a new list, the follower's own
         return self.fanout.join(self.stream_id, max_buffered_bytes, writer._stored, unlanded)
+
+    def _storage_halted(self) -> None:
+        """The writer stopped for good (storage refused, or the stream was deleted):
+        local followers stop running ahead of storage now, not at the source's end,
+        and end as followers elsewhere do, from the stored record."""
+        self.fanout.close(None)
 
     def _end_followers(self, end: Ended) -> None:
         """Local followers get the end only if it is stored; else they re-read."""

@@ -157,6 +157,11 @@ class Subscription:
 
     def push_chunk(self, index: int, chunk: Chunk) -> None:
         """Queue one chunk; consecutive chunks share one event (the producer's fast path)."""
+        self.queue_chunk(index, chunk)
+        self._wakeup.set()
+
+    def queue_chunk(self, index: int, chunk: Chunk) -> None:
+        """`push_chunk` without waking the reader: the caller rings `ring` soon."""
         if self.closed:
             return
         size = chunk_bytes(chunk) + 16
@@ -175,6 +180,9 @@ class Subscription:
             self._size += size
             self._tail = tail
             self._tail_end = index + 1
+
+    def ring(self) -> None:
+        """Wake the reader for what `queue_chunk` queued."""
         self._wakeup.set()
 
     def _overflow(self) -> None:

@@ -104,14 +104,19 @@ async def test_one_pubsub_connection_per_master_for_many_readers(
 ) -> None:
     backend = RedisClusterBackend(cluster_client, key_prefix=key_prefix)
     ctx = create_resumable_stream_context(backend, options=FAST)
+    # The followers run in another process; the producers' own are fed by them.
+    reading = RedisClusterBackend(cluster_client, key_prefix=key_prefix)
+    elsewhere = create_resumable_stream_context(reading, options=FAST)
     sources = [ControlledSource() for _ in range(12)]
     originals = [await ctx.resumable_stream(f"s{i}", src) for i, src in enumerate(sources)]
     followers = await asyncio.gather(
-        *(ctx.resume_existing_stream(f"s{i % 12}") for i in range(120))
+        *(elsewhere.resume_existing_stream(f"s{i % 12}") for i in range(120))
     )
+    local = await asyncio.gather(*(ctx.resume_existing_stream(f"s{i}") for i in range(12)))
     masters = {slot_of(key_prefix, f"s{i}") for i in range(12)}
     assert len({redis_cluster.owner(slot) for slot in masters}) == 3  # streams on every master
-    assert backend._hub.connections == 3
+    assert reading._hub.connections == 3
+    assert backend._hub.connections == 0
     for port in redis_cluster.masters():
         info = await cluster_client.get_node(host="127.0.0.1", port=port).execute_command(  # type: ignore[union-attr]
             "CLIENT", "LIST", "TYPE", "pubsub"
@@ -125,6 +130,8 @@ async def test_one_pubsub_connection_per_master_for_many_readers(
     results = await asyncio.gather(*(read_all(f) for f in followers))
     assert results == [f"chunk{i % 12}" for i in range(120)]
     assert [await read_all(o) for o in originals] == [f"chunk{i}" for i in range(12)]
+    assert [await read_all(f) for f in local] == [f"chunk{i}" for i in range(12)]
+    await elsewhere.aclose()
     await ctx.aclose()
 
 

@@ -19,8 +19,12 @@ from resumable_stream import (
     StreamDeleted,
     StreamFailed,
     StreamOptions,
+    StreamStatus,
+    _fanout,
 )
+from resumable_stream._fanout import Fanout
 from resumable_stream._subscription import LocalFeed
+from resumable_stream._types import Appended, Ended
 
 from .faulty_backend import Fault, FaultPlan
 from .helpers import ControlledSource, read_all
@@ -34,9 +38,8 @@ BROKEN = FaultPlan({("write_soon", 0): Fault.RAISE_SYNC, ("write", 0): Fault.RAI
 async def local_pair(
     ctx: ResumableStreamContext,
 ) -> tuple[ControlledSource, ResumableStream, ResumableStream]:
-    """A stream in ``ctx`` with the switch on: its source, original reader, and a
-    follower fed by the producer (the path under test)."""
-    ctx._feed_local_followers = True
+    """A stream in ``ctx``: its source, original reader, and a follower fed by the
+    producer (the path under test)."""
     source = ControlledSource()
     original = await ctx.resumable_stream("s", source)
     follower = await ctx.resume_existing_stream("s", after=-1)
@@ -64,13 +67,31 @@ async def test_a_local_follower_of_a_broken_writer_ends_with_a_typed_error(
         await asyncio.wait(producers, timeout=STEP_TIMEOUT)
 
 
+async def test_a_local_follower_is_cut_when_storage_breaks_not_at_the_sources_end(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """Once nothing more can be stored it stops running ahead of storage, as followers
+    in other processes do; the original reader goes on. (No poll would cut it in
+    time: the cut is the writer's.)"""
+    options = StreamOptions(**{**OPTIONS.__dict__, "retry_window": 0.0, "poll_interval": 60.0})
+    async with directed(*backend_kind, BROKEN, options) as (_, ctx, producers):
+        source, original, follower = await local_pair(ctx)
+        source.write("a")  # its write fails for good; the source stays open
+        with pytest.raises(ResumableStreamError):
+            await asyncio.wait_for(read_all(follower), STEP_TIMEOUT)
+        for text in "bc":
+            source.write(text)
+        source.close()
+        assert await asyncio.wait_for(read_all(original), STEP_TIMEOUT) == "abc"
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+
+
 async def test_a_local_follower_gets_every_chunk_once_through_a_slow_write(
     backend_kind: tuple[str, str | None],
 ) -> None:
     """It joins while a write is held: the chunks in flight and pending are handed over."""
     plan = FaultPlan({("write_soon", 0): Fault.HOLD})
     async with directed(*backend_kind, plan) as (backend, ctx, producers):
-        ctx._feed_local_followers = True
         source = ControlledSource()
         original = await ctx.resumable_stream("s", source)
         assert original is not None
@@ -143,3 +164,61 @@ async def test_a_local_follower_of_a_stream_deleted_elsewhere_gets_stream_delete
     finally:
         await elsewhere.aclose()
         await ctx.aclose()
+
+
+
+async def test_chunks_back_to_back_ring_a_feed_once_per_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first chunk rings at once; those within the interval of it wait for one
+    timer, which the end cancels (it rings every feed itself)."""
+    monkeypatch.setattr(_fanout, "RING_INTERVAL", 60.0)  # no timer fires in this test
+    fanout = Fanout()
+    feed = fanout.join("s", 1 << 20, 0, [])
+    assert feed is not None
+    fanout.push_chunk(0, "a")
+    assert feed._wakeup.is_set()
+    assert fanout._ring is None
+    feed._wakeup.clear()
+    fanout.push_chunk(1, "b")
+    fanout.push_chunk(2, "c")
+    assert not feed._wakeup.is_set()
+    assert fanout._ring is not None
+    fanout.close(Ended(StreamStatus.DONE, 3))
+    assert fanout._ring is None
+    assert feed._wakeup.is_set()
+    assert feed.get_nowait() == Appended(0, ["a", "b", "c"])
+    assert feed.get_nowait() == Ended(StreamStatus.DONE, 3)
+
+
+async def test_a_round_waiting_for_its_timer_rings_when_it_fires() -> None:
+    fanout = Fanout()
+    feed = fanout.join("s", 1 << 20, 0, [])
+    assert feed is not None
+    fanout.push_chunk(0, "a")
+    feed._wakeup.clear()
+    fanout.push_chunk(1, "b")  # rung by the timer (or at once, on a machine that slow)
+    await asyncio.wait_for(feed._wakeup.wait(), STEP_TIMEOUT)
+    assert fanout._ring is None
+    assert feed.get_nowait() == Appended(0, ["a", "b"])
+    fanout.close(None)
+
+
+async def test_a_fast_producer_gets_every_chunk_to_its_local_followers(
+    backend_kind: tuple[str, str | None],
+) -> None:
+    """Chunks yielded back to back reach every follower, several per wake-up, and the
+    round still pending at the end does not outlive the producer."""
+    async with directed(*backend_kind, FaultPlan()) as (_, ctx, producers):
+        source, original, follower = await local_pair(ctx)
+        second = await ctx.resume_existing_stream("s", after=-1)
+        assert second is not None
+        fanout = ctx._local["s"].fanout
+        texts = [f"{i:03d}" for i in range(300)]
+        for text in texts:
+            source.write(text)
+        source.close()
+        for reader in (original, follower, second):
+            assert await asyncio.wait_for(read_all(reader), STEP_TIMEOUT) == "".join(texts)
+        await asyncio.wait(producers, timeout=STEP_TIMEOUT)
+        assert fanout._ring is None

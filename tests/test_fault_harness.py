@@ -349,7 +349,6 @@ class Run:
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pushed: bool = False  # the source's chunks are pushed by a task of their own (`Pusher`)
-    fanout: bool = False  # followers in the producer's context are fed by the producer
     ctx: Any = None  # the producing context
     other: Any = None  # a second context on the same storage: another process
 
@@ -430,7 +429,6 @@ async def run_scenario(
     redis_url: str | None,
     *,
     pushed: bool = False,
-    fanout: bool = False,
 ) -> Run:
     main = asyncio.current_task()
     before = asyncio.all_tasks()
@@ -450,7 +448,7 @@ async def run_scenario(
         inner = RedisBackend(client, key_prefix=prefix)
     backend = faulty(inner, scenario.plan)
     source = Source(scenario)
-    run = Run(scenario, backend, inner, client, prefix, source, pushed=pushed, fanout=fanout)
+    run = Run(scenario, backend, inner, client, prefix, source, pushed=pushed)
     try:
         await drive(run)
         await check_after(run, before, main)
@@ -479,7 +477,6 @@ async def drive(run: Run) -> None:
     sc, backend, source = run.scenario, run.backend, run.source
     options = options_for(sc)
     ctx = ResumableStreamContext(backend, ttl=TTL, options=options, wait_until=run.producers.append)
-    ctx._feed_local_followers = run.fanout
     other = ResumableStreamContext(backend, ttl=TTL, options=options)
     run.ctx, run.other = ctx, other
     readers: list[asyncio.Task[None]] = []
@@ -797,35 +794,6 @@ def test_harness_memory_pushed(scenario: Scenario) -> None:
 @given(scenario=scenarios())
 def test_harness_redis_pushed(redis_url: str, scenario: Scenario) -> None:
     verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, pushed=True)))
-
-
-# The same plans with followers in the producer's context fed by the producer (`Fanout`).
-
-
-@harness_settings(15, shrink=False)
-@given(scenario=scenarios())
-def test_harness_memory_fanout(scenario: Scenario) -> None:
-    verdict(asyncio.run(run_scenario(scenario, "memory", None, fanout=True)))
-
-
-@harness_settings(15, shrink=False)
-@given(scenario=scenarios())
-def test_harness_redis_fanout(redis_url: str, scenario: Scenario) -> None:
-    verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, fanout=True)))
-
-
-@harness_settings(10, shrink=False)
-@given(scenario=scenarios())
-def test_harness_redis_pushed_fanout(redis_url: str, scenario: Scenario) -> None:
-    verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, pushed=True, fanout=True)))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-@harness_settings(300, shrink=True)
-@given(scenario=scenarios())
-def test_harness_fanout_long(redis_url: str, scenario: Scenario) -> None:
-    verdict(asyncio.run(run_scenario(scenario, "redis", redis_url, fanout=True)))
 
 
 @pytest.mark.slow

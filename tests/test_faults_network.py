@@ -693,23 +693,33 @@ async def test_full_redis_marks_a_stream_failed_even_with_nothing_stored(
         await gate.wait()
         yield "refused"
 
+    elsewhere = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
     try:
         stream = await ctx.create_new_resumable_stream("s", source)
-        follower = Reading()
-        following = asyncio.create_task(
-            follower.run(await ctx.resume_existing_stream("s", after=-1))
-        )
+        # One follower in another process, one in the producer's (fed by the producer).
+        follower, local = Reading(), Reading()
+        joined = [
+            await elsewhere.resume_existing_stream("s", after=-1),
+            await ctx.resume_existing_stream("s", after=-1),
+        ]
+        following = [
+            asyncio.create_task(reading.run(stream))
+            for reading, stream in zip((follower, local), joined, strict=True)
+        ]
         used = (await client.info("memory"))["used_memory"]
         await client.config_set("maxmemory", used // 2)  # full from now on
         gate.set()
         original = await Reading().run(stream)
         assert original.whole(["refused"])  # fed by its producer, as always
-        await asyncio.wait_for(following, STEP)
+        await asyncio.wait_for(asyncio.gather(*following), STEP)
         assert follower.got == []
-        assert isinstance(follower.error, StreamFailed), follower.error
-        assert "maxmemory" in str(follower.error)
+        assert local.clean_prefix(["refused"])  # maybe handed the chunk before the refusal
+        for reading in (follower, local):
+            assert isinstance(reading.error, StreamFailed), reading.error
+            assert "maxmemory" in str(reading.error)
         assert await ctx.get_status("s") is StreamStatus.FAILED
     finally:
         await client.config_set("maxmemory", "64mb")
+        await asyncio.wait_for(elsewhere.aclose(), STEP)
         await asyncio.wait_for(ctx.aclose(), STEP)
         await client.aclose()

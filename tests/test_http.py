@@ -679,13 +679,17 @@ async def test_redis_down(kind: str, private_redis: RedisServer) -> None:
                     private_redis.stop()
                     site.go(key)
                     await reader.to_end()
-                    # The follower reads through Redis: its body is cut short, not
-                    # ended as if complete, so its client knows to resume later.
+                    # The follower (fed by the producer in this process until its
+                    # writes fail for good) has its body cut short, not ended as if
+                    # complete, so its client knows to resume later.
                     with pytest.raises(httpx.TransportError):
                         await follower.to_end()
             assert reader.sse.ids == ALL_IDS
             assert reader.sse.data == EVENTS
-            assert follower.sse.ids == list(range(K))
+            got = len(follower.sse.ids)
+            assert got >= K  # maybe all of them: what matters is the cut, not a clean end
+            assert follower.sse.ids == ALL_IDS[:got]
+            assert follower.sse.data == EVENTS[:got]
 
             resumed = await get_all(
                 http, "GET", resume_url(stream_id), headers={"Last-Event-ID": "1"}

@@ -454,10 +454,12 @@ async def test_every_key_of_a_running_stream_expires(
         yield "a"
         await finish.wait()
 
+    elsewhere = create_resumable_stream_context(redis_client, key_prefix=key_prefix, options=FAST)
     try:
         stream = must(await ctx.create_new_resumable_stream("s", source))
-        follower = must(await ctx.resume_existing_stream("s"))
-        assert await follower.__anext__() == "a"  # so it is stored
+        # A follower in another process hears of "a" only once it is stored.
+        follower = must(await elsewhere.resume_existing_stream("s"))
+        assert await follower.__anext__() == "a"
         pttls = await keys_and_pttls(redis_client, key_prefix)
         assert sorted(k.rsplit(":", 1)[1] for k in pttls) == ["chunks", "lease", "meta"], pttls
         assert all(0 < p <= ttl * 1000 for p in pttls.values()), pttls
@@ -466,4 +468,5 @@ async def test_every_key_of_a_running_stream_expires(
         assert await _drain(stream) == ([(0, "a")], None)
         assert await _drain(follower) == ([], None)
     finally:
+        await asyncio.wait_for(elsewhere.aclose(), 10)
         await asyncio.wait_for(ctx.aclose(), 10)

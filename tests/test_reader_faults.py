@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import random
+from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
@@ -21,7 +23,7 @@ from resumable_stream import (
     StreamStatus,
     create_resumable_stream_context,
 )
-from resumable_stream._subscription import RESYNC, Subscription
+from resumable_stream._subscription import RESYNC, Subscription, _releasing
 from resumable_stream._types import Appended
 
 from .helpers import ControlledSource, read_all
@@ -190,6 +192,15 @@ async def until_unsubscribed(client: aioredis.Redis, channel: str) -> int:
     return count
 
 
+async def until_left(fanout: Any) -> list[Any]:
+    """The producer's local feeds once the dropped ones' releases ran: a finalizer
+    schedules each release for the loop's next turn, which starts it as a task."""
+    await asyncio.sleep(0)  # the scheduled callbacks run before this task resumes
+    with anyio.fail_after(STEP):
+        await asyncio.gather(*_releasing)
+    return list(fanout.feeds)
+
+
 async def test_followers_dropped_unread_unsubscribe(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
@@ -198,31 +209,42 @@ async def test_followers_dropped_unread_unsubscribe(
     `aclose` before the first read left the subscription behind too."""
     client = aioredis.Redis.from_url(redis_server.url)
     ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=OPTIONS)
+    # The followers run in another process (the producer's own are fed by it: below).
+    elsewhere = create_resumable_stream_context(client, key_prefix=key_prefix, options=OPTIONS)
     channel = f"{key_prefix}:{{s}}:events"
     try:
         source = ControlledSource()
         original = await ctx.resumable_stream("s", source)
         assert original is not None
-        followers = [await ctx.resume_existing_stream("s") for _ in range(50)]
+        followers = [await elsewhere.resume_existing_stream("s") for _ in range(50)]
         assert all(f is not None for f in followers)
-        assert ctx.followers("s") == 50
+        assert elsewhere.followers("s") == 50
         assert await numsub(client, channel) == 1  # one shared link for the process
         del followers
         gc.collect()
-        assert ctx.followers("s") == 0
+        assert elsewhere.followers("s") == 0
         assert await until_unsubscribed(client, channel) == 0
         # Closed before reading anything: the same.
-        closed = [await ctx.resume_existing_stream("s") for _ in range(5)]
+        closed = [await elsewhere.resume_existing_stream("s") for _ in range(5)]
         assert await numsub(client, channel) == 1
         for reader in closed:
             assert reader is not None
             await reader.aclose()
-        assert ctx.followers("s") == 0
+        assert elsewhere.followers("s") == 0
         assert await until_unsubscribed(client, channel) == 0
+        # Followers in the producer's context, dropped unread, leave its fanout.
+        fanout = ctx._local["s"].fanout
+        local = [await ctx.resume_existing_stream("s") for _ in range(50)]
+        assert len(fanout.feeds) == 50
+        del local
+        gc.collect()
+        assert ctx.followers("s") == 0
+        assert await until_left(fanout) == []
         source.write("a")
         source.close()
         assert await read_all(original) == "a"
     finally:
+        await elsewhere.aclose()
         await ctx.aclose()
         await client.aclose()
 

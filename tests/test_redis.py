@@ -94,14 +94,18 @@ async def test_client_that_decodes_responses(redis_server: RedisServer, key_pref
 async def test_one_pubsub_connection_for_many_readers(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
-    # A pool of 20 connections serves 150 concurrent readers: they share one pub/sub
-    # connection instead of taking one each.
+    # A pool of 20 connections serves 150 concurrent readers in another process: they
+    # share one pub/sub connection instead of taking one each. The 150 followers in the
+    # producers' own process take none: their producers feed them.
+    producing = aioredis.Redis.from_url(redis_server.url)
+    ctx = create_resumable_stream_context(producing, key_prefix=key_prefix, options=FAST)
     client = aioredis.Redis.from_url(redis_server.url, max_connections=20)
-    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=FAST)
+    elsewhere = create_resumable_stream_context(client, key_prefix=key_prefix, options=FAST)
     sources = [ControlledSource() for _ in range(5)]
     originals = [await ctx.resumable_stream(f"s{i}", src) for i, src in enumerate(sources)]
     followers = await asyncio.gather(
-        *(ctx.resume_existing_stream(f"s{i % 5}") for i in range(150))
+        *(context.resume_existing_stream(f"s{i % 5}") for context in (ctx, elsewhere)
+          for i in range(150))
     )
     admin = aioredis.Redis.from_url(redis_server.url)
     clients = await admin.client_list(_type="pubsub")
@@ -111,22 +115,27 @@ async def test_one_pubsub_connection_for_many_readers(
         src.write(f"chunk{i}")
         src.close()
     results = await asyncio.gather(*(read_all(f) for f in followers))
-    assert results == [f"chunk{i % 5}" for i in range(150)]
+    assert results == [f"chunk{i % 5}" for i in range(150)] * 2
     assert [await read_all(o) for o in originals] == [f"chunk{i}" for i in range(5)]
+    await elsewhere.aclose()
     await ctx.aclose()
     await admin.aclose()
     await client.aclose()
+    await producing.aclose()
 
 
 async def test_follower_recovers_when_its_pubsub_connection_is_killed(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
+    # The follower runs in another process: its live tail comes over pub/sub.
+    producing = aioredis.Redis.from_url(redis_server.url)
     client = aioredis.Redis.from_url(redis_server.url)
     options = StreamOptions(lease=30.0, poll_interval=30.0)  # no polling: only Resync helps
-    ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+    ctx = create_resumable_stream_context(producing, key_prefix=key_prefix, options=options)
+    elsewhere = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
     source = ControlledSource()
     original = await ctx.resumable_stream("s", source)
-    follower = await ctx.resume_existing_stream("s")
+    follower = await elsewhere.resume_existing_stream("s")
     source.write("a")
     assert await read_n(follower, 1) == "a"
     admin = aioredis.Redis.from_url(redis_server.url)
@@ -139,9 +148,11 @@ async def test_follower_recovers_when_its_pubsub_connection_is_killed(
     got = await asyncio.wait_for(read_all(follower), 10)
     assert got == "bc"
     assert await read_all(original) == "abc"
+    await elsewhere.aclose()
     await ctx.aclose()
     await admin.aclose()
     await client.aclose()
+    await producing.aclose()
 
 
 async def test_stale_producer_is_fenced(redis_client: aioredis.Redis, key_prefix: str) -> None:

@@ -117,9 +117,10 @@ async def _read(stream: Any) -> list[str]:
 
 
 async def chat(ctx: ResumableStreamContext, stream_id: str) -> None:
-    """One chat: the answer streams to its original reader and to one follower, chunk
-    by chunk (each chunk waits until the follower got the one before, so every chunk
-    reaches it live); then a client that had 5 chunks resumes after them."""
+    """One chat: the answer streams to its original reader and to one follower in
+    another process (a second context on the same backend), chunk by chunk (each chunk
+    waits until the follower got the one before, so every chunk reaches it live through
+    storage); then a client that had 5 chunks resumes after them."""
     follower_has: list[asyncio.Event] = [asyncio.Event() for _ in CHUNKS]
     follower_ready = asyncio.Event()
 
@@ -137,18 +138,22 @@ async def chat(ctx: ResumableStreamContext, stream_id: str) -> None:
             got.append(chunk)
         return got
 
-    with anyio.fail_after(STEP):
-        origin = await ctx.resumable_stream(stream_id, answer)
-        assert origin is not None
-        follower = await ctx.resume_existing_stream(stream_id)
-        assert follower is not None
-        follower_ready.set()
-        got, followed = await asyncio.gather(_read(origin), follow(follower))
-        assert got == CHUNKS
-        assert followed == CHUNKS
-        resumed = await ctx.resume_existing_stream(stream_id, after=4)
-        assert resumed is not None
-        assert await _read(resumed) == CHUNKS[5:]
+    elsewhere = create_resumable_stream_context(ctx.backend, options=FAST)
+    try:
+        with anyio.fail_after(STEP):
+            origin = await ctx.resumable_stream(stream_id, answer)
+            assert origin is not None
+            follower = await elsewhere.resume_existing_stream(stream_id)
+            assert follower is not None
+            follower_ready.set()
+            got, followed = await asyncio.gather(_read(origin), follow(follower))
+            assert got == CHUNKS
+            assert followed == CHUNKS
+            resumed = await ctx.resume_existing_stream(stream_id, after=4)
+            assert resumed is not None
+            assert await _read(resumed) == CHUNKS[5:]
+    finally:
+        await elsewhere.aclose()
 
 
 async def test_one_chat_records_its_stream_writes_resumes_and_spans(

@@ -222,7 +222,9 @@ async function w2(spec) {
   const { url, chunks, chunk_bytes: size, followers } = spec;
   const prefix = `bench-${randomUUID().slice(0, 8)}`;
   const producer = await new Side(url, prefix).open();
-  const follower = await new Side(url, prefix).open();
+  // mode "context": the followers resume through the producer's own context.
+  const shared = spec.mode === "context";
+  const follower = shared ? producer : await new Side(url, prefix).open();
   const probe = new Probe(url);
   const stamps = [];
   const gate = deferred();
@@ -242,7 +244,7 @@ async function w2(spec) {
   const m = stop();
   await probe.stop();
   await producer.close();
-  await follower.close();
+  if (!shared) await follower.close();
   const want = expectedText(0, chunks, size);
   const exact = texts.every((t) => t === want);
   const lag = [];
