@@ -528,7 +528,9 @@ async def _until_stored(side: Side, stream_id: str, length: int) -> None:
 
 
 async def w5(spec: dict[str, Any]) -> dict[str, Any]:
-    """``streams`` streams each yielding a chunk every ``delay`` s; one follower each."""
+    """``streams`` streams each yielding a chunk every ``delay`` s; one follower each,
+    on a context and Redis client of its own ("ours") or in the producer's context
+    ("ours_context", fed by the producer)."""
     impl, url = spec["impl"], spec["url"]
     streams, chunks, size, delay = spec["streams"], spec["chunks"], spec["chunk_bytes"], spec[
         "delay"
@@ -542,13 +544,15 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
     producer = follower = None
     client: Any = None
     pipes = [0]
-    with_followers = impl == "ours"
+    with_followers = impl in ("ours", "ours_context")
+    shared = impl == "ours_context"
     try:
-        if impl == "ours":
-            producer = Side(impl, url, prefix)
-            follower = Side(impl, url, prefix)
+        if with_followers:
+            producer = Side("ours", url, prefix)
+            follower = producer if shared else Side("ours", url, prefix)
             await warm_up(producer, streams, prefix)
-            await warm_up(follower, streams, prefix + "f")
+            if not shared:
+                await warm_up(follower, streams, prefix + "f")
             gates = [asyncio.Event() for _ in range(streams)]
 
             async def one(s: int) -> None:
@@ -587,11 +591,11 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
         await probe.stop()
         if producer is not None and follower is not None:
             producer_trips = producer.sent - before[0]
-            follower_trips = follower.sent - before[1]
+            follower_trips = 0 if shared else follower.sent - before[1]
         else:
             producer_trips, follower_trips = pipes[0], 0
     finally:
-        for side in (producer, follower):
+        for side in (producer, None if shared else follower):
             if side is not None:
                 await side.aclose()
         if client is not None:

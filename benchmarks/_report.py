@@ -138,6 +138,9 @@ def summarize(records: list[Record]) -> dict[str, Any]:
         "added latency p99 ms": diff(ours.get("latency_ms.p99"), plain.get("latency_ms.p99")),
         "cpu per chunk ours/plain": ratio(ours.get("cpu_us_per_chunk"),
                                           plain.get("cpu_us_per_chunk")),
+        "cpu per chunk ours_context/plain": ratio(
+            w5.get("ours_context", {}).get("cpu_us_per_chunk"), plain.get("cpu_us_per_chunk")
+        ),
     }
     s["w5"] = w5
     # Durable Streams: one step, summarised by benchmarks/durable.py itself.
@@ -295,6 +298,16 @@ def table(summary: dict[str, Any]) -> str:
         rows.append(("W5 follower lag p50 / p99",
                      f"{_fmt(ours.get('follower_lag_ms.p50'), 'ms')} / "
                      f"{_fmt(ours.get('follower_lag_ms.p99'), 'ms')}", "", "", "", "", "", ""))
+        here = w5.get("ours_context", {})
+        if here:
+            rows.append(("W5 process CPU us/chunk, follower in the producer's context",
+                         _fmt(here.get("cpu_us_per_chunk")), "",
+                         _fmt(plain.get("cpu_us_per_chunk")), "", "",
+                         _fmt(w5["ratios"].get("cpu per chunk ours_context/plain"), "x"), ""))
+            rows.append(("W5 follower lag p50 / p99, follower in the producer's context",
+                         f"{_fmt(here.get('follower_lag_ms.p50'), 'ms')} / "
+                         f"{_fmt(here.get('follower_lag_ms.p99'), 'ms')}",
+                         "", "", "", "", "", ""))
     mem = summary.get("memory", {})
     for streams, m in sorted(mem.get("processes", {}).items(), key=lambda kv: int(kv[0])):
         ours, plain = m.get("ours", {}), m.get("plain", {})
