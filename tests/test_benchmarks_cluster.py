@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .cluster_servers import PrivateCluster
 from .servers import RedisServer
 
@@ -25,6 +27,8 @@ PER_DEPLOYMENT = {
 }
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.xdist_group("benchmarks")  # one worker: these runs share the cores
 def test_quick_cluster_benchmark_gets_exact_bytes(
     redis_server: RedisServer, redis_cluster: PrivateCluster, tmp_path: Path
 ) -> None:
@@ -39,7 +43,7 @@ def test_quick_cluster_benchmark_gets_exact_bytes(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=280,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.xdist_group("benchmarks")  # one worker: these runs share the cores
 def test_quick_telemetry_benchmark(redis_server: RedisServer, tmp_path: Path) -> None:
     out = tmp_path / "telemetry.json"
     proc = subprocess.run(

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.xdist_group("benchmarks")  # one worker: these runs share the cores
 def test_quick_durable_step(redis_server: RedisServer, tmp_path: Path) -> None:
     proc = subprocess.run(
         [
