@@ -48,11 +48,11 @@ class Fanout:
 
     __slots__ = ("_loop", "_next_ring", "_ring", "feeds", "state")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Mutated in place, never replaced: the producer holds it for its hot path.
         self.feeds: list[Subscription] = []
         self.state = FanoutState.OPEN
-        self._loop: asyncio.AbstractEventLoop | None = None  # known at the first chunk
+        self._loop = loop  # the producer's
         self._next_ring = 0.0  # the loop time before which a ring waits for its timer
         self._ring: asyncio.TimerHandle | None = None  # the pending ring, if any
 
@@ -75,19 +75,15 @@ class Fanout:
             feed.queue_chunk(index, chunk)
         if self._ring is not None:
             return  # rung when its timer fires
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._loop.time()
         if now >= self._next_ring:
             self._next_ring = now + RING_INTERVAL
             self._ring_all()
         else:
-            self._ring = loop.call_at(self._next_ring, self._ring_due)
+            self._ring = self._loop.call_at(self._next_ring, self._ring_due)
 
     def _ring_due(self) -> None:
         self._ring = None
-        assert self._loop is not None
         self._next_ring = self._loop.time() + RING_INTERVAL
         self._ring_all()
 

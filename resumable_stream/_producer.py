@@ -687,11 +687,11 @@ class Producer:
         self._source = source
         self._feed = feed
         self._options = options
-        self.fanout = Fanout()
         self.writer = _Writer(
             backend, stream_id, token, options, ttl, self.stop, self.delete,
             self._storage_halted, clock if clock is not None else WriteClock(),
         )
+        self.fanout = Fanout(self.writer._loop)
         self.exception: BaseException | None = None
         self._index = 0
         self._ended = False

@@ -173,7 +173,7 @@ async def test_chunks_back_to_back_ring_a_feed_once_per_round(
     """The first chunk rings at once; those within the interval of it wait for one
     timer, which the end cancels (it rings every feed itself)."""
     monkeypatch.setattr(_fanout, "RING_INTERVAL", 60.0)  # no timer fires in this test
-    fanout = Fanout()
+    fanout = Fanout(asyncio.get_running_loop())
     feed = fanout.join("s", 1 << 20, 0, [])
     assert feed is not None
     fanout.push_chunk(0, "a")
@@ -192,7 +192,7 @@ async def test_chunks_back_to_back_ring_a_feed_once_per_round(
 
 
 async def test_a_round_waiting_for_its_timer_rings_when_it_fires() -> None:
-    fanout = Fanout()
+    fanout = Fanout(asyncio.get_running_loop())
     feed = fanout.join("s", 1 << 20, 0, [])
     assert feed is not None
     fanout.push_chunk(0, "a")
