@@ -34,10 +34,10 @@ from resumable_stream import (
     StreamStatus,
     create_resumable_stream_context,
 )
-from resumable_stream._types import Appended, Resync
+from resumable_stream._types import Appended, Ended, Resync
 from resumable_stream.backends._pubsub import PubSubHub
 from resumable_stream.backends.cluster import _ShardRouter
-from resumable_stream.backends.redis import _ServerRouter, decode_event
+from resumable_stream.backends.redis import RedisBackend, _ServerRouter, decode_event
 
 from .cluster_servers import PrivateCluster
 from .servers import RedisServer
@@ -680,8 +680,8 @@ async def test_full_redis_marks_a_stream_failed_even_with_nothing_stored(
 ) -> None:
     """``noeviction`` and Redis over its limit right after a stream was created: its
     first write is refused (OOM), retried for ``retry_window``, and the stream is then
-    marked failed with Redis' reason, though not one chunk could be stored (the end
-    is a script's first write only after a DEL, which Redis always allows). A follower
+    marked failed with Redis' reason, though not one chunk could be stored (an end
+    writes a PEXPIRE first, which Redis always allows, and then may grow). A follower
     gets `StreamFailed` saying why, not `ProducerLost` a lease later."""
     server = start(redis_factory, "--maxmemory", "64mb", "--maxmemory-policy", "noeviction")
     client = aioredis.Redis.from_url(server.url)
@@ -722,4 +722,47 @@ async def test_full_redis_marks_a_stream_failed_even_with_nothing_stored(
         await client.config_set("maxmemory", "64mb")
         await asyncio.wait_for(elsewhere.aclose(), STEP)
         await asyncio.wait_for(ctx.aclose(), STEP)
+        await client.aclose()
+
+
+@pytest.mark.timeout(30)
+async def test_a_full_redis_refuses_chunks_in_a_shared_call_as_alone(
+    redis_factory: list[RedisServer], key_prefix: str
+) -> None:
+    """Over ``maxmemory`` Redis refuses a script's commands that may grow memory only
+    until the script has written. One `write.lua` call carries many streams' writes,
+    so the writes that carry chunks go first: they are refused as each would be alone
+    (and retried), while a renewal and an end in the same call are stored, whatever
+    order they were asked in."""
+    server = start(redis_factory, "--maxmemory", "64mb", "--maxmemory-policy", "noeviction")
+    client = aioredis.Redis.from_url(server.url)
+    backend = RedisBackend(client, key_prefix=key_prefix)
+    common = {"ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    failed = Ended(StreamStatus.FAILED, 0, "persistence failed")
+    try:
+        for name in ("renewed", "ended", "chunks"):
+            assert await backend.claim(name, "tok", ttl=60, lease=5) is None
+        await backend.write("renewed", "tok", 0, [], end=None, **common)  # loads the script
+        used = (await client.info("memory"))["used_memory"]
+        await client.config_set("maxmemory", used // 2)  # full from now on
+        await client.execute_command("CONFIG", "RESETSTAT")
+        results = await asyncio.gather(
+            backend.write("renewed", "tok", 0, [], end=None, **common),
+            backend.write("ended", "tok", 0, [], end=failed, **common),
+            backend.write("chunks", "tok", 0, ["x" * 100], end=None, **common),
+            return_exceptions=True,
+        )
+        assert (await client.info("commandstats"))["cmdstat_evalsha"]["calls"] == 1
+        assert results[:2] == [False, False]
+        assert isinstance(results[2], BackendUnavailable), results[2]
+        assert "maxmemory" in str(results[2])
+        ended = await backend.snapshot("ended", 0, 0)
+        assert ended is not None
+        assert ended.status is StreamStatus.FAILED
+        chunks = await backend.snapshot("chunks", 0, 0)
+        assert chunks is not None
+        assert (chunks.status, chunks.length) == (StreamStatus.RUNNING, 0)
+    finally:
+        await client.config_set("maxmemory", "64mb")
+        await backend.aclose()
         await client.aclose()

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from resumable_stream import StreamOptions, create_resumable_stream_context
 from resumable_stream._keys import StreamKeys
+from resumable_stream._types import Appended, Ended, StreamStatus
 from resumable_stream.backends import StaleProducer
 from resumable_stream.backends.redis import RedisBackend
 
@@ -188,7 +190,7 @@ async def test_fast_producer_batches_its_writes(
     assert await read_all(replay) == text
 
 
-# --- Writes of every stream coalesced into pipelines (backends/redis.py _WriteBatcher) ---
+# --- Writes of every stream coalesced into pipelines (backends/redis.py `_Batcher`) ---
 
 
 class CountingConnection(aioredis.Connection):
@@ -282,7 +284,7 @@ async def test_idle_streams_renew_their_leases_in_one_call(
     await client.set(f"{key_prefix}:{{s2}}:meta", "gone")  # not a hash: refused
     assert await backend.request_stop("s3")
     await client.delete(f"{key_prefix}:{{s1}}:chunks")  # a stored chunk lost
-    assert await backend.write("s0", "token", 0, [], **common) is False  # loads renew.lua
+    assert await backend.write("s0", "token", 0, [], **common) is False
     await client.execute_command("CONFIG", "RESETSTAT")
     CountingConnection.sends = 0
     starts = {1: 1}
@@ -294,7 +296,9 @@ async def test_idle_streams_renew_their_leases_in_one_call(
     assert CountingConnection.sends == 1  # one pipeline
     assert stats["cmdstat_evalsha"]["calls"] == 1  # one script call for 300 streams
     assert isinstance(results[1], StaleProducer)  # its stored chunk is gone
-    assert isinstance(results[2], StaleProducer)  # its record is not ours to renew
+    # Its record is not a hash: refused as Redis refused the command, for s2 alone.
+    assert isinstance(results[2], ResponseError), results[2]
+    assert "WRONGTYPE" in str(results[2])
     assert results[3] is True  # renewed, and told to stop
     assert [r for n, r in enumerate(results) if n not in (1, 2, 3)] == [False] * (streams - 3)
     ttl = await client.pttl(f"{key_prefix}:{{s0}}:lease")
@@ -323,6 +327,59 @@ async def test_a_refused_write_in_a_pipeline_fails_only_its_own_stream(
         snap = await backend.snapshot(name, 0, 10)
         assert snap is not None
         assert snap.chunks == want
+    await backend.aclose()
+
+
+async def test_one_call_writes_many_streams_and_answers_each_on_its_own(
+    redis_client: aioredis.Redis, key_prefix: str
+) -> None:
+    """The writes of one pipeline are one `write.lua` call, whatever they are (chunks,
+    an end, a renewal) and however many are refused, each for its own reason: a write
+    that lands announces its chunks, a refused one stores and announces nothing, and
+    no refusal touches another stream."""
+    backend = RedisBackend(redis_client, key_prefix=key_prefix)
+    names = ("chunks", "ended", "renewed", "token", "start", "deleted", "wrongtype")
+    for name in names:
+        assert await backend.claim(name, "tok", ttl=60, lease=5) is None
+    assert await backend.delete("deleted", ttl=60)
+    await redis_client.set(StreamKeys(key_prefix, "wrongtype").chunks, "not a list")
+    feed = await backend.subscribe("chunks", max_buffered_bytes=1 << 20)
+    common = {"ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    done = Ended(StreamStatus.DONE, 2, None)
+    await backend.write("renewed", "tok", 0, [], end=None, **common)  # loads the script
+    await redis_client.execute_command("CONFIG", "RESETSTAT")
+    results = await asyncio.gather(
+        backend.write("chunks", "tok", 0, ["a", b"b"], end=None, **common),
+        backend.write("ended", "tok", 0, ["x", "y"], end=done, **common),
+        backend.write("renewed", "tok", 0, [], end=None, **common),
+        backend.write("token", "not-tok", 0, ["t"], end=None, **common),
+        backend.write("start", "tok", 3, ["s"], end=None, **common),
+        backend.write("deleted", "tok", 0, ["d"], end=None, **common),
+        backend.write("wrongtype", "tok", 0, ["w"], end=None, **common),
+        return_exceptions=True,
+    )
+    stats = await redis_client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert results[:3] == [False, False, False]
+    for n in (3, 4, 5):
+        assert isinstance(results[n], StaleProducer), results[n]
+    assert [r.deleted for r in results[3:6]] == [False, False, True]  # type: ignore[union-attr]
+    assert "write at 3" in str(results[4])
+    assert isinstance(results[6], ResponseError)
+    assert "WRONGTYPE" in str(results[6])
+    snaps = {name: await backend.snapshot(name, 0, 10) for name in names[:5]}
+    chunks, ended = snaps["chunks"], snaps["ended"]
+    assert chunks is not None
+    assert chunks.chunks == ["a", b"b"]
+    assert ended is not None
+    assert (ended.status, ended.chunks) == (StreamStatus.DONE, ["x", "y"])
+    for name in ("renewed", "token", "start"):
+        snap = snaps[name]
+        assert snap is not None
+        assert (snap.status, snap.length) == (StreamStatus.RUNNING, 0)
+    assert await feed.get(5) == Appended(0, ("a", b"b"))
+    assert feed.get_nowait() is None  # nothing else was announced on it
+    await feed.aclose()
     await backend.aclose()
 
 

@@ -146,7 +146,7 @@ async def test_tcp_and_rest_put_the_same_bytes_on_the_wire(
 async def test_a_write_with_no_lease_releases_it_on_every_wire(
     redis_client: aioredis.Redis, upstash_standin: UpstashStandin, key_prefix: str, lease: float
 ) -> None:
-    """A lease of 0 is a released claim on the TCP path (renew.lua, write.lua) and over
+    """A lease of 0 is a released claim on the TCP path (a renewal and a write alike) and over
     REST alike: the lease key is gone at once, the record stays running."""
     tcp = RedisBackend(redis_client, key_prefix=key_prefix)
     rest = UpstashBackend(upstash_standin.url, upstash_standin.token, key_prefix=key_prefix)
@@ -173,16 +173,32 @@ async def test_a_write_with_no_lease_releases_it_on_every_wire(
     [["a"], [b"\x00\xff", "x" * 40_000], ["é", "日本", b"", ""], [f"{i}," for i in range(300)]],
 )
 def test_a_packed_write_is_the_call_it_packs(chunks: list[Chunk]) -> None:
-    """`write_soon`'s pre-packed command is byte for byte the generic packing of the
-    same `write.lua` call, for a fresh stream and for one whose fixed parts are cached."""
+    """A pipeline's pre-packed `write.lua` command is byte for byte the generic packing
+    of the same call, for one stream and for several, with an end and without, for a
+    fresh stream and for one whose fixed parts are cached."""
     from resumable_stream.backends._wire import Wire, pack_call, scripts
 
-    head = scripts().write.head
+    script = scripts().write
+    failed = Ended(StreamStatus.FAILED, 0, "RuntimeError: é")
     for publish in ("PUBLISH", "SPUBLISH"):
         wire = Wire("p", publish=publish)
         k = StreamKeys("p", "id with spaces {x}")
+        other = StreamKeys("p", "other")
         for start in (0, 7, 123_456):
             for ttl, finished, lease in ((TTL, 5.0, LEASE), (1.5, 1.5, 0.0)):
-                call = wire.write_call(k, "tok", start, chunks, None, ttl, finished, lease)
-                packed = wire.write_packed(head, k, "tok", start, chunks, ttl, finished, lease)
-                assert packed == pack_call(head, call)
+                for end in (None, failed):
+                    call = wire.write_call(k, "tok", start, chunks, end, ttl, finished, lease)
+                    part = wire.write_part(k, "tok", start, chunks, end, ttl, finished, lease)
+                    assert wire.write_command(script, [part]) == pack_call(script.head, call)
+                    # Three streams in one call: every stream's keys, then every one's
+                    # arguments, in the same order.
+                    second = wire.write_call(other, "t2", 3, [], None, ttl, finished, lease)
+                    calls = [call, second, call]
+                    parts = [
+                        part, wire.write_part(other, "t2", 3, [], None, ttl, finished, lease),
+                        part,
+                    ]  # fmt: skip
+                    args = [key for c in calls for key in c[:3]] + [publish]
+                    args += [arg for c in calls for arg in c[4:]]
+                    expected = pack_call(script.head_for(9), args)
+                    assert wire.write_command(script, parts) == expected

@@ -12,7 +12,7 @@ their modules do. Everything else lives here:
 * each call's keys and arguments, in the order they follow ``EVALSHA <sha> <n>``
   (`Wire`), and the replies of ``claim.lua`` and ``snapshot.lua``;
 * the messages ``write.lua`` publishes (`APPEND`, `END`, `decode_event`);
-* what a refused write means (`write_error`), and a deletion (`Wire.delete_call`).
+* what a write's reply means (`write_outcome`), and a deletion (`Wire.delete_call`).
 
 No driver is imported here: the Upstash backend needs only httpx. A script that the
 server does not know answers an error starting with `NOSCRIPT`; each transport then
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any, NamedTuple
 
@@ -40,7 +40,9 @@ __all__ = [
     "NOSCRIPT",
     "Script",
     "Scripts",
+    "WRITE_FIXED",
     "Wire",
+    "WritePart",
     "decode_event",
     "lease_ms",
     "ms",
@@ -49,7 +51,7 @@ __all__ = [
     "scripts",
     "status_of",
     "stream_keys",
-    "write_error",
+    "write_outcome",
 ]
 
 # Message kinds, the first msgpack value of every message write.lua publishes.
@@ -91,13 +93,12 @@ class Script:
 
 
 class Scripts(NamedTuple):
-    """Every script a backend runs (``renew`` only by `RedisBackend`'s pipelines)."""
+    """Every script a backend runs."""
 
     claim: Script
     write: Script
     snapshot: Script
     stop: Script
-    renew: Script
     delete: Script
     deleted: Script
 
@@ -109,7 +110,7 @@ def scripts(*, rest: bool = False) -> Scripts:
     prelude = ""
     if rest:
         prelude = _lua("rest_args.lua")
-    names = ("claim", "write", "snapshot", "stop", "renew", "delete", "deleted")
+    names = ("claim", "write", "snapshot", "stop", "delete", "deleted")
     return Scripts(*(Script(f"{name}.lua", prelude) for name in names))
 
 
@@ -141,15 +142,25 @@ def _bulk(*values: str | bytes | int) -> bytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _write_parts(
-    publish: str, k: StreamKeys, token: str, ttl: int, finished_ttl: int, lease: int
-) -> tuple[bytes, tuple[bytes, bytes]]:
-    """The RESP of a write's arguments that do not change between a stream's writes:
-    those before the start index (keys, token), and those after it, around the
-    appended-message header (expiries, channel, an empty end; the publish command)."""
-    before = _bulk(k.meta, k.chunks, k.lease, token)
-    middle = _bulk(ttl, finished_ttl, lease, k.events, b"", b"", b"")
-    return before, (middle, _bulk(publish))
+def _write_fixed(
+    k: StreamKeys, token: str, ttl: int, finished_ttl: int, lease: int
+) -> tuple[bytes, bytes]:
+    """The RESP of what does not change between a stream's writes: its three keys, and
+    the first five of its arguments (token, expiries, channel)."""
+    return _bulk(k.meta, k.chunks, k.lease), _bulk(token, ttl, finished_ttl, lease, k.events)
+
+
+_NO_END = _bulk(b"", b"", b"")
+WRITE_FIXED = 11  # write.lua's arguments per stream before its chunks
+
+
+class WritePart(NamedTuple):
+    """One stream's part of a ``write.lua`` call, in RESP, ready to join others."""
+
+    keys: bytes  # its three keys
+    args: bytes  # its arguments
+    nargs: int  # how many arguments ``args`` holds
+    chunks: bool  # whether it carries chunks (these go first: see write.lua)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,11 +181,12 @@ class Wire:
         InvalidArgument: a bad ``key_prefix``.
     """
 
-    __slots__ = ("_live", "_pack", "key_prefix", "publish")
+    __slots__ = ("_live", "_pack", "_publish", "key_prefix", "publish")
 
     def __init__(self, key_prefix: str, *, publish: str = "PUBLISH") -> None:
         self.key_prefix = validate_prefix(key_prefix)
         self.publish = publish
+        self._publish = _bulk(publish)
         self._pack = msgpack.Packer().pack
         # Keys of the streams this process produces, made once: a write's other
         # arguments cost less than escaping the id again (`stream_keys` for the rest).
@@ -210,65 +222,74 @@ class Wire:
         finished_ttl: float,
         lease: float,
     ) -> list[Any]:
-        """``write.lua``'s three keys and its arguments (see the script's header).
+        """A ``write.lua`` call of one stream: its three keys and the arguments (see the
+        script's header); the reply holds one value, for `write_outcome`.
 
         Raises:
             UnicodeEncodeError: a str chunk holding a lone surrogate, which msgpack
                 cannot encode; nothing was sent.
         """
+        end_status, end_error, end_message = self._end(start + len(chunks), end)
         pack = self._pack
-        if end is None:
-            end_status = end_error = end_message = b""
-        else:
-            end_status = end.status.value.encode()
-            end_error = (end.error or "").encode()
-            end_message = (
-                END + pack(end.status.value) + pack(start + len(chunks)) + pack(end.error or "")
-            )
         args: list[Any] = [
-            k.meta, k.chunks, k.lease,
-            token, start, ms(ttl), ms(finished_ttl), lease_ms(lease), k.events,
-            end_status, end_error, end_message, APPEND + pack(start), self.publish,
+            k.meta, k.chunks, k.lease, self.publish,
+            token, ms(ttl), ms(finished_ttl), lease_ms(lease), k.events,
+            start, end_status, end_error, end_message, APPEND + pack(start), len(chunks),
         ]  # fmt: skip
         args.extend(pack(chunk) for chunk in chunks)
         return args
 
-    def write_packed(
+    def write_part(
         self,
-        head: bytes,
         k: StreamKeys,
         token: str,
         start: int,
         chunks: Sequence[Chunk],
+        end: Ended | None,
         ttl: float,
         finished_ttl: float,
         lease: float,
-    ) -> bytes:
-        """`write_call` (without an end) as one RESP command behind ``head`` (the
-        script's ``EVALSHA <sha> 3``), ready for a pipeline.
+    ) -> WritePart:
+        """`write_call` as one stream's part of a call of many (`write_command`).
 
-        The arguments that stay the same for a stream's every write are packed once
-        (`_write_parts`); per write only the start and the chunks are: a third of
-        `pack_call`'s cost for a write of one chunk.
+        What stays the same for a stream's every write is packed once
+        (`_write_fixed`); per write only the start, the end and the chunks are.
 
         Raises:
             UnicodeEncodeError: as `write_call`; nothing was sent.
         """
-        before, after = _write_parts(
-            self.publish, k, token, ms(ttl), ms(finished_ttl), lease_ms(lease)
-        )
+        keys, fixed = _write_fixed(k, token, ms(ttl), ms(finished_ttl), lease_ms(lease))
         pack = self._pack
         index = b"%d" % start
         header = APPEND + pack(start)
+        n = b"%d" % len(chunks)
         parts = [
-            b"*%d\r\n" % (17 + len(chunks)), head, before,
-            b"$%d\r\n%s\r\n" % (len(index), index), after[0],
-            b"$%d\r\n%s\r\n" % (len(header), header), after[1],
+            fixed, b"$%d\r\n%s\r\n" % (len(index), index),
+            _NO_END if end is None else _bulk(*self._end(start + len(chunks), end)),
+            b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(header), header, len(n), n),
         ]  # fmt: skip
         for chunk in chunks:
             value = pack(chunk)
             parts.append(b"$%d\r\n%s\r\n" % (len(value), value))
-        return b"".join(parts)
+        return WritePart(keys, b"".join(parts), WRITE_FIXED + len(chunks), bool(chunks))
+
+    def write_command(self, script: Script, parts: Sequence[WritePart]) -> bytes:
+        """One ``write.lua`` call of every stream in ``parts``, in their order, in RESP;
+        its reply holds a value per part, for `write_outcome`."""
+        count = 4 + 3 * len(parts) + sum(part.nargs for part in parts)  # + EVALSHA, sha, n, publish
+        out = [b"*%d\r\n" % count, script.head_for(3 * len(parts))]
+        out += [part.keys for part in parts]
+        out.append(self._publish)
+        out += [part.args for part in parts]
+        return b"".join(out)
+
+    def _end(self, length: int, end: Ended | None) -> tuple[bytes, bytes, bytes]:
+        """An end's three arguments: its status, its error text, and its message."""
+        if end is None:
+            return b"", b"", b""
+        pack = self._pack
+        message = END + pack(end.status.value) + pack(length) + pack(end.error or "")
+        return end.status.value.encode(), (end.error or "").encode(), message
 
     @staticmethod
     def snapshot_call(k: StreamKeys, start: int, limit: int) -> list[Any]:
@@ -366,14 +387,33 @@ def decode_event(data: bytes) -> Event:
     raise ValueError(f"unknown message kind {kind!r:.40}")
 
 
-def write_error(stream_id: str, exc: Exception) -> Exception:
-    """What a ``write.lua`` error reply means to the producer: `StaleProducer` for a
-    refusal (``STALE ...``: not its stream any more, or not at the stored length; with
-    ``deleted`` for ``STALE deleted``, a tombstone's), else ``exc`` itself, for the
-    transport to map."""
-    text = str(exc)
-    if text.startswith("STALE"):
-        return StaleProducer(
-            f"stream {stream_id!r}: {text}", deleted=text.startswith("STALE deleted")
-        )
-    return exc
+_REFUSALS = {
+    -1: "STALE not the producer of a running stream",
+    -2: "STALE write at {start}: the stored length differs",
+    -3: "STALE deleted: the stream was deleted",
+}
+
+
+def write_outcome(
+    stream_id: str, start: int, value: Any, refused: Callable[[str], Exception]
+) -> bool:
+    """One stream's value in a ``write.lua`` reply: True if a stop was requested.
+
+    Raises:
+        StaleProducer: refused (not its stream any more, or not at the stored length;
+            ``deleted`` for a tombstone's).
+        Exception: ``refused(text)``, for an error Redis answered one of the stream's
+            commands (the transport knows which of them a retry may fix).
+    """
+    if type(value) is int:
+        if value >= 0:
+            return value == 1
+        text = _REFUSALS.get(value)
+        if text is not None:
+            raise StaleProducer(
+                f"stream {stream_id!r}: {text.format(start=start)}", deleted=value == -3
+            )
+        raise ValueError(f"write.lua answered {value} for stream {stream_id!r}")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    raise refused(str(value))

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING
 
 # The guard comes first: ``_pubsub`` imports redis-py too.
 try:
-    from redis import exceptions as redis_errors
     from redis.asyncio.cluster import RedisCluster
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
@@ -45,8 +44,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._subscription import Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
 from ._pubsub import SHARDED, Dialect, PubSubHub
-from ._wire import Wire, decode_event, parse_snapshot, scripts, status_of
-from .redis import COMMAND_TIMEOUT, _Calls, _write_error, check_timeout
+from ._wire import Wire, decode_event, parse_snapshot, scripts, status_of, write_outcome
+from .redis import COMMAND_TIMEOUT, _Calls, _refused, check_timeout
 
 if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
@@ -170,14 +169,8 @@ class RedisClusterBackend:
         call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
         if end is not None:
             self._wire.ended(stream_id)
-        try:
-            _, stop = await self._call(self._scripts.write, call)
-        except redis_errors.ResponseError as exc:
-            error = _write_error(stream_id, exc)
-            if error is exc:
-                raise
-            raise error from exc
-        return bool(stop)
+        (value,) = await self._call(self._scripts.write, call)
+        return write_outcome(stream_id, start, value, _refused)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)

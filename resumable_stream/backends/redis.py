@@ -16,13 +16,15 @@ Design notes (and the measured facts that shaped them):
 * Commands are capped at half the client's pool size in flight: redis-py's asyncio
   pool raises ``MaxConnectionsError`` instead of waiting, and a burst of 200
   resumes would otherwise exhaust the default pool of 100.
-* Writes go through ``write.lua``, capped at ``max_batch_chunks`` values per call
+* Writes go through ``write.lua``, capped at ``max_batch_chunks`` values per stream
   because ``unpack`` in Lua fails near 8,000 values. On one server (or behind a
   Sentinel) the writes of every stream of the process are coalesced: whatever was
   asked while the previous batch was on the wire goes out as one pipeline, one round
-  trip, on one pooled connection (`_Batcher`; claims go the same way). A call through
-  redis-py's ``execute_command`` costs ~50 us of Python (the profile in benchmarks/README.md);
-  a pipelined script call a few. A batch is sent without redis-py's automatic retry:
+  trip, on one pooled connection (`_Batcher`; claims go the same way), and its writes
+  (chunks, ends, lease renewals) as one ``write.lua`` call of up to 1,000 streams, which
+  answers each stream on its own. A call through redis-py's ``execute_command`` costs
+  ~50 us of Python (the profile in benchmarks/README.md); a stream's part of a shared
+  call a few. A batch is sent without redis-py's automatic retry:
   a resent write could be applied twice, and the producer retries by itself, with
   its index check (``write.lua`` refuses a write that does not start at the stored
   length) telling it whether a lost reply's write landed.
@@ -60,6 +62,7 @@ from .._types import Chunk, Ended, Snapshot, StreamStatus
 try:
     import redis.asyncio as aioredis
     from redis import exceptions as redis_errors
+    from redis._parsers.base import BaseParser
     from redis.client import NEVER_DECODE
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -71,13 +74,12 @@ from ._redis_errors import unavailable
 from ._wire import (
     Script,
     Wire,
+    WritePart,
     decode_event,
-    lease_ms,
-    ms,
     parse_snapshot,
     scripts,
     status_of,
-    write_error,
+    write_outcome,
 )
 from ._wire import pack_call as _pack
 
@@ -178,15 +180,16 @@ class _Calls:
             raise
 
 
-# A script call: its RESP head, the script, its arguments, the caller's future, and for a
-# `write_soon` the stream's id (the future then gets the stop flag or `StaleProducer`:
-# no second future and callback per write).
-_Call = tuple[bytes, Script, "Sequence[Any] | bytes", "asyncio.Future[Any]", "str | None"]
-# A lease renewal: keys, token, stored length, ttl ms, lease ms, the caller's future.
-_Renewal = tuple[Sequence[str], str, int, int, int, "asyncio.Future[Any]"]
+# A script call: its RESP head, the script, its arguments (or the whole command packed
+# already) and the caller's future.
+_Call = tuple[bytes, Script, "Sequence[Any] | bytes", "asyncio.Future[Any]"]
+# One stream's write: its part of a write.lua call, its id and start, the caller's future.
+_Write = tuple[WritePart, str, int, "asyncio.Future[bool]"]
 
-_MAX_PIPELINE = 512  # script calls per pipeline: bounds one reply's size and latency
-_MAX_RENEWALS = 1000  # streams per renew.lua call
+_MAX_PIPELINE = 512  # claims per pipeline: bounds one reply's size and latency
+_MAX_STREAMS = 1000  # streams per write.lua call
+_MAX_CALL_BYTES = 1 << 20  # bytes per write.lua call; a larger write goes alone
+_MAX_PIPELINE_BYTES = 8 << 20  # writes per pipeline, by size; the rest take the next
 
 
 class _Batcher:
@@ -194,69 +197,68 @@ class _Batcher:
 
     A call made while a pipeline is on the wire waits for the next one, so the number
     of round trips follows the number of loop turns, not the number of streams; a
-    lone slow stream still gets its write sent at once (the next loop turn).
+    lone slow stream still gets its write sent at once (the next loop turn). The
+    writes of a pipeline (chunks, ends, lease renewals) go out as few ``write.lua``
+    calls of many streams each: one script run and one reply per call, not per stream.
     """
 
-    def __init__(self, client: aioredis.Redis, renew: Script, command_timeout: float) -> None:
+    def __init__(self, client: aioredis.Redis, wire: Wire, script: Script, timeout: float) -> None:
         # One connection at a time, outside the in-flight cap of the other commands
         # (which leaves half the pool free): a crowd of readers' snapshots must never
         # hold up the writes, whose lease renewals keep their streams alive.
         self._pool = client.connection_pool
         self._client = client
-        self._renew = renew
+        self._wire = wire
+        self._script = script
         self._queue: list[_Call] = []
-        self._renewals: list[_Renewal] = []
+        self._writes: list[_Write] = []
         self._sending: list[_Call] = []  # the pipeline on the wire
         self._task: asyncio.Task[None] | None = None
-        self._timeout = command_timeout
+        self._timeout = timeout
 
-    def submit(
-        self, script: Script, args: Sequence[Any] | bytes, write_of: str | None = None
-    ) -> asyncio.Future[Any]:
-        """Queue one call of a three-key ``script`` (keys, then arguments, or the whole
-        command packed already); the future gets its reply, or for ``write_of`` (a
-        stream id: a ``write.lua`` call) the reply's stop flag, a refusal as
-        `StaleProducer`."""
+    def submit(self, script: Script, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue one call of a three-key ``script`` (keys, then arguments); the future
+        gets its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((script.head, script, args, future, write_of))
+        self._queue.append((script.head, script, args, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return future
 
-    def renew(
-        self, keys: Sequence[str], token: str, stored: int, ttl: int, lease: int
-    ) -> asyncio.Future[Any]:
-        """Queue a lease renewal (a write of no chunks); renewals due together go out
-        as one ``renew.lua`` call (10,000 idle streams cost a few calls, not 10,000).
-        The future gets what ``write.lua`` would answer, or its STALE error."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._renewals.append((keys, token, stored, ttl, lease, future))
+    def write(self, part: WritePart, stream_id: str, start: int) -> asyncio.Future[bool]:
+        """Queue one stream's write; the future gets its stop flag, or what refused it
+        (`write_outcome`)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._writes.append((part, stream_id, start, future))
         if self._task is None:
             self._task = asyncio.create_task(self._run())
         return future
 
-    def _renewal_calls(self) -> list[_Call]:
-        """The queued renewals as ``renew.lua`` calls, by expiry settings, each call's
-        future fanning its reply out to the renewals' own."""
-        groups: dict[tuple[int, int], list[_Renewal]] = {}
-        for renewal in self._renewals:
-            if not renewal[5].done():
-                groups.setdefault((renewal[3], renewal[4]), []).append(renewal)
-        self._renewals.clear()
+    def _write_calls(self) -> list[_Call]:
+        """The queued writes as ``write.lua`` calls, up to ``_MAX_PIPELINE_BYTES``; each
+        call's future hands every stream its own value of the reply (`_hand_out`)."""
+        writes: list[_Write] = []
+        size = 0
+        taken = 0
+        for write in self._writes:
+            taken += 1
+            if write[3].done():
+                continue  # a cancelled caller
+            writes.append(write)
+            size += len(write[0].args)
+            if size >= _MAX_PIPELINE_BYTES:
+                break
+        del self._writes[:taken]
+        # Chunks first: under maxmemory they are refused, the rest is not (write.lua).
+        if any(not write[0].chunks for write in writes):
+            writes = [w for w in writes if w[0].chunks] + [w for w in writes if not w[0].chunks]
         calls: list[_Call] = []
         loop = asyncio.get_running_loop()
-        for (ttl, lease), group in groups.items():
-            for first in range(0, len(group), _MAX_RENEWALS):
-                part = group[first : first + _MAX_RENEWALS]
-                args: list[Any] = [key for renewal in part for key in renewal[0]]
-                args += [ttl, lease]
-                for renewal in part:
-                    args += [renewal[1], renewal[2]]
-                future: asyncio.Future[Any] = loop.create_future()
-                future.add_done_callback(functools.partial(_fan_out, renewals=part))
-                calls.append(
-                    (self._renew.head_for(3 * len(part)), self._renew, args, future, None)
-                )
+        for group in _groups(writes):
+            future: asyncio.Future[Any] = loop.create_future()
+            future.add_done_callback(functools.partial(_hand_out, writes=group))
+            packed = self._wire.write_command(self._script, [write[0] for write in group])
+            calls.append((self._script.head, self._script, packed, future))
         return calls
 
     async def aclose(self) -> None:
@@ -270,21 +272,21 @@ class _Batcher:
 
     async def _run(self) -> None:
         try:
-            while self._queue or self._renewals:
+            while self._queue or self._writes:
                 calls = self._queue[:_MAX_PIPELINE]
                 del self._queue[:_MAX_PIPELINE]
                 calls = [call for call in calls if not call[3].done()]  # cancelled callers
-                if self._renewals:
-                    calls += self._renewal_calls()
+                if self._writes:
+                    calls += self._write_calls()
                 if calls:
                     self._sending = calls
                     await self._send(calls)
                     self._sending = []
         except BaseException as exc:
             # Cancelled (aclose) or a bug: nobody may wait forever on a call, queued or
-            # on the wire (a renewal call's future fans the error out to its renewals).
-            futures = [call[3] for call in self._sending + self._queue]
-            futures += [r[5] for r in self._renewals]
+            # on the wire (a write call's future hands the error to its writes).
+            futures: list[asyncio.Future[Any]] = [call[3] for call in self._sending + self._queue]
+            futures += [write[3] for write in self._writes]
             error = "the backend was closed" if isinstance(exc, asyncio.CancelledError) else (
                 f"writes stopped: {exc!r}"
             )
@@ -293,7 +295,7 @@ class _Batcher:
                     future.set_exception(BackendUnavailable(error))
             self._sending = []
             self._queue.clear()
-            self._renewals.clear()
+            self._writes.clear()
             raise
         finally:
             self._task = None
@@ -338,19 +340,21 @@ class _Batcher:
                 if not call[3].done():
                     call[3].set_exception(error)
             return
-        for (_, _, _, future, write_of), reply in zip(calls, replies, strict=True):
+        for (_, _, _, future), reply in zip(calls, replies, strict=True):
             if future.done():
                 continue
             if isinstance(reply, Exception):
-                if write_of is not None and isinstance(reply, redis_errors.ResponseError):
-                    reply = _write_error(write_of, reply)
+                if unavailable(reply):
+                    error = BackendUnavailable(f"Redis unavailable: {describe(reply)}")
+                    error.__cause__ = reply
+                    reply = error
                 future.set_exception(reply)
             else:
-                future.set_result(reply if write_of is None else bool(reply[1]))
+                future.set_result(reply)
 
     async def _pipeline(self, calls: list[_Call]) -> list[Any]:
         """Send the calls back to back, then read every reply (an error reply is
-        returned in its place, so one refused write does not fail the others)."""
+        returned in its place, so one refused call does not fail the others)."""
         connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             packed = b"".join([
@@ -376,38 +380,55 @@ class _Batcher:
             await self._pool.release(connection)
 
 
-def _fan_out(reply: asyncio.Future[Any], renewals: list[_Renewal]) -> None:
-    """Hand each renewal its part of a ``renew.lua`` reply, in ``write.lua``'s terms."""
+def _groups(writes: list[_Write]) -> list[list[_Write]]:
+    """``writes`` cut into calls of at most ``_MAX_STREAMS`` streams and, past one
+    stream, ``_MAX_CALL_BYTES``: a script blocks the server while it runs."""
+    groups: list[list[_Write]] = []
+    group: list[_Write] = []
+    size = 0
+    for write in writes:
+        grown = size + len(write[0].args)
+        if group and (len(group) == _MAX_STREAMS or grown > _MAX_CALL_BYTES):
+            groups.append(group)
+            group, grown = [], len(write[0].args)
+        group.append(write)
+        size = grown
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _hand_out(reply: asyncio.Future[Any], writes: list[_Write]) -> None:
+    """Hand each write its value of a ``write.lua`` reply (or the call's error)."""
     error: BaseException | None = (
-        BackendUnavailable("renewal cancelled") if reply.cancelled() else reply.exception()
+        BackendUnavailable("the write was cancelled") if reply.cancelled() else reply.exception()
     )
-    for n, (_, _, stored, _, _, future) in enumerate(renewals):
+    values: list[Any] = []
+    if error is None:
+        values = reply.result()
+        if not isinstance(values, list) or len(values) != len(writes):
+            error = BackendUnavailable(f"write.lua answered {values!r:.80} for {len(writes)}")
+    for n, (_, stream_id, start, future) in enumerate(writes):
         if future.done():
             continue
         if error is not None:
             future.set_exception(error)
-        elif (code := reply.result()[n]) >= 0:
-            future.set_result([stored, code])
-        elif code == -1:
-            future.set_exception(
-                redis_errors.ResponseError("STALE not the producer of a running stream")
-            )
-        elif code == -3:
-            future.set_exception(
-                redis_errors.ResponseError("STALE deleted: the stream was deleted")
-            )
-        else:
-            future.set_exception(
-                redis_errors.ResponseError(f"STALE renewal at {stored}: stored length differs")
-            )
+            continue
+        try:
+            future.set_result(write_outcome(stream_id, start, values[n], _refused))
+        except Exception as exc:
+            future.set_exception(exc)
 
 
-def _write_error(stream_id: str, exc: redis_errors.ResponseError) -> Exception:
-    """What an error reply to ``write.lua`` means to the producer."""
-    error = write_error(stream_id, exc)
-    if error is exc and unavailable(exc):
-        return BackendUnavailable(f"Redis unavailable: {describe(exc)}")
-    return error
+def _refused(text: str) -> Exception:
+    """An error Redis answered one stream's command inside ``write.lua``, as redis-py
+    would raise it: a full Redis (``OOM``) is `BackendUnavailable`, retried a while."""
+    exc: Exception = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
+    if unavailable(exc):
+        error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 class _ServerRouter:
@@ -467,7 +488,7 @@ class RedisBackend:
         self._owned: aioredis.Redis | None = None
         self._scripts = scripts()
         # Claims, writes and renewals: pipelined, outside the in-flight cap.
-        self._batcher = _Batcher(client, self._scripts.renew, self._timeout)
+        self._batcher = _Batcher(client, self._wire, self._scripts.write, self._timeout)
         # Snapshots and stops: one by one, within the cap.
         max_connections = getattr(client.connection_pool, "max_connections", None)
         self._call = _Calls(client, max_connections=max_connections, timeout=self._timeout)
@@ -494,12 +515,7 @@ class RedisBackend:
     ) -> StreamStatus | None:
         k = self._wire.keys(stream_id)
         call = Wire.claim_call(k, token, ttl, lease, metadata)
-        try:
-            reply = await self._batcher.submit(self._scripts.claim, call)
-        except redis_errors.ResponseError as exc:
-            if unavailable(exc):
-                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-            raise
+        reply = await self._batcher.submit(self._scripts.claim, call)
         return self._wire.claimed(stream_id, k, reply)
 
     async def write(
@@ -514,24 +530,14 @@ class RedisBackend:
         finished_ttl: float,
         lease: float,
     ) -> bool:
-        k = self._wire.keys(stream_id)
-        try:
-            if not chunks and end is None:
-                keys = [k.meta, k.chunks, k.lease]
-                _, stop = await self._batcher.renew(keys, token, start, ms(ttl), lease_ms(lease))
-            else:
-                # First: a chunk msgpack cannot encode (a str with a lone surrogate)
-                # raises here, before anything was sent, as in `write_soon`.
-                call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
-                if end is not None:
-                    self._wire.ended(stream_id)
-                _, stop = await self._batcher.submit(self._scripts.write, call)
-        except redis_errors.ResponseError as exc:
-            error = _write_error(stream_id, exc)
-            if error is exc:
-                raise
-            raise error from exc
-        return bool(stop)
+        # First: a chunk msgpack cannot encode (a str with a lone surrogate) raises
+        # here, before anything was sent, as in `write_soon`.
+        part = self._wire.write_part(
+            self._wire.keys(stream_id), token, start, chunks, end, ttl, finished_ttl, lease
+        )
+        if end is not None:
+            self._wire.ended(stream_id)
+        return await self._batcher.write(part, stream_id, start)
 
     def write_soon(
         self,
@@ -549,12 +555,10 @@ class RedisBackend:
         `WritesSoon`); None for the end of a stream (`write` forgets its keys)."""
         if end is not None:
             return None
-        script = self._scripts.write
-        packed = self._wire.write_packed(
-            script.head, self._wire.keys(stream_id), token, start, chunks, ttl, finished_ttl,
-            lease,
+        part = self._wire.write_part(
+            self._wire.keys(stream_id), token, start, chunks, None, ttl, finished_ttl, lease
         )
-        return self._batcher.submit(script, packed, write_of=stream_id)
+        return self._batcher.write(part, stream_id, start)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)

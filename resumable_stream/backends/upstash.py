@@ -63,7 +63,7 @@ from .._exceptions import BackendUnavailable, InvalidArgument, ResumableStreamEr
 from .._keys import StreamKeys
 from .._subscription import RESYNC, Subscription
 from .._types import Chunk, Ended, Snapshot, StreamStatus
-from ._wire import NOSCRIPT, Script, Wire, parse_snapshot, scripts, status_of, write_error
+from ._wire import NOSCRIPT, Script, Wire, parse_snapshot, scripts, status_of, write_outcome
 
 try:
     import httpx
@@ -116,6 +116,15 @@ def _unavailable_text(text: str) -> bool:
     requests limit exceeded``, daily or concurrency limits) and, as for the Redis
     backend, ``NOREPLICAS``."""
     return text.startswith("NOREPLICAS") or "limit exceeded" in text.lower()
+
+
+def _refused(text: str) -> Exception:
+    """An error a command of one stream's write answered inside ``write.lua``."""
+    if _unavailable_text(text):
+        return UpstashUnavailable(
+            f"Upstash cannot serve the command: {text}", status_code=400, error=text
+        )
+    return _CommandError(text)
 
 
 def _arg(value: bytes | str | int) -> str:
@@ -406,14 +415,8 @@ class UpstashBackend:
         call = self._wire.write_call(k, token, start, chunks, end, ttl, finished_ttl, lease)
         if end is not None:
             self._wire.ended(stream_id)
-        try:
-            _, stop = await self._run(self._scripts.write, call)
-        except _CommandError as exc:
-            error = write_error(stream_id, exc)
-            if error is exc:
-                raise
-            raise error from exc
-        return bool(stop)
+        (value,) = await self._run(self._scripts.write, call)
+        return write_outcome(stream_id, start, value, _refused)
 
     async def snapshot(self, stream_id: str, start: int, limit: int) -> Snapshot | None:
         call = Wire.snapshot_call(self._wire.keys(stream_id), start, limit)
