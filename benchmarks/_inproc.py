@@ -188,37 +188,56 @@ async def _raw_batched_stream(
         await client.pexpire(key, int(TTL * 1000))
 
 
-async def _handed_over(src: AsyncIterator[str], got: list[tuple[int, str | bytes, int]]) -> None:
-    """Read ``src`` through a producer task, the way a resumable stream must."""
-    loop = asyncio.get_running_loop()
-    queue: deque[str | None] = deque()
-    waiter: list[asyncio.Future[None] | None] = [None]
+class _Handoff:
+    """One reader's side of `_handed_over`: a deque and the future its reader waits on."""
 
-    def wake() -> None:
-        future = waiter[0]
+    __slots__ = ("queue", "waiter")
+
+    def __init__(self) -> None:
+        self.queue: deque[str | None] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def put(self, chunk: str | None) -> None:
+        self.queue.append(chunk)
+        future = self.waiter
         if future is not None and not future.done():
             future.set_result(None)
 
+    async def read(self, got: list[tuple[int, str | bytes, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        index = 0
+        while True:
+            while not self.queue:
+                self.waiter = loop.create_future()
+                await self.waiter
+                self.waiter = None
+            chunk = self.queue.popleft()
+            if chunk is None:
+                return
+            got.append((index, chunk, now()))
+            index += 1
+
+
+async def _handed_over(
+    src: AsyncIterator[str],
+    got: list[tuple[int, str | bytes, int]],
+    *followers: list[tuple[int, str | bytes, int]],
+) -> None:
+    """Read ``src`` through a producer task, the way a resumable stream must; each of
+    ``followers`` reads the same chunks in a task of its own, fed by that producer."""
+    feeds = [_Handoff() for _ in range(1 + len(followers))]
+
     async def produce() -> None:
         async for chunk in src:
-            queue.append(chunk)
-            wake()
-        queue.append(None)
-        wake()
+            for feed in feeds:
+                feed.put(chunk)
+        for feed in feeds:
+            feed.put(None)
 
     task = asyncio.create_task(produce())
-    index = 0
-    while True:
-        while not queue:
-            waiter[0] = loop.create_future()
-            await waiter[0]
-            waiter[0] = None
-        chunk = queue.popleft()
-        if chunk is None:
-            break
-        got.append((index, chunk, now()))
-        index += 1
-    await task
+    others = [asyncio.create_task(f.read(g)) for f, g in zip(feeds[1:], followers, strict=True)]
+    await feeds[0].read(got)
+    await asyncio.gather(task, *others)
 
 
 async def w1(spec: dict[str, Any]) -> dict[str, Any]:
@@ -544,10 +563,10 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
     producer = follower = None
     client: Any = None
     pipes = [0]
-    with_followers = impl in ("ours", "ours_context")
+    with_followers = impl in ("ours", "ours_context", "plain_task")
     shared = impl == "ours_context"
     try:
-        if with_followers:
+        if impl in ("ours", "ours_context"):
             producer = Side("ours", url, prefix)
             follower = producer if shared else Side("ours", url, prefix)
             await warm_up(producer, streams, prefix)
@@ -573,6 +592,15 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
                 async for chunk in source(s, chunks, size, stamps[s], delay=delay):
                     got[s].append((index, chunk, now()))
                     index += 1
+
+        elif impl == "plain_task":
+            # The floor for any design whose producer outlives its readers and feeds a
+            # follower: the source in a task of its own, the original reader and one
+            # follower in theirs, fed through a deque each; nothing stored.
+
+            async def one(s: int) -> None:
+                src = source(s, chunks, size, stamps[s], delay=delay)
+                await _handed_over(src, got[s], fgot[s])
 
         elif impl == "raw":
             client = raw_client(url)
@@ -616,7 +644,7 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
         result["follower_lag_ms"] = percentiles(
             [t - stamps[s][i] for s in range(streams) for i, _, t in fgot[s]] if ok else []
         )
-    if impl != "plain":
+    if impl not in ("plain", "plain_task"):
         report = probe.report(total, producer_trips + follower_trips)
         report["producer_round_trips_per_chunk"] = producer_trips / total
         report["follower_round_trips_per_chunk"] = follower_trips / total

@@ -163,7 +163,7 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
                 add("w4", "python", repeat, workload="w4", impl=variant, variant=variant,
                     clients=clients, events=events, requests=requests)
     # W5: slow producer.
-    for impl in ("plain", "ours", "ours_context", "raw"):
+    for impl in ("plain", "plain_task", "ours", "ours_context", "raw"):
         add("w5", "python", workload="w5", impl=impl, streams=sizes.w5_streams,
             chunks=sizes.w5_chunks, chunk_bytes=32, delay=0.02)
     # Memory.

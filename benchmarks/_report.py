@@ -141,6 +141,9 @@ def summarize(records: list[Record]) -> dict[str, Any]:
         "cpu per chunk ours_context/plain": ratio(
             w5.get("ours_context", {}).get("cpu_us_per_chunk"), plain.get("cpu_us_per_chunk")
         ),
+        "cpu per chunk plain_task/plain": ratio(
+            w5.get("plain_task", {}).get("cpu_us_per_chunk"), plain.get("cpu_us_per_chunk")
+        ),
     }
     s["w5"] = w5
     # Durable Streams: one step, summarised by benchmarks/durable.py itself.
@@ -298,6 +301,12 @@ def table(summary: dict[str, Any]) -> str:
         rows.append(("W5 follower lag p50 / p99",
                      f"{_fmt(ours.get('follower_lag_ms.p50'), 'ms')} / "
                      f"{_fmt(ours.get('follower_lag_ms.p99'), 'ms')}", "", "", "", "", "", ""))
+        floor = w5.get("plain_task", {})
+        if floor:
+            rows.append(("W5 process CPU us/chunk, plain with a producer task and a follower "
+                         "task (nothing stored)", "", "", _fmt(floor.get("cpu_us_per_chunk")),
+                         "", "", _fmt(w5["ratios"].get("cpu per chunk plain_task/plain"), "x"),
+                         ""))
         here = w5.get("ours_context", {})
         if here:
             rows.append(("W5 process CPU us/chunk, follower in the producer's context",
