@@ -8,7 +8,9 @@ stops it. Variants (``spec["variant"]``), all serving the same SSE generator on
 * ``plain``: Starlette's ``StreamingResponse``, no resumability (the ceiling);
 * ``middleware``: the same endpoint wrapped by ``ResumableStreamMiddleware``, which
   also serves ``GET /resume/{stream_id}``;
-* ``explicit``: ``ResumableStreamResponse`` returned by the endpoint.
+* ``explicit``: ``ResumableStreamResponse`` returned by the endpoint;
+* ``plain_stored``: ``plain``, each event also stored behind in Redis by one writer
+  for every stream (`SharedWriter`): the floor of storing with redis-py at all.
 
 ``POST /hold?n=<events>`` (every variant with a context) starts a stream of ``n``
 events that then stays running, answers with its id once they are all stored, and
@@ -47,11 +49,15 @@ def build(spec: dict[str, Any]) -> Any:
     from resumable_stream._http import http_metadata
     from resumable_stream.asgi import ResumableStreamMiddleware, ResumableStreamResponse
 
-    from ._common import now
+    from ._common import SharedWriter, now
 
     variant = spec["variant"]
     ctx = None
-    if variant != "plain":
+    stored: list[SharedWriter] = []  # made in the server's loop, at the first request
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    if variant == "plain_stored":
+        raw = aioredis.Redis.from_url(spec["url"], socket_connect_timeout=5)
+    elif variant != "plain":
         client = aioredis.Redis.from_url(spec["url"], socket_connect_timeout=5)
         ctx = create_resumable_stream_context(
             client,
@@ -68,6 +74,17 @@ def build(spec: dict[str, Any]) -> Any:
                 await asyncio.sleep(0)
             yield event(client, index, now())
 
+    async def stored_events(client: str, n: int) -> Any:
+        if not stored:
+            stored.append(SharedWriter(raw, asyncio.Semaphore(50), [0]))
+        add, key = stored[0].add, f"{prefix}:raw:{client}"
+        for index in range(n):
+            if index:
+                await asyncio.sleep(0)
+            data = event(client, index, now())
+            yield data
+            add(key, data)
+
     async def stream(request: Request) -> Response:
         n = int(request.query_params.get("n", "1000"))
         client = request.query_params.get("c", "0")
@@ -75,6 +92,9 @@ def build(spec: dict[str, Any]) -> Any:
             return ResumableStreamResponse(  # type: ignore[return-value]
                 events(client, n), context=ctx, media_type="text/event-stream"
             )
+        if variant == "plain_stored":
+            body = stored_events(client, n)
+            return StreamingResponse(body, media_type="text/event-stream")
         return StreamingResponse(events(client, n), media_type="text/event-stream")
 
     async def hold(request: Request) -> Response:

@@ -241,7 +241,7 @@ async def w4(spec: dict[str, Any]) -> dict[str, Any]:
     variant, clients, n, requests = spec["variant"], spec["clients"], spec["events"], spec[
         "requests"
     ]
-    resumable = variant != "plain"
+    resumable = variant not in ("plain", "plain_stored")
     probe = RedisProbe(spec["url"])
     async with Server({"variant": variant, "url": spec["url"]}) as server:
         # Warm up: connections to Redis, scripts, the server's code paths.

@@ -34,6 +34,7 @@ from resumable_stream._types import IndexedChunk
 from ._common import (
     Meter,
     RedisProbe,
+    SharedWriter,
     counting_client,
     expected,
     lags,
@@ -51,7 +52,7 @@ OPTIONS = StreamOptions(finished_ttl=60.0)
 # default 5 s lease: the renewals of 10,000 leases (every lease / 3) ride on a 50 ms
 # clock, together, in a few pipelines (before, one round trip each let leases lapse).
 IDLE_OPTIONS = StreamOptions(finished_ttl=60.0)
-PY_IMPLS = ("ours", "ours_memory", "plain", "raw", "raw_batched")
+PY_IMPLS = ("ours", "ours_memory", "plain", "plain_task", "raw", "raw_batched", "raw_shared")
 
 
 class Side:
@@ -222,15 +223,19 @@ async def _handed_over(
     src: AsyncIterator[str],
     got: list[tuple[int, str | bytes, int]],
     *followers: list[tuple[int, str | bytes, int]],
+    store: Callable[[str], None] | None = None,
 ) -> None:
     """Read ``src`` through a producer task, the way a resumable stream must; each of
-    ``followers`` reads the same chunks in a task of its own, fed by that producer."""
+    ``followers`` reads the same chunks in a task of its own, fed by that producer;
+    ``store`` gets each chunk after them."""
     feeds = [_Handoff() for _ in range(1 + len(followers))]
 
     async def produce() -> None:
         async for chunk in src:
             for feed in feeds:
                 feed.put(chunk)
+            if store is not None:
+                store(chunk)
         for feed in feeds:
             feed.put(None)
 
@@ -251,6 +256,7 @@ async def w1(spec: dict[str, Any]) -> dict[str, Any]:
     probe = RedisProbe(url)
     side: Side | None = None
     client: Any = None
+    shared_writer: SharedWriter | None = None
     pipes = [0]
     try:
         if impl in ("ours", "ours_memory"):
@@ -280,6 +286,17 @@ async def w1(spec: dict[str, Any]) -> dict[str, Any]:
             async def one(s: int) -> None:
                 await _handed_over(source(s, chunks, size, stamps[s]), got[s])
 
+        elif impl == "raw_shared":
+            # plain_task, and every chunk stored behind by one writer for all streams:
+            # the floor of storing with redis-py at all (`SharedWriter`).
+            client = raw_client(url)
+            await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
+            shared_writer = SharedWriter(client, client.slots, pipes, TTL)
+
+            async def one(s: int) -> None:
+                store = partial(shared_writer.add, f"{prefix}:raw:{s}")  # type: ignore[union-attr]
+                await _handed_over(source(s, chunks, size, stamps[s]), got[s], store=store)
+
         elif impl in ("raw", "raw_batched"):
             client = raw_client(url)
             await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
@@ -295,6 +312,8 @@ async def w1(spec: dict[str, Any]) -> dict[str, Any]:
         await probe.start()
         with Meter() as meter:
             await asyncio.gather(*(one(s) for s in range(streams)))
+            if shared_writer is not None:
+                await shared_writer.aclose()  # the last round is stored, and counted
         await probe.stop()
         sent = (side.sent - sent_before) if side is not None else pipes[0]
         stored_ok = None
@@ -463,8 +482,46 @@ async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) ->
 # -- W3: resume ------------------------------------------------------------------------------
 
 
+async def _w3_plain(spec: dict[str, Any]) -> dict[str, Any]:
+    """W3's floor: the same resumes of chunks this process holds in a list already,
+    handed out one by one by an async generator to the same loop. What giving 10,000
+    chunks to Python code costs before any storage (the npm original hands a resume
+    its text as one chunk)."""
+    stored, size = spec["stored"], spec["chunk_bytes"]
+    want = expected(0, stored, size)
+
+    async def chunks() -> AsyncIterator[tuple[int, str]]:
+        for index, chunk in enumerate(want):
+            yield index, chunk
+
+    async def resume_once() -> tuple[int, int, bool]:
+        started = now()
+        await asyncio.sleep(0)  # a resume waits for something: one loop turn at least
+        got: list[tuple[int, str | bytes, int]] = []
+        async for index, chunk in chunks():
+            got.append((index, chunk, now()))
+            if len(got) == stored:
+                break
+        return got[0][2] - started, got[-1][2] - started, exact(got, want)
+
+    with Meter() as meter:
+        single = [await resume_once() for _ in range(spec["singles"])]
+        bursts = await asyncio.gather(*(resume_once() for _ in range(spec["burst"])))
+    resumes = spec["singles"] + spec["burst"]
+    return {
+        **throughput(resumes * stored, resumes * stored * size, meter),
+        "exact": all(r[2] for r in single + bursts),
+        "ttfb_ms": percentiles([r[0] for r in single]),
+        "catch_up_ms": percentiles([r[1] for r in single]),
+        "burst_ttfb_ms": percentiles([r[0] for r in bursts]),
+        "burst_catch_up_ms": percentiles([r[1] for r in bursts]),
+    }
+
+
 async def w3(spec: dict[str, Any]) -> dict[str, Any]:
     """Time to first chunk of a resume of a running stream with ``stored`` chunks."""
+    if spec["impl"] == "plain":
+        return await _w3_plain(spec)
     impl, url = spec["impl"], spec["url"]
     stored, size = spec["stored"], spec["chunk_bytes"]
     singles, burst = spec["singles"], spec["burst"]
@@ -563,8 +620,9 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
     producer = follower = None
     client: Any = None
     pipes = [0]
-    with_followers = impl in ("ours", "ours_context", "plain_task")
+    with_followers = impl in ("ours", "ours_context", "plain_task", "raw_shared")
     shared = impl == "ours_context"
+    shared_writer: SharedWriter | None = None
     try:
         if impl in ("ours", "ours_context"):
             producer = Side("ours", url, prefix)
@@ -602,6 +660,18 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
                 src = source(s, chunks, size, stamps[s], delay=delay)
                 await _handed_over(src, got[s], fgot[s])
 
+        elif impl == "raw_shared":
+            # plain_task, and every chunk stored behind by one writer for all streams:
+            # the floor of storing with redis-py at all (`SharedWriter`).
+            client = raw_client(url)
+            await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
+            shared_writer = SharedWriter(client, client.slots, pipes, TTL)
+
+            async def one(s: int) -> None:
+                src = source(s, chunks, size, stamps[s], delay=delay)
+                store = partial(shared_writer.add, f"{prefix}:raw:{s}")  # type: ignore[union-attr]
+                await _handed_over(src, got[s], fgot[s], store=store)
+
         elif impl == "raw":
             client = raw_client(url)
             await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
@@ -616,6 +686,8 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
         await probe.start()
         with Meter() as meter:
             await asyncio.gather(*(one(s) for s in range(streams)))
+            if shared_writer is not None:
+                await shared_writer.aclose()  # the last round is stored, and counted
         await probe.stop()
         if producer is not None and follower is not None:
             producer_trips = producer.sent - before[0]

@@ -127,7 +127,7 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
     for streams in sizes.w1_streams:
         repeats = sizes.w1_big_repeats if streams >= 1000 else sizes.w1_repeats
         for repeat in range(repeats):
-            impls = ["plain", "plain_task", "ours", "ours_memory", "raw_batched"]
+            impls = ["plain", "plain_task", "raw_shared", "ours", "ours_memory", "raw_batched"]
             if streams <= sizes.w1_raw_max_streams:
                 impls.append("raw")
             for impl in impls:
@@ -150,6 +150,7 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
     # W3: resume, in process (ours, npm) and through HTTP (ours).
     w3 = {"stored": sizes.w3_stored, "chunk_bytes": 32, "burst": sizes.w3_burst}
     add("w3", "python", workload="w3", impl="ours", singles=sizes.w3_singles, **w3)
+    add("w3", "python", workload="w3", impl="plain", singles=sizes.w3_singles, **w3)
     if node:
         add("w3", "node", workload="w3", impl="npm", singles=sizes.w3_singles, **w3)
     add("w3", "python", workload="w3_http", impl="ours_http", stored=sizes.w3_stored,
@@ -159,11 +160,11 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
         for clients in sizes.w4_clients:
             events = sizes.w4_events_one if clients == 1 else sizes.w4_events_many
             requests = sizes.w4_requests_one if clients == 1 else 1
-            for variant in ("plain", "middleware", "explicit"):
+            for variant in ("plain", "plain_stored", "middleware", "explicit"):
                 add("w4", "python", repeat, workload="w4", impl=variant, variant=variant,
                     clients=clients, events=events, requests=requests)
     # W5: slow producer.
-    for impl in ("plain", "plain_task", "ours", "ours_context", "raw"):
+    for impl in ("plain", "plain_task", "raw_shared", "ours", "ours_context", "raw"):
         add("w5", "python", workload="w5", impl=impl, streams=sizes.w5_streams,
             chunks=sizes.w5_chunks, chunk_bytes=32, delay=0.02)
     # Memory.

@@ -48,7 +48,7 @@ MEASURES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-_OURS = ("ours", "middleware", "explicit")  # the impls that run with both libraries
+_OURS = ("ours", "ours_context", "middleware", "explicit")  # run with both libraries
 
 
 def _get(result: dict[str, Any], path: str) -> float | None:

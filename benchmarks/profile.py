@@ -237,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("workload", choices=("w1", "w2", "w3", "w4", "w5"))
     parser.add_argument("--impl", default="ours",
-                        choices=("ours", "ours_memory", "ours_context", "plain", "plain_task"))
+                        choices=("ours", "ours_memory", "ours_context", "plain", "plain_task",
+                                 "raw_shared"))
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--mode", default="same", choices=("same", "context"),
                         help="w2: followers on a context of their own, or the producer's")
