@@ -513,6 +513,74 @@ async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
             await producer_client.aclose()
 
 
+@pytest.mark.timeout(90)
+async def test_random_cuts_of_shared_write_calls_lose_and_double_nothing(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """Twenty streams in step write through shared `write.lua` calls (each call carries
+    many streams' writes), on a slow link whose connections are cut at random: a cut
+    with a call on the wire loses the reply of every stream in it at once, some of
+    them applied. Each stream retries on its own and finds out whether its write
+    landed; every stream then reads whole, from the start, and ends done."""
+    import random
+
+    rng = random.Random(29)
+    async with FaultProxy(redis_server.port, latency=jitter(5, 0.005, 0.03)) as proxy:
+        options = StreamOptions(lease=2.0, poll_interval=0.5, shutdown_grace=5.0)
+        client = aioredis.Redis(host="127.0.0.1", port=proxy.port)
+        direct = aioredis.Redis(port=redis_server.port)
+        ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
+        streams, total, pace = 20, 250, 0.004
+        expected: list[Chunk] = [text(i) for i in range(total)]
+        cuts = 0
+
+        async def cutter(stop: asyncio.Event) -> None:
+            nonlocal cuts
+            while not stop.is_set():
+                await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault schedule
+                victims = proxy.open()
+                if victims:
+                    chosen = rng.choice(victims)
+                    cuts += proxy.cut(lambda c, chosen=chosen: c is chosen)
+
+        try:
+            await direct.execute_command("CONFIG", "RESETSTAT")
+            originals = [Reading() for _ in range(streams)]
+            readings = [
+                asyncio.create_task(
+                    reading.run(
+                        await ctx.create_new_resumable_stream(
+                            f"s{n}", lambda: paced(total, pace)
+                        )
+                    )
+                )
+                for n, reading in enumerate(originals)
+            ]
+            stop = asyncio.Event()
+            cutting = asyncio.create_task(cutter(stop))
+            await asyncio.wait_for(asyncio.gather(*readings), STEP * 4)
+            stop.set()
+            await cutting
+            stats = await direct.info("commandstats")
+            figure(
+                "random cuts of shared write calls", cuts=cuts,
+                scripts=stats["cmdstat_evalsha"]["calls"], appends=stats["cmdstat_rpush"]["calls"],
+            )
+            assert cuts >= 5
+            # Shared calls: one write.lua call per stream's write (and a claim each)
+            # would run more scripts than appends (one per write of chunks).
+            assert stats["cmdstat_evalsha"]["calls"] < stats["cmdstat_rpush"]["calls"]
+            for n, original in enumerate(originals):
+                assert original.whole(expected), (n, len(original.got), original.error)
+                late = await Reading().run(await ctx.resume_existing_stream(f"s{n}", after=-1))
+                assert late.whole(expected), (n, len(late.got), late.error)
+                assert await ctx.get_status(f"s{n}") is StreamStatus.DONE
+        finally:
+            await asyncio.wait_for(ctx.aclose(), STEP)
+            await client.aclose()
+            await direct.aclose()
+
+
 # -- real memory pressure: maxmemory and each eviction policy ------------------------------
 
 TYPED = (StreamFailed, StreamNotFound, ProducerLost, BackendUnavailable)
