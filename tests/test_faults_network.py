@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -446,6 +447,19 @@ async def test_delayed_link_with_pubsub_cuts_loses_and_doubles_nothing(
             await direct.aclose()
 
 
+async def cut_at_random(proxy: FaultProxy, rng: random.Random, stop: asyncio.Event) -> int:
+    """Cut one of the proxy's open connections (RST) every 50-250 ms, chosen by ``rng``
+    (seeded: a failing run can be replayed), until ``stop``; how many were cut."""
+    cuts = 0
+    while not stop.is_set():
+        await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault schedule
+        victims = proxy.open()
+        if victims:
+            chosen = rng.choice(victims)
+            cuts += proxy.cut(lambda c, chosen=chosen: c is chosen)
+    return cuts
+
+
 @pytest.mark.timeout(60)
 async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
     redis_server: RedisServer, key_prefix: str
@@ -455,8 +469,6 @@ async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
     a write whose reply is lost is retried (redis-py resends it; the index fences it),
     readers re-subscribe and re-read, and every reader gets exactly the stream's text.
     The schedule of cuts is seeded, so a failing run can be replayed."""
-    import random
-
     rng = random.Random(23)
     async with FaultProxy(redis_server.port, latency=jitter(5, 0.005, 0.03)) as proxy:
         options = StreamOptions(lease=2.0, poll_interval=0.5, shutdown_grace=5.0)
@@ -470,16 +482,6 @@ async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
         )
         total, pace = 600, 0.004
         expected: list[Chunk] = [text(i) for i in range(total)]
-        cuts = 0
-
-        async def cutter(stop: asyncio.Event) -> None:
-            nonlocal cuts
-            while not stop.is_set():
-                await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault schedule
-                victims = proxy.open()
-                if victims:
-                    chosen = rng.choice(victims)
-                    cuts += proxy.cut(lambda c, chosen=chosen: c is chosen)
 
         try:
             original = Reading(mark_at=total // 10)
@@ -494,10 +496,10 @@ async def test_random_cuts_of_every_redis_connection_lose_and_double_nothing(
             ]
             await asyncio.wait_for(original.mark.wait(), STEP)
             stop = asyncio.Event()
-            cutting = asyncio.create_task(cutter(stop))
+            cutting = asyncio.create_task(cut_at_random(proxy, rng, stop))
             await asyncio.wait_for(reading, STEP * 2)
             stop.set()
-            await cutting
+            cuts = await cutting
             await asyncio.wait_for(asyncio.gather(*following), STEP * 2)
             late = await Reading().run(await follower_ctx.resume_existing_stream("s", after=-1))
             figure("random cuts of every connection", cuts=cuts, connections=len(proxy.opened))
@@ -522,8 +524,6 @@ async def test_random_cuts_of_shared_write_calls_lose_and_double_nothing(
     with a call on the wire loses the reply of every stream in it at once, some of
     them applied. Each stream retries on its own and finds out whether its write
     landed; every stream then reads whole, from the start, and ends done."""
-    import random
-
     rng = random.Random(29)
     async with FaultProxy(redis_server.port, latency=jitter(5, 0.005, 0.03)) as proxy:
         options = StreamOptions(lease=2.0, poll_interval=0.5, shutdown_grace=5.0)
@@ -532,16 +532,6 @@ async def test_random_cuts_of_shared_write_calls_lose_and_double_nothing(
         ctx = create_resumable_stream_context(client, key_prefix=key_prefix, options=options)
         streams, total, pace = 20, 250, 0.004
         expected: list[Chunk] = [text(i) for i in range(total)]
-        cuts = 0
-
-        async def cutter(stop: asyncio.Event) -> None:
-            nonlocal cuts
-            while not stop.is_set():
-                await asyncio.sleep(rng.uniform(0.05, 0.25))  # the fault schedule
-                victims = proxy.open()
-                if victims:
-                    chosen = rng.choice(victims)
-                    cuts += proxy.cut(lambda c, chosen=chosen: c is chosen)
 
         try:
             await direct.execute_command("CONFIG", "RESETSTAT")
@@ -557,10 +547,10 @@ async def test_random_cuts_of_shared_write_calls_lose_and_double_nothing(
                 for n, reading in enumerate(originals)
             ]
             stop = asyncio.Event()
-            cutting = asyncio.create_task(cutter(stop))
+            cutting = asyncio.create_task(cut_at_random(proxy, rng, stop))
             await asyncio.wait_for(asyncio.gather(*readings), STEP * 4)
             stop.set()
-            await cutting
+            cuts = await cutting
             stats = await direct.info("commandstats")
             figure(
                 "random cuts of shared write calls", cuts=cuts,
