@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from resumable_stream import Chunk, StreamStatus
 from resumable_stream._keys import StreamKeys
-from resumable_stream.backends import Backend, Ended, WritesSoon
+from resumable_stream.backends import Backend, Ended, StaleProducer, WritesSoon
 from resumable_stream.backends._wire import lease_ms, ms
 from resumable_stream.backends.cluster import RedisClusterBackend
 from resumable_stream.backends.redis import RedisBackend
@@ -202,3 +202,27 @@ def test_a_packed_write_is_the_call_it_packs(chunks: list[Chunk]) -> None:
                     args += [arg for c in calls for arg in c[4:]]
                     expected = pack_call(script.head_for(9), args)
                     assert wire.write_command(script, parts) == expected
+
+
+def test_each_value_of_a_write_reply_means_one_thing() -> None:
+    """`write_outcome`, shared by every transport: a stop flag, a typed refusal, the
+    transport's own error for a command Redis refused, and a clear error for a value
+    write.lua never answers."""
+    from resumable_stream.backends._wire import write_outcome
+
+    class Refused(Exception):
+        pass
+
+    assert write_outcome("s", 0, 0, Refused) is False
+    assert write_outcome("s", 0, 1, Refused) is True
+    for value, deleted in ((-1, False), (-2, False), (-3, True)):
+        with pytest.raises(StaleProducer) as caught:
+            write_outcome("s", 7, value, Refused)
+        assert caught.value.deleted is deleted
+    with pytest.raises(StaleProducer, match="write at 7"):
+        write_outcome("s", 7, -2, Refused)
+    for text, shown in ((b"OOM command not allowed", "OOM"), ("WRONGTYPE Operation", "WRONG")):
+        with pytest.raises(Refused, match=shown):
+            write_outcome("s", 0, text, Refused)
+    with pytest.raises(ValueError, match="answered -9"):
+        write_outcome("s", 0, -9, Refused)

@@ -332,10 +332,7 @@ class _Batcher:
                     call[3].set_exception(error)
             return
         except Exception as exc:
-            error = exc
-            if unavailable(exc):
-                error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
-                error.__cause__ = exc
+            error = _mapped(exc)
             for call in calls:
                 if not call[3].done():
                     call[3].set_exception(error)
@@ -344,11 +341,7 @@ class _Batcher:
             if future.done():
                 continue
             if isinstance(reply, Exception):
-                if unavailable(reply):
-                    error = BackendUnavailable(f"Redis unavailable: {describe(reply)}")
-                    error.__cause__ = reply
-                    reply = error
-                future.set_exception(reply)
+                future.set_exception(_mapped(reply))
             else:
                 future.set_result(reply)
 
@@ -420,15 +413,20 @@ def _hand_out(reply: asyncio.Future[Any], writes: list[_Write]) -> None:
             future.set_exception(exc)
 
 
+def _mapped(exc: Exception) -> Exception:
+    """``exc`` as a caller of the pipeline gets it: `BackendUnavailable` (caused by it)
+    if Redis cannot serve the call now, else ``exc`` itself."""
+    if not unavailable(exc):
+        return exc
+    error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
+    error.__cause__ = exc
+    return error
+
+
 def _refused(text: str) -> Exception:
     """An error Redis answered one stream's command inside ``write.lua``, as redis-py
     would raise it: a full Redis (``OOM``) is `BackendUnavailable`, retried a while."""
-    exc: Exception = BaseParser.parse_error(text)  # type: ignore[no-untyped-call]
-    if unavailable(exc):
-        error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
-        error.__cause__ = exc
-        return error
-    return exc
+    return _mapped(BaseParser.parse_error(text))  # type: ignore[no-untyped-call]
 
 
 class _ServerRouter:

@@ -119,7 +119,8 @@ def _unavailable_text(text: str) -> bool:
 
 
 def _refused(text: str) -> Exception:
-    """An error a command of one stream's write answered inside ``write.lua``."""
+    """An error a command answered (a whole request's, or one stream's inside
+    ``write.lua``): `UpstashUnavailable` if a retry may fix it, else `_CommandError`."""
     if _unavailable_text(text):
         return UpstashUnavailable(
             f"Upstash cannot serve the command: {text}", status_code=400, error=text
@@ -347,12 +348,7 @@ class UpstashBackend:
                 error="unexpected answer",
             )
         if "error" in answer:
-            text = str(answer["error"])
-            if _unavailable_text(text):
-                raise UpstashUnavailable(
-                    f"Upstash cannot serve the command: {text}", status_code=400, error=text
-                )
-            raise _CommandError(text)
+            raise _refused(str(answer["error"]))
         return _decode(answer.get("result"))
 
     async def _run(self, script: Script, call: Sequence[Any], keys: int = 3) -> Any:
