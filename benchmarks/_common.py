@@ -219,7 +219,8 @@ def counting_client(url: str, **kwargs: Any) -> Any:
 
 class SharedWriter:
     """The least a process pays to store every chunk of many streams in Redis with
-    redis-py: one writer task for all streams, waking on a 2 ms clock like ours, one
+    redis-py: one writer task for all streams, waking on a 2 ms clock after it was
+    idle and at once while rounds come back with chunks pending (as ours), one
     pipeline per round of ``RPUSH`` + ``PEXPIRE`` + ``PUBLISH`` per stream that has
     chunks (keys expire after ``ttl`` seconds). No lease,
     no index check, no retry, no follower's feed: what any write-behind costs before

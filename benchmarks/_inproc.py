@@ -52,7 +52,10 @@ OPTIONS = StreamOptions(finished_ttl=60.0)
 # default 5 s lease: the renewals of 10,000 leases (every lease / 3) ride on a 50 ms
 # clock, together, in a few pipelines (before, one round trip each let leases lapse).
 IDLE_OPTIONS = StreamOptions(finished_ttl=60.0)
-PY_IMPLS = ("ours", "ours_memory", "plain", "plain_task", "raw", "raw_batched", "raw_shared")
+PY_IMPLS = (
+    "ours", "ours_memory", "plain", "plain_task", "raw", "raw_batched", "raw_shared",
+    "raw_shared_sub",
+)
 
 
 class Side:
@@ -245,6 +248,76 @@ async def _handed_over(
     await asyncio.gather(task, *others)
 
 
+class _Subscribed:
+    """The least a follower on a Redis client of its own pays for a stream's live
+    tail: one redis-py pub/sub connection subscribed to every stream's channel, one
+    task reading it, each message (the chunks of one `SharedWriter` round, joined) cut
+    into chunks of the known ``size`` and handed to that stream's followers. No
+    snapshot, no merge, no index check, no resync: the floor under ours on another
+    context or in another process, with the same 2 ms write clock behind it."""
+
+    def __init__(self, client: Any, feeds: dict[str, list[_Handoff]], chunks: int, size: int):
+        self._pubsub = client.pubsub()
+        self._feeds = feeds
+        self._left = dict.fromkeys(feeds, chunks)
+        self._size = size
+
+    async def subscribe(self) -> None:
+        """Subscribe, and wait for every confirmation: a write after this is seen."""
+        await self._pubsub.subscribe(*self._feeds)
+        confirmed = 0
+        while confirmed < len(self._feeds):
+            message = await self._pubsub.get_message(timeout=5.0)
+            if message is None:
+                raise TimeoutError("the floor's subscription was not confirmed")
+            confirmed += message["type"] == "subscribe"
+
+    async def run(self) -> None:
+        size = self._size
+        try:
+            while self._left:
+                message = await self._pubsub.get_message(timeout=30.0)
+                if message is None:
+                    raise TimeoutError("the floor's follower saw nothing for 30 s")
+                if message["type"] != "message":
+                    continue
+                channel = message["channel"].decode()
+                data: bytes = message["data"]
+                feeds = self._feeds[channel]
+                for at in range(0, len(data), size):
+                    chunk = data[at : at + size].decode()
+                    for feed in feeds:
+                        feed.put(chunk)
+                self._left[channel] -= len(data) // size
+                if self._left[channel] <= 0:
+                    del self._left[channel]
+                    for feed in feeds:
+                        feed.put(None)
+        finally:
+            await self._pubsub.aclose()
+
+
+async def _subscribed_followers(
+    client: Any, followed: dict[str, list[list[tuple[int, str | bytes, int]]]], chunks: int,
+    size: int,
+) -> tuple[_Subscribed, Callable[[], Awaitable[Any]]]:
+    """A subscribed `_Subscribed` for ``followed`` (channel: each follower's list), and
+    the coroutine that reads it and runs each follower in a task of its own."""
+    feeds = {ch: [_Handoff() for _ in lists] for ch, lists in followed.items()}
+    sub = _Subscribed(client, feeds, chunks, size)
+    await sub.subscribe()
+
+    async def follow() -> Any:
+        readers = [
+            feed.read(got)
+            for ch, lists in followed.items()
+            for feed, got in zip(feeds[ch], lists, strict=True)
+        ]
+        return await asyncio.gather(sub.run(), *readers)
+
+    return sub, follow
+
+
 async def w1(spec: dict[str, Any]) -> dict[str, Any]:
     """N streams x chunks x size, producer and original reader in this process."""
     impl, url = spec["impl"], spec["url"]
@@ -360,6 +433,8 @@ async def w2(spec: dict[str, Any]) -> dict[str, Any]:
     of their own (mode "same"), or in the producer's context (mode "context", where
     ours feeds them from the producer and the npm original still reads Redis)."""
     impl, url = spec["impl"], spec["url"]
+    if impl == "raw_shared":
+        return await _w2_raw_shared(spec)
     chunks, size, followers = spec["chunks"], spec["chunk_bytes"], spec["followers"]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     producer = Side(impl, url, prefix)
@@ -417,6 +492,60 @@ async def w2(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+async def _raw_produce(
+    client: Any, key: str, spec: dict[str, Any], stamps: list[int], gate: asyncio.Event,
+    got: list[tuple[int, str | bytes, int]],
+) -> None:
+    """W2's producer for the floor: the source read by a producer task, its chunks
+    handed to the original reader and stored behind by a `SharedWriter`."""
+    writer = SharedWriter(client, client.slots, [0], TTL)
+    try:
+        src = source(0, spec["chunks"], spec["chunk_bytes"], stamps, gate=gate)
+        await _handed_over(src, got, store=partial(writer.add, key))
+    finally:
+        await writer.aclose()  # the last round is stored
+
+
+async def _w2_raw_shared(spec: dict[str, Any]) -> dict[str, Any]:
+    """W2's floor on another context (mode "same"): `_raw_produce`, and the followers
+    on a client of their own through `_Subscribed`. Nothing is resumable."""
+    url, chunks, size, followers = spec["url"], spec["chunks"], spec["chunk_bytes"], spec[
+        "followers"
+    ]
+    key = f"bench-{uuid.uuid4().hex[:8]}:raw:w2"
+    stamps: list[int] = []
+    gate = asyncio.Event()
+    origin_got: list[tuple[int, str | bytes, int]] = []
+    got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
+    producer, follower = raw_client(url), raw_client(url)
+    try:
+        await asyncio.gather(producer.ping(), follower.ping())
+        _, follow = await _subscribed_followers(follower, {key: got}, chunks, size)
+        with Meter() as meter:
+            tasks = [
+                asyncio.create_task(_raw_produce(producer, key, spec, stamps, gate, origin_got)),
+                asyncio.create_task(follow()),
+            ]
+            gate.set()
+            await asyncio.gather(*tasks)
+    finally:
+        await producer.aclose()
+        await follower.aclose()
+    want = expected(0, chunks, size)
+    ok = exact(origin_got, want) and all(exact(g, want) for g in got)
+    delivered = chunks * (followers + 1)
+    return {
+        **throughput(delivered, delivered * size, meter),
+        "exact": ok,
+        "lag_ms": percentiles(
+            [lag for g in got for lag in lags(stamps, ((i, t) for i, _, t in g))] if ok else []
+        ),
+        "origin_latency_ms": percentiles(
+            lags(stamps, ((i, t) for i, _, t in origin_got)) if ok else []
+        ),
+    }
+
+
 async def _stdin_line() -> str:
     import sys
 
@@ -427,10 +556,29 @@ async def w2_producer(spec: dict[str, Any], announce: Callable[[str], None]) -> 
     """The producer's process of W2 across processes: waits for ``go`` on stdin."""
     url, chunks, size = spec["url"], spec["chunks"], spec["chunk_bytes"]
     prefix = spec["prefix"]
-    side = Side("ours", url, prefix)
     stamps: list[int] = []
     gate = asyncio.Event()
     got: list[tuple[int, str | bytes, int]] = []
+    if spec["impl"] == "raw_shared":
+        client = raw_client(url)
+        try:
+            await client.ping()
+            announce("READY")
+            await _stdin_line()
+            with Meter() as meter:
+                task = asyncio.create_task(
+                    _raw_produce(client, spec["stream_id"], spec, stamps, gate, got)
+                )
+                gate.set()
+                await task
+        finally:
+            await client.aclose()
+        return {
+            **throughput(chunks, chunks * size, meter),
+            "exact": exact(got, expected(0, chunks, size)),
+            "stamps": stamps,
+        }
+    side = Side("ours", url, prefix)
     try:
         await warm_up(side, 4, prefix + "p")
         origin = await side.ctx.create_new_resumable_stream(
@@ -457,8 +605,25 @@ async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) ->
         "followers"
     ]
     prefix = spec["prefix"]
-    side = Side("ours", url, prefix)
     got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
+    want = expected(0, chunks, size)
+    if spec["impl"] == "raw_shared":
+        client = raw_client(url)
+        try:
+            await client.ping()
+            _, follow = await _subscribed_followers(client, {spec["stream_id"]: got}, chunks, size)
+            announce("READY")
+            with Meter() as meter:
+                await follow()
+        finally:
+            await client.aclose()
+        ok = all(exact(g, want) for g in got)
+        return {
+            **throughput(chunks * followers, chunks * followers * size, meter),
+            "exact": ok,
+            "received": [[t for _, _, t in g] for g in got] if ok else [],
+        }
+    side = Side("ours", url, prefix)
     try:
         await warm_up(side, 4, prefix + "f")
         readers = [
@@ -470,7 +635,6 @@ async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) ->
             await asyncio.gather(*(read_all(r, g) for r, g in zip(readers, got, strict=True)))
     finally:
         await side.aclose()
-    want = expected(0, chunks, size)
     ok = all(exact(g, want) for g in got)
     return {
         **throughput(chunks * followers, chunks * followers * size, meter),
@@ -620,9 +784,11 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
     producer = follower = None
     client: Any = None
     pipes = [0]
-    with_followers = impl in ("ours", "ours_context", "plain_task", "raw_shared")
+    with_followers = impl in ("ours", "ours_context", "plain_task", "raw_shared", "raw_shared_sub")
     shared = impl == "ours_context"
     shared_writer: SharedWriter | None = None
+    follower_client: Any = None
+    extra: list[Callable[[], Awaitable[Any]]] = []  # run beside the streams, measured
     try:
         if impl in ("ours", "ours_context"):
             producer = Side("ours", url, prefix)
@@ -672,6 +838,26 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
                 store = partial(shared_writer.add, f"{prefix}:raw:{s}")  # type: ignore[union-attr]
                 await _handed_over(src, got[s], fgot[s], store=store)
 
+        elif impl == "raw_shared_sub":
+            # raw_shared with each follower on a client of its own, fed by pub/sub
+            # (`_Subscribed`): the floor under ours on another context.
+            client = raw_client(url)
+            follower_client = raw_client(url)
+            await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
+            await follower_client.ping()
+            shared_writer = SharedWriter(client, client.slots, pipes, TTL)
+            keys = [f"{prefix}:raw:{s}" for s in range(streams)]
+            _, follow = await _subscribed_followers(
+                follower_client, {key: [g] for key, g in zip(keys, fgot, strict=True)},
+                chunks, size,
+            )
+            extra.append(follow)
+
+            async def one(s: int) -> None:
+                src = source(s, chunks, size, stamps[s], delay=delay)
+                store = partial(shared_writer.add, keys[s])  # type: ignore[union-attr]
+                await _handed_over(src, got[s], store=store)
+
         elif impl == "raw":
             client = raw_client(url)
             await asyncio.gather(*(client.ping() for _ in range(min(streams, 50))))
@@ -685,7 +871,7 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
         before = (producer.sent, follower.sent) if producer and follower else (0, 0)
         await probe.start()
         with Meter() as meter:
-            await asyncio.gather(*(one(s) for s in range(streams)))
+            await asyncio.gather(*(one(s) for s in range(streams)), *(run() for run in extra))
             if shared_writer is not None:
                 await shared_writer.aclose()  # the last round is stored, and counted
         await probe.stop()
@@ -698,8 +884,9 @@ async def w5(spec: dict[str, Any]) -> dict[str, Any]:
         for side in (producer, None if shared else follower):
             if side is not None:
                 await side.aclose()
-        if client is not None:
-            await client.aclose()
+        for raw in (client, follower_client):
+            if raw is not None:
+                await raw.aclose()
         await probe.aclose()
     total = streams * chunks
     ok = all(exact(g, w) for g, w in zip(got, want, strict=True))

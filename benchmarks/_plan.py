@@ -143,6 +143,11 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
         add("w2", "python", repeat, workload="w2", impl="ours", mode="same", **w2)
         add("w2", "python", repeat, workload="w2", impl="ours", mode="context", **w2)
         add("w2", "w2_cross_python", repeat, workload="w2", impl="ours", mode="cross", **w2)
+        # The floor under followers that read Redis: stored behind on the same clock,
+        # followed through redis-py pub/sub; nothing resumable.
+        add("w2", "python", repeat, workload="w2", impl="raw_shared", mode="same", **w2)
+        add("w2", "w2_cross_python", repeat, workload="w2", impl="raw_shared", mode="cross",
+            **w2)
         if node:
             add("w2", "node", repeat, workload="w2", impl="npm", mode="same", **w2)
             add("w2", "node", repeat, workload="w2", impl="npm", mode="context", **w2)
@@ -164,7 +169,8 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
                 add("w4", "python", repeat, workload="w4", impl=variant, variant=variant,
                     clients=clients, events=events, requests=requests)
     # W5: slow producer.
-    for impl in ("plain", "plain_task", "raw_shared", "ours", "ours_context", "raw"):
+    for impl in ("plain", "plain_task", "raw_shared", "raw_shared_sub", "ours", "ours_context",
+                 "raw"):
         add("w5", "python", workload="w5", impl=impl, streams=sizes.w5_streams,
             chunks=sizes.w5_chunks, chunk_bytes=32, delay=0.02)
     # Memory.

@@ -89,9 +89,12 @@ def summarize(records: list[Record]) -> dict[str, Any]:
         w2.setdefault(mode, {})[impl] = _medians(results, paths)
     for by_impl in w2.values():
         ours, npm = by_impl.get("ours", {}), by_impl.get("npm", {})
+        floor = by_impl.get("raw_shared", {})
         by_impl["ratios"] = {
             "lag_p50 ours/npm": ratio(ours.get("lag_ms.p50"), npm.get("lag_ms.p50")),
             "lag_p99 ours/npm": ratio(ours.get("lag_ms.p99"), npm.get("lag_ms.p99")),
+            "lag_p50 raw_shared/npm": ratio(floor.get("lag_ms.p50"), npm.get("lag_ms.p50")),
+            "lag_p99 raw_shared/npm": ratio(floor.get("lag_ms.p99"), npm.get("lag_ms.p99")),
         }
     s["w2"] = w2
     # W3
@@ -254,6 +257,16 @@ def table(summary: dict[str, Any]) -> str:
                 f"W2 follower lag {p}, {label}", _fmt(ours, "ms"), _fmt(npm, "ms"), "", "",
                 _fmt(ratio(ours, npm), "x"), "", "<= npm",
             ))
+        floor = m.get("raw_shared")
+        if floor:
+            rows.append((
+                f"W2 follower lag p50 / p99, {label}, stored by redis-py behind on the same "
+                "clock and followed by its pub/sub (nothing resumable)", "",
+                f"{_fmt(m.get('npm', {}).get('lag_ms.p50'), 'ms')} / "
+                f"{_fmt(m.get('npm', {}).get('lag_ms.p99'), 'ms')}", "",
+                f"{_fmt(floor.get('lag_ms.p50'), 'ms')} / {_fmt(floor.get('lag_ms.p99'), 'ms')}",
+                "", "", "",
+            ))
     w3 = summary.get("w3", {})
     for path, label in (("ttfb_ms.p50", "W3 resume, time to first chunk p50"),
                         ("burst_ttfb_ms.p99", "W3 burst of resumes, time to first chunk p99"),
@@ -319,6 +332,14 @@ def table(summary: dict[str, Any]) -> str:
                          "task (nothing stored)", "", "", _fmt(floor.get("cpu_us_per_chunk")),
                          "", "", _fmt(w5["ratios"].get("cpu per chunk plain_task/plain"), "x"),
                          ""))
+        sub = w5.get("raw_shared_sub", {})
+        if sub:
+            rows.append(("W5 follower lag p50 / p99 and CPU us/chunk, stored by redis-py behind "
+                         "and followed by its pub/sub on a client of its own (nothing "
+                         "resumable)", "", "", "",
+                         f"{_fmt(sub.get('follower_lag_ms.p50'), 'ms')} / "
+                         f"{_fmt(sub.get('follower_lag_ms.p99'), 'ms')}; "
+                         f"{_fmt(sub.get('cpu_us_per_chunk'))} us", "", "", ""))
         here = w5.get("ours_context", {})
         if here:
             rows.append(("W5 process CPU us/chunk, follower in the producer's context",
