@@ -219,11 +219,10 @@ def counting_client(url: str, **kwargs: Any) -> Any:
 
 class SharedWriter:
     """The least a process pays to store every chunk of many streams in Redis with
-    redis-py: one writer task for all streams, waking on a 2 ms clock after it was
-    idle and at once while rounds come back with chunks pending (as ours), one
-    pipeline per round of ``RPUSH`` + ``PEXPIRE`` + ``PUBLISH`` per stream that has
-    chunks (keys expire after ``ttl`` seconds). No lease,
-    no index check, no retry, no follower's feed: what any write-behind costs before
+    redis-py: one writer task for all streams, every round on the next tick of a 2 ms
+    clock (as ours), one pipeline per round of ``RPUSH`` + ``PEXPIRE`` + ``PUBLISH``
+    per stream that has chunks (keys expire after ``ttl`` seconds). No lease, no
+    index check, no retry, no follower's feed: what any write-behind costs before
     it is correct. The floor of storing with redis-py at all (``raw_shared``)."""
 
     def __init__(
@@ -262,9 +261,10 @@ class SharedWriter:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-                # The next tick of the clock, as the library's writes fall on.
-                await asyncio.sleep(self._interval - loop.time() % self._interval)
                 continue
+            if not self._closing:
+                # Every round on the next tick of the clock, as the library's writes.
+                await asyncio.sleep(self._interval - loop.time() % self._interval)
             pending, self._pending = self._pending, {}
             pipe = self._client.pipeline(transaction=False)
             for key, chunks in pending.items():
