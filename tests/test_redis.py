@@ -417,3 +417,77 @@ def test_packed_commands_are_what_redis_py_would_send(args: list[object]) -> Non
     head = b"$7\r\nEVALSHA\r\n$40\r\n" + sha.encode() + b"\r\n$1\r\n3\r\n"
     theirs = b"".join(Connection().pack_command("EVALSHA", sha, 3, *args))  # type: ignore[arg-type]
     assert _pack(head, args) == theirs
+
+
+async def test_a_snapshot_reads_the_same_whatever_parses_the_replies(
+    own_redis: RedisServer, key_prefix: str
+) -> None:
+    # With hiredis the page is an LRANGE beside the script, in one MULTI; with
+    # redis-py's own parser the script joins it into one string. Both read the same,
+    # for every state a stream can be in, binary whatever the client decodes.
+    from redis._parsers import _AsyncRESP3Parser
+
+    hiredis = aioredis.Redis(port=own_redis.port)
+    decoding = aioredis.Redis(port=own_redis.port, decode_responses=True)
+    python = aioredis.Redis(
+        connection_pool=aioredis.ConnectionPool(port=own_redis.port, parser_class=_AsyncRESP3Parser)
+    )
+    backends = [RedisBackend(c, key_prefix=key_prefix) for c in (hiredis, decoding, python)]
+    assert [b._paged for b in backends] == [True, True, False]
+    writer = backends[0]
+    common = {"ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    chunks: list[str | bytes] = ["a", b"\x00\xffb", "ü" * 3, "", "e"]
+    for name in ("running", "done", "failed", "lost", "deleted"):
+        assert await writer.claim(name, "t", ttl=60, lease=5) is None
+        assert await writer.write(name, "t", 0, chunks, end=None, **common) is False
+    ends = {
+        "done": Ended(StreamStatus.DONE, 5),
+        "failed": Ended(StreamStatus.FAILED, 5, "it broke"),
+        "lost": Ended(StreamStatus.DONE, 5),
+    }
+    for name, end in ends.items():
+        await writer.write(name, "t", 5, [], end=end, **common)
+    await hiredis.delete(f"{key_prefix}:{{lost}}:chunks")  # evicted: "storage lost"
+    assert await writer.delete("deleted", ttl=60)
+    names = ["running", "done", "failed", "lost", "deleted", "never"]
+    pages = [(0, 0), (0, 2), (1, 10), (4, 1), (5, 3), (9, 2)]
+    seen = 0
+    for name in names:
+        for start, limit in pages:
+            snaps = [await b.snapshot(name, start, limit) for b in backends]
+            assert snaps[0] == snaps[1] == snaps[2], (name, start, limit, snaps)
+            if snaps[0] is not None and name != "lost":
+                assert list(snaps[0].chunks) == chunks[start : start + limit]
+                seen += bool(snaps[0].chunks)
+    assert seen == 3 * 3  # three streams with chunks, three pages holding some
+    assert (await writer.snapshot("lost", 0, 5)).status is StreamStatus.FAILED  # type: ignore[union-attr]
+    for b in backends:
+        await b.aclose()
+    for c in (hiredis, decoding, python):
+        await c.aclose()
+    await python.connection_pool.aclose()
+
+
+async def test_a_paged_snapshot_loads_its_script_and_survives_a_refusal(
+    own_redis: RedisServer, key_prefix: str
+) -> None:
+    client = aioredis.Redis(port=own_redis.port)
+    backend = RedisBackend(client, key_prefix=key_prefix)
+    assert backend._paged
+    assert await backend.claim("s", "t", ttl=60, lease=5) is None
+    common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    assert await backend.write("s", "t", 0, ["x", "y"], **common) is False
+    await client.script_flush()  # a fresh server, or a replica just promoted
+    snap = await backend.snapshot("s", 0, 10)
+    assert snap is not None
+    assert list(snap.chunks) == ["x", "y"]
+    # Its chunks key is not a list: refused as Redis refused it, for this read alone.
+    await client.set(f"{key_prefix}:{{w}}:chunks", "not a list")
+    await client.hset(f"{key_prefix}:{{w}}:meta", mapping={"status": "running"})
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await backend.snapshot("w", 0, 10)
+    snap = await backend.snapshot("s", 1, 10)  # the connection went back clean
+    assert snap is not None
+    assert list(snap.chunks) == ["y"]
+    await backend.aclose()
+    await client.aclose()

