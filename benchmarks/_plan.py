@@ -156,6 +156,7 @@ def plan(sizes: Sizes, *, node: bool, only: tuple[str, ...] = WORKLOADS) -> list
     w3 = {"stored": sizes.w3_stored, "chunk_bytes": 32, "burst": sizes.w3_burst}
     add("w3", "python", workload="w3", impl="ours", singles=sizes.w3_singles, **w3)
     add("w3", "python", workload="w3", impl="plain", singles=sizes.w3_singles, **w3)
+    add("w3", "python", workload="w3", impl="raw", singles=sizes.w3_singles, **w3)
     if node:
         add("w3", "node", workload="w3", impl="npm", singles=sizes.w3_singles, **w3)
     add("w3", "python", workload="w3_http", impl="ours_http", stored=sizes.w3_stored,

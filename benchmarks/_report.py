@@ -278,6 +278,12 @@ def table(summary: dict[str, Any]) -> str:
         rows.append((label, _fmt(ours, "ms"), _fmt(npm, "ms"), _fmt(plain, "ms"), "",
                      _fmt(ratio(ours, npm), "x"), _fmt(ratio(ours, plain), "x"),
                      "<= npm" if "ttfb" in path else ""))
+    raw = w3.get("raw", {})
+    if raw:
+        ours = w3.get("ours", {}).get("catch_up_ms.p50")
+        rows.append(("W3 resume, time to all stored chunks p50, read back by redis-py in one "
+                     "pipeline (nothing resumable)", "", "", "",
+                     _fmt(raw.get("catch_up_ms.p50"), "ms"), "", "", ""))
     http = w3.get("ours_http", {})
     if http:
         rows.append(("W3 through HTTP, first byte p50 / burst p99",
