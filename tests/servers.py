@@ -9,7 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 _handed_out: set[int] = set()
 
 
