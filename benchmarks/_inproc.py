@@ -559,39 +559,32 @@ async def w2_producer(spec: dict[str, Any], announce: Callable[[str], None]) -> 
     stamps: list[int] = []
     gate = asyncio.Event()
     got: list[tuple[int, str | bytes, int]] = []
-    if spec["impl"] == "raw_shared":
-        client = raw_client(url)
-        try:
-            await client.ping()
-            announce("READY")
-            await _stdin_line()
-            with Meter() as meter:
-                task = asyncio.create_task(
-                    _raw_produce(client, spec["stream_id"], spec, stamps, gate, got)
-                )
-                gate.set()
-                await task
-        finally:
-            await client.aclose()
-        return {
-            **throughput(chunks, chunks * size, meter),
-            "exact": exact(got, expected(0, chunks, size)),
-            "stamps": stamps,
-        }
-    side = Side("ours", url, prefix)
+    # The floor (raw_shared) or ours: the same measured section either way.
+    client = raw_client(url) if spec["impl"] == "raw_shared" else None
+    side = None if client is not None else Side("ours", url, prefix)
     try:
-        await warm_up(side, 4, prefix + "p")
-        origin = await side.ctx.create_new_resumable_stream(
-            spec["stream_id"], partial(source, 0, chunks, size, stamps, gate=gate)
-        )
+        run: Callable[[], Awaitable[None]]
+        if client is not None:
+            await client.ping()
+            run = partial(_raw_produce, client, spec["stream_id"], spec, stamps, gate, got)
+        else:
+            assert side is not None
+            await warm_up(side, 4, prefix + "p")
+            origin = await side.ctx.create_new_resumable_stream(
+                spec["stream_id"], partial(source, 0, chunks, size, stamps, gate=gate)
+            )
+            run = partial(read_all, origin, got)
         announce("READY")
         await _stdin_line()
         with Meter() as meter:
-            task = asyncio.create_task(read_all(origin, got))
+            task = asyncio.create_task(run())
             gate.set()
             await task
     finally:
-        await side.aclose()
+        if client is not None:
+            await client.aclose()
+        if side is not None:
+            await side.aclose()
     return {
         **throughput(chunks, chunks * size, meter),
         "exact": exact(got, expected(0, chunks, size)),
@@ -607,34 +600,32 @@ async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) ->
     prefix = spec["prefix"]
     got: list[list[tuple[int, str | bytes, int]]] = [[] for _ in range(followers)]
     want = expected(0, chunks, size)
-    if spec["impl"] == "raw_shared":
-        client = raw_client(url)
-        try:
+    # The floor (raw_shared) or ours: the same measured section either way.
+    client = raw_client(url) if spec["impl"] == "raw_shared" else None
+    side = None if client is not None else Side("ours", url, prefix)
+    try:
+        follow: Callable[[], Awaitable[Any]]
+        if client is not None:
             await client.ping()
             _, follow = await _subscribed_followers(client, {spec["stream_id"]: got}, chunks, size)
-            announce("READY")
-            with Meter() as meter:
-                await follow()
-        finally:
-            await client.aclose()
-        ok = all(exact(g, want) for g in got)
-        return {
-            **throughput(chunks * followers, chunks * followers * size, meter),
-            "exact": ok,
-            "received": [[t for _, _, t in g] for g in got] if ok else [],
-        }
-    side = Side("ours", url, prefix)
-    try:
-        await warm_up(side, 4, prefix + "f")
-        readers = [
-            await side.ctx.resume_existing_stream(spec["stream_id"], after=-1)
-            for _ in range(followers)
-        ]
+        else:
+            assert side is not None
+            await warm_up(side, 4, prefix + "f")
+            readers = [
+                await side.ctx.resume_existing_stream(spec["stream_id"], after=-1)
+                for _ in range(followers)
+            ]
+            follow = partial(
+                asyncio.gather, *(read_all(r, g) for r, g in zip(readers, got, strict=True))
+            )
         announce("READY")
         with Meter() as meter:
-            await asyncio.gather(*(read_all(r, g) for r, g in zip(readers, got, strict=True)))
+            await follow()
     finally:
-        await side.aclose()
+        if client is not None:
+            await client.aclose()
+        if side is not None:
+            await side.aclose()
     ok = all(exact(g, want) for g in got)
     return {
         **throughput(chunks * followers, chunks * followers * size, meter),
@@ -646,21 +637,15 @@ async def w2_followers(spec: dict[str, Any], announce: Callable[[str], None]) ->
 # -- W3: resume ------------------------------------------------------------------------------
 
 
-async def _w3_plain(spec: dict[str, Any]) -> dict[str, Any]:
-    """W3's floor: the same resumes of chunks this process holds in a list already,
-    handed out one by one by an async generator to the same loop. What giving 10,000
-    chunks to Python code costs before any storage (the npm original hands a resume
-    its text as one chunk)."""
+async def _floor_resumes(
+    spec: dict[str, Any], chunks: Callable[[], AsyncIterator[tuple[int, str]]], want: list[str]
+) -> dict[str, Any]:
+    """A W3 floor's figures: ``singles`` resumes one at a time, then ``burst`` at once,
+    each taking ``chunks()`` to its end, timed as ours are."""
     stored, size = spec["stored"], spec["chunk_bytes"]
-    want = expected(0, stored, size)
-
-    async def chunks() -> AsyncIterator[tuple[int, str]]:
-        for index, chunk in enumerate(want):
-            yield index, chunk
 
     async def resume_once() -> tuple[int, int, bool]:
         started = now()
-        await asyncio.sleep(0)  # a resume waits for something: one loop turn at least
         got: list[tuple[int, str | bytes, int]] = []
         async for index, chunk in chunks():
             got.append((index, chunk, now()))
@@ -682,13 +667,28 @@ async def _w3_plain(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _w3_plain(spec: dict[str, Any]) -> dict[str, Any]:
+    """W3's floor: the same resumes of chunks this process holds in a list already,
+    handed out one by one by an async generator to the same loop. What giving 10,000
+    chunks to Python code costs before any storage (the npm original hands a resume
+    its text as one chunk)."""
+    want = expected(0, spec["stored"], spec["chunk_bytes"])
+
+    async def chunks() -> AsyncIterator[tuple[int, str]]:
+        await asyncio.sleep(0)  # a resume waits for something: one loop turn at least
+        for index, chunk in enumerate(want):
+            yield index, chunk
+
+    return await _floor_resumes(spec, chunks, want)
+
+
 async def _w3_raw(spec: dict[str, Any]) -> dict[str, Any]:
     """W3's floor with Redis: the same resumes of a list of ``stored`` chunks read with
     redis-py, every page of 2,000 (ours' page) asked for in one pipeline, one round
     trip, each element decoded and handed out by an async generator. No record, no
     lease, no merge, no subscription: what reading the chunks back costs at all."""
-    url, stored, size = spec["url"], spec["stored"], spec["chunk_bytes"]
-    want = expected(0, stored, size)
+    url, stored = spec["url"], spec["stored"]
+    want = expected(0, stored, spec["chunk_bytes"])
     key = f"bench-{uuid.uuid4().hex[:8]}:raw:w3"
     client = raw_client(url)
     page = 2000
@@ -705,33 +705,13 @@ async def _w3_raw(spec: dict[str, Any]) -> dict[str, Any]:
                 yield index, element.decode()
                 index += 1
 
-    async def resume_once() -> tuple[int, int, bool]:
-        started = now()
-        got: list[tuple[int, str | bytes, int]] = []
-        async for index, chunk in chunks():
-            got.append((index, chunk, now()))
-            if len(got) == stored:
-                break
-        return got[0][2] - started, got[-1][2] - started, exact(got, want)
-
     try:
         for start in range(0, stored, page):
             await client.rpush(key, *want[start : start + page])
         await client.pexpire(key, int(TTL * 1000))
-        with Meter() as meter:
-            single = [await resume_once() for _ in range(spec["singles"])]
-            bursts = await asyncio.gather(*(resume_once() for _ in range(spec["burst"])))
+        return await _floor_resumes(spec, chunks, want)
     finally:
         await client.aclose()
-    resumes = spec["singles"] + spec["burst"]
-    return {
-        **throughput(resumes * stored, resumes * stored * size, meter),
-        "exact": all(r[2] for r in single + bursts),
-        "ttfb_ms": percentiles([r[0] for r in single]),
-        "catch_up_ms": percentiles([r[1] for r in single]),
-        "burst_ttfb_ms": percentiles([r[0] for r in bursts]),
-        "burst_catch_up_ms": percentiles([r[1] for r in bursts]),
-    }
 
 
 async def w3(spec: dict[str, Any]) -> dict[str, Any]:

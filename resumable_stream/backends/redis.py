@@ -176,15 +176,22 @@ class _Calls:
                 except redis_errors.NoScriptError:
                     await self._client.script_load(script.text)
                     return await self._client.execute_command(*command, **options)
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
-            ) from exc
         except Exception as exc:
-            if unavailable(exc):
-                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-            raise
+            error = self._failure(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
+    def _failure(self, exc: Exception) -> Exception:
+        """What a call that raised ``exc`` raises: `BackendUnavailable` past the deadline
+        or if Redis cannot serve it now, else ``exc`` itself."""
+        if isinstance(exc, TimeoutError):
+            return BackendUnavailable(
+                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
+            )
+        if unavailable(exc):
+            return BackendUnavailable(f"Redis unavailable: {describe(exc)}")
+        return exc
 
     async def transaction(self, script: Script, packed: bytes, queued: int) -> list[Any]:
         """``packed`` (``MULTI``, ``queued`` commands, ``EXEC``) on a pooled connection
@@ -205,14 +212,11 @@ class _Calls:
                     await self._client.script_load(script.text)
                     replies = await self._exec(packed, queued)
                 return replies
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
-            ) from exc
         except Exception as exc:
-            if unavailable(exc):
-                raise BackendUnavailable(f"Redis unavailable: {describe(exc)}") from exc
-            raise
+            error = self._failure(exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _exec(self, packed: bytes, queued: int) -> list[Any]:
         assert isinstance(self._client, aioredis.Redis)  # one server: not a cluster's
