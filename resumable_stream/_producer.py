@@ -193,8 +193,8 @@ class _Writer:
         # getpid() system call on Python 3.11, and the writer asks once per write.
         self._loop = asyncio.get_running_loop()
         self._wake = Bell(self._loop)
-        self._room = asyncio.Event()
-        self._room.set()
+        # Made only once the source has to wait for room (most streams never do).
+        self._room: asyncio.Event | None = None
         self._last_write = 0.0
         self.writes = 0
 
@@ -220,8 +220,11 @@ class _Writer:
     async def wait_for_room(self) -> None:
         """Backpressure on the source, only when the backend is far behind."""
         if self._pending_bytes + self._out_bytes > self._options.max_buffered_bytes:
-            self._room.clear()
-            await self._room.wait()
+            room = self._room
+            if room is None:
+                room = self._room = asyncio.Event()
+            room.clear()
+            await room.wait()
 
     def close(self, end: Ended) -> None:
         """The source ended: write what is pending, then ``end``, and stop."""
@@ -336,7 +339,7 @@ class _Writer:
         self._error = None
         ended = self._out_end is not None
         self._out_end = None
-        if self._pending_bytes <= self._options.max_buffered_bytes:
+        if self._room is not None and self._pending_bytes <= self._options.max_buffered_bytes:
             self._room.set()
         if ended:
             self.state = WriterState.ENDED
@@ -373,7 +376,8 @@ class _Writer:
         self._pending_bytes = 0
         self._out = []
         self._out_bytes = 0
-        self._room.set()
+        if self._room is not None:
+            self._room.set()
         self._wake.set()
         self._on_halt()
 
