@@ -491,3 +491,31 @@ async def test_a_paged_snapshot_loads_its_script_and_survives_a_refusal(
     assert list(snap.chunks) == ["y"]
     await backend.aclose()
     await client.aclose()
+
+
+async def test_a_full_redis_still_serves_paged_snapshots_on_the_same_connection(
+    redis_factory: list[RedisServer], key_prefix: str
+) -> None:
+    # Over maxmemory Redis refuses whatever is queued in a MULTI, reads too: the page
+    # is read through the script instead, and the refused MULTI, whose replies were all
+    # read, leaves its connection in the pool (no reconnect per snapshot).
+    from .test_faults import start
+
+    server = start(redis_factory, "--maxmemory", "8mb", "--maxmemory-policy", "noeviction")
+    client = aioredis.Redis(port=server.port)
+    backend = RedisBackend(client, key_prefix=key_prefix)
+    assert backend._paged
+    assert await backend.claim("s", "t", ttl=60, lease=5) is None
+    common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
+    assert await backend.write("s", "t", 0, ["a", "b", "c"], **common) is False
+    with pytest.raises(ResponseError, match="maxmemory"):
+        for n in range(10_000):
+            await client.set(f"{key_prefix}:fill:{n}", "x" * 65_536)
+    connections = int((await client.info("stats"))["total_connections_received"])
+    for _ in range(5):
+        snap = await backend.snapshot("s", 1, 10)
+        assert snap is not None
+        assert list(snap.chunks) == ["b", "c"]
+    assert int((await client.info("stats"))["total_connections_received"]) == connections
+    await backend.aclose()
+    await client.aclose()

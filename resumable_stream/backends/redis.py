@@ -177,21 +177,10 @@ class _Calls:
                     await self._client.script_load(script.text)
                     return await self._client.execute_command(*command, **options)
         except Exception as exc:
-            error = self._failure(exc)
+            error = _failure(exc, self._timeout)
             if error is exc:
                 raise
             raise error from exc
-
-    def _failure(self, exc: Exception) -> Exception:
-        """What a call that raised ``exc`` raises: `BackendUnavailable` past the deadline
-        or if Redis cannot serve it now, else ``exc`` itself."""
-        if isinstance(exc, TimeoutError):
-            return BackendUnavailable(
-                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
-            )
-        if unavailable(exc):
-            return BackendUnavailable(f"Redis unavailable: {describe(exc)}")
-        return exc
 
     async def transaction(self, script: Script, packed: bytes, queued: int) -> list[Any]:
         """``packed`` (``MULTI``, ``queued`` commands, ``EXEC``) on a pooled connection
@@ -213,7 +202,7 @@ class _Calls:
                     replies = await self._exec(packed, queued)
                 return replies
         except Exception as exc:
-            error = self._failure(exc)
+            error = _failure(exc, self._timeout)
             if error is exc:
                 raise
             raise error from exc
@@ -230,6 +219,8 @@ class _Calls:
                 lambda _: connection.disconnect(),
             )
             return replies
+        except redis_errors.ResponseError:
+            raise  # refused once every reply was read: the connection is clean
         except BaseException:
             # Replies may be left unread on the socket: never give it back as it is.
             await connection.disconnect(nowait=True)
@@ -404,17 +395,8 @@ class _Batcher:
                     again = await self._pipeline([calls[n] for n in missing])
                     for n, reply in zip(missing, again, strict=True):
                         replies[n] = reply
-        except TimeoutError as exc:
-            error: BaseException = BackendUnavailable(
-                f"Redis did not answer within {self._timeout:g} s (command_timeout)"
-            )
-            error.__cause__ = exc
-            for call in calls:
-                if not call[3].done():
-                    call[3].set_exception(error)
-            return
         except Exception as exc:
-            error = _mapped(exc)
+            error = _failure(exc, self._timeout)
             for call in calls:
                 if not call[3].done():
                     call[3].set_exception(error)
@@ -496,13 +478,23 @@ def _hand_out(reply: asyncio.Future[Any], writes: list[_Write]) -> None:
 
 
 def _mapped(exc: Exception) -> Exception:
-    """``exc`` as a caller of the pipeline gets it: `BackendUnavailable` (caused by it)
-    if Redis cannot serve the call now, else ``exc`` itself."""
+    """``exc`` as a caller gets it: `BackendUnavailable` (caused by it) if Redis cannot
+    serve the call now, else ``exc`` itself."""
     if not unavailable(exc):
         return exc
     error = BackendUnavailable(f"Redis unavailable: {describe(exc)}")
     error.__cause__ = exc
     return error
+
+
+def _failure(exc: Exception, timeout: float) -> Exception:
+    """`_mapped`, and a call past its deadline (``command_timeout``, ``timeout`` s) as
+    `BackendUnavailable` too: what a call or a pipeline that raised ``exc`` raises."""
+    if isinstance(exc, TimeoutError):
+        error = BackendUnavailable(f"Redis did not answer within {timeout:g} s (command_timeout)")
+        error.__cause__ = exc
+        return error
+    return _mapped(exc)
 
 
 def _refused(text: str) -> Exception:
