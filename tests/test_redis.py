@@ -508,9 +508,13 @@ async def test_a_full_redis_still_serves_paged_snapshots_on_the_same_connection(
     assert await backend.claim("s", "t", ttl=60, lease=5) is None
     common = {"end": None, "ttl": 60.0, "finished_ttl": 60.0, "lease": 5.0}
     assert await backend.write("s", "t", 0, ["a", "b", "c"], **common) is False
-    with pytest.raises(ResponseError, match="maxmemory"):
+
+    async def fill() -> None:
         for n in range(10_000):
             await client.set(f"{key_prefix}:fill:{n}", "x" * 65_536)
+
+    with pytest.raises(ResponseError, match="maxmemory"):
+        await fill()
     connections = int((await client.info("stats"))["total_connections_received"])
     for _ in range(5):
         snap = await backend.snapshot("s", 1, 10)
