@@ -44,11 +44,13 @@ import logging
 import types
 from collections.abc import (
     AsyncGenerator,
+    AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
     Iterable,
+    Iterator,
     Mapping,
     MutableMapping,
 )
@@ -442,19 +444,30 @@ async def pump(
         raise error
 
 
-async def iterate_content(content: Any) -> AsyncIterator[bytes]:
-    """Body pieces as bytes from an async or sync iterable of str/bytes."""
+def as_bytes(piece: Any) -> bytes:
+    """A body piece (``str``, ``bytes`` or a buffer) as bytes."""
+    if type(piece) is bytes:
+        return piece
+    return piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+
+
+def content_pieces(content: Any) -> AsyncIterable[Any]:
+    """The pieces of an async or sync iterable as they come (see `as_bytes`). An
+    async iterable is iterated as it is, with no generator in between: that costs
+    a frame per piece on the producing task."""
     if hasattr(content, "__aiter__"):
-        async for piece in content:
-            yield piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
-    else:
-        iterator = iter(content)
-        done = object()
-        while True:
-            piece = await anyio.to_thread.run_sync(next, iterator, done)
-            if piece is done:
-                return
-            yield piece.encode("utf-8") if isinstance(piece, str) else bytes(piece)
+        return content  # type: ignore[no-any-return]
+    return _threaded(iter(content))
+
+
+async def _threaded(iterator: Iterator[Any]) -> AsyncIterator[Any]:
+    """A sync iterator's items, each taken in a worker thread (it may block)."""
+    done = object()
+    while True:
+        piece = await anyio.to_thread.run_sync(next, iterator, done)
+        if piece is done:
+            return
+        yield piece
 
 
 async def first_item(reader: ResumableStream) -> IndexedChunk | None:

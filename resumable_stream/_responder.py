@@ -33,7 +33,8 @@ from ._http import (
     Receive,
     Scope,
     Send,
-    iterate_content,
+    as_bytes,
+    content_pieces,
     pump,
     stream_headers,
     stream_id_header,
@@ -274,8 +275,9 @@ async def stream_directly(
 
             tg.start_soon(listen)
             try:
-                async for piece in iterate_content(content):
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                async for piece in content_pieces(content):
+                    body = as_bytes(piece)
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except OSError:
                 pass  # the client went away while we were sending

@@ -18,10 +18,11 @@ from ._http import (
     Receive,
     Scope,
     Send,
+    as_bytes,
     body_mode,
+    content_pieces,
     header,
     http_metadata,
-    iterate_content,
     request_owner,
     wait_disconnect,
 )
@@ -149,10 +150,13 @@ class ResumableStreamResponse:
             """The content, in a task of its own (it outlives the request), through the
             line: stored, and sent directly while the client keeps up."""
             encoder = BodyEncoder(mode)
+            whole_event, write, write_event = encoder.whole_event, line.write, line.write_event
             try:
-                async for piece in iterate_content(self._content()):
+                async for piece in content_pieces(self._content()):
+                    data = as_bytes(piece)
                     try:
-                        wait = line.write(encoder.feed(piece))
+                        # One whole SSE event per piece is the common case: no scan.
+                        wait = write_event(data) if whole_event(data) else write(encoder.feed(data))
                     except Refused:
                         return  # the stream ended early: `stop` cancels us
                     if wait:

@@ -30,7 +30,7 @@ from resumable_stream import (
     create_resumable_stream_context,
 )
 from resumable_stream._http import parse_stream_id_header
-from resumable_stream.asgi import ResumableStreamMiddleware
+from resumable_stream.asgi import ResumableStreamMiddleware, ResumableStreamResponse
 from resumable_stream.backends.redis import RedisBackend
 
 from .asgi_driver import Reply, request
@@ -287,6 +287,79 @@ def test_new_streams_round_trip_byte_for_byte(site_kind: str, redis_server: Redi
             else:
                 assert resumed.status == 200
                 assert resumed.body == reply.body  # the same bytes, ids and all
+
+        check()
+
+    run_site(site_kind, redis_server, body)
+
+
+def as_kind(piece: bytes, kind: str) -> Any:
+    """``piece`` as a body piece of another type: what an app may yield."""
+    if kind == "str":
+        try:
+            return piece.decode("utf-8")
+        except UnicodeDecodeError:
+            return piece
+    return {"bytes": bytes, "bytearray": bytearray, "memoryview": memoryview}[kind](piece)
+
+
+def test_an_explicit_response_streams_what_the_middleware_streams(
+    site_kind: str, redis_server: RedisServer
+) -> None:
+    """The explicit response takes str, bytes and buffers, from an async or a sync
+    iterable: its body is the middleware's for the same pieces, and so is its resume."""
+
+    def body(runner: Runner, site: Site) -> None:
+        @settings(
+            max_examples=80 if site_kind == "memory" else 30, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        )
+        @example(pieces=[b"data: a\n\n", b"data: b\n\n"], kinds=["str"] * 12, sync=False,
+                 content_type=CONTENT_TYPES[1])
+        @example(pieces=[b"data: a\n", b"\ndata: b\r\n\r\n", b"data: c\n\n"],
+                 kinds=["bytes", "memoryview", "bytearray"] * 4, sync=True,
+                 content_type=CONTENT_TYPES[1])
+        @given(
+            pieces=pieces_strategy,
+            kinds=st.lists(st.sampled_from(["bytes", "bytearray", "memoryview", "str"]),
+                           min_size=12, max_size=12),
+            sync=st.booleans(),
+            content_type=st.sampled_from(CONTENT_TYPES),
+        )
+        def check(pieces: list[bytes], kinds: list[str], sync: bool, content_type: bytes) -> None:
+            kinds = kinds[: len(pieces)]
+            typed = [as_kind(piece, kind) for piece, kind in zip(pieces, kinds, strict=True)]
+
+            async def pieces_async() -> Any:
+                for piece in typed:
+                    yield piece
+
+            response = ResumableStreamResponse(
+                typed if sync else pieces_async(), context=site.ctx,
+                headers=[(b"content-type", content_type)],
+            )
+            reply = runner.run(asyncio.wait_for(request(response, "GET", "/explicit"), STEP))
+            check_reply(reply)
+            assert reply.status == 200
+            if content_type == b"text/event-stream":
+                made = runner.run(site.make(pieces, content_type))
+                assert reply.body == made.body  # the same events, numbered alike
+            else:
+                assert reply.body == b"".join(pieces)
+            resumed = runner.run(
+                asyncio.wait_for(
+                    request(
+                        site.app, "GET", f"/resume/{response.stream_id}", query=b"resumeAt=0"
+                    ),
+                    STEP,
+                )
+            )
+            check_reply(resumed)
+            if resumed.status == 410:
+                assert not reply.body.strip(b"\r\n")  # nothing was stored to resume
+            else:
+                assert resumed.status == 200
+                assert resumed.body == reply.body
 
         check()
 
