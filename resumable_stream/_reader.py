@@ -481,9 +481,10 @@ class _Indexed:
         # coroutine per chunk instead of two (a third of a follower's cost per chunk).
         pos = stream._batch_pos
         batch = stream._batch
-        if pos < len(batch):
-            stream._batch_pos = pos + 1
-            index = stream._last_index = stream._batch_start + pos
-            return _new_indexed(IndexedChunk, (index, batch[pos]))
-        chunk = await stream.__anext__()
-        return _new_indexed(IndexedChunk, (stream._last_index, chunk))
+        if pos >= len(batch):
+            await stream._fill()  # not through `stream.__anext__`: a coroutine less
+            batch = stream._batch
+            pos = 0
+        stream._batch_pos = pos + 1
+        index = stream._last_index = stream._batch_start + pos
+        return _new_indexed(IndexedChunk, (index, batch[pos]))

@@ -64,16 +64,21 @@ class Bell:
         return self._is_set
 
     async def wait(self) -> None:
+        waiter = self.waiter()
+        if waiter is not None:
+            await waiter
+
+    def waiter(self) -> asyncio.Future[None] | None:
+        """The future that `set` completes, to await directly (None if set already):
+        a hot wait then costs no coroutine of its own. Awaited by one task at a time;
+        cancelling that task cancels it, and `set` skips a future already done."""
         if self._is_set:
-            return
+            return None
         loop = self._loop
         if loop is None:
             loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
+        return waiter
 
 
 def chunk_bytes(chunk: Chunk) -> int:
@@ -242,7 +247,9 @@ class Subscription:
         if deadline is None:
             while self.idle() and not self.closed:
                 wakeup.clear()
-                await wakeup.wait()
+                waiter = wakeup.waiter()
+                if waiter is not None:
+                    await waiter
             return True
         loop = self._loop
         if loop is None:
@@ -261,9 +268,13 @@ class Subscription:
                     timer.cancel()
                 self._timer = loop.call_at(deadline, self._on_timer)
             self._until = deadline
-            try:
-                await wakeup.wait()
-            finally:
+            waiter = wakeup.waiter()
+            if waiter is not None:
+                try:
+                    await waiter
+                finally:
+                    self._until = None
+            else:
                 self._until = None
         return True
 
