@@ -343,7 +343,9 @@ class ResumableStream:
                 return merge.event(RESYNC)
             if self._local:
                 # The producer itself feeds it and ends it: no need to poll storage.
-                await feed.wait()
+                waiter = feed.waiter()
+                if waiter is not None:
+                    await waiter
                 continue
             deadline = self._quiet_at
             if deadline is None:

@@ -245,12 +245,11 @@ class Subscription:
         """
         wakeup = self._wakeup
         if deadline is None:
-            while self.idle() and not self.closed:
-                wakeup.clear()
-                waiter = wakeup.waiter()
-                if waiter is not None:
-                    await waiter
-            return True
+            while True:
+                waiter = self.waiter()
+                if waiter is None:
+                    return True
+                await waiter
         loop = self._loop
         if loop is None:
             loop = asyncio.get_running_loop()
@@ -277,6 +276,16 @@ class Subscription:
             else:
                 self._until = None
         return True
+
+    def waiter(self) -> asyncio.Future[None] | None:
+        """`wait` without a deadline, for a hot loop: None if `get_nowait` has something
+        (or the subscription is closed), else a future to await directly (completed
+        when that may have changed; call again after it). No coroutine per wait."""
+        if not self.idle() or self.closed:
+            return None
+        wakeup = self._wakeup
+        wakeup.clear()
+        return wakeup.waiter()
 
     def _on_timer(self) -> None:
         """The poll timer fired: ring the bell if a wait's deadline has come, re-arm for
