@@ -123,6 +123,22 @@ def check_reply(reply: Reply) -> None:
         assert reply.complete
 
 
+def check_resumed_from_start(runner: Runner, site: Site, stream_id: str, reply: Reply) -> None:
+    """A resume of ``stream_id`` from its start gives back ``reply``'s body, byte for
+    byte, ids and all (or a 410, if nothing was stored to resume)."""
+    resumed = runner.run(
+        asyncio.wait_for(
+            request(site.app, "GET", f"/resume/{stream_id}", query=b"resumeAt=0"), STEP
+        )
+    )
+    check_reply(resumed)
+    if resumed.status == 410:
+        assert not reply.body.strip(b"\r\n")  # nothing was stored to resume
+    else:
+        assert resumed.status == 200
+        assert resumed.body == reply.body
+
+
 @pytest.fixture(params=["memory", "redis"])
 def site_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -271,22 +287,8 @@ def test_new_streams_round_trip_byte_for_byte(site_kind: str, redis_server: Redi
                 assert app_id
                 assert runner.run(site.keys()) == keys_before
                 return
-            resumed = runner.run(
-                asyncio.wait_for(
-                    request(
-                        # The header is the id percent-encoded; the ASGI path is decoded.
-                        site.app, "GET", f"/resume/{parse_stream_id_header(stream_id)}",
-                        query=b"resumeAt=0",
-                    ),
-                    STEP,
-                )
-            )
-            check_reply(resumed)
-            if resumed.status == 410:
-                assert not reply.body.strip(b"\r\n")  # nothing was stored to resume
-            else:
-                assert resumed.status == 200
-                assert resumed.body == reply.body  # the same bytes, ids and all
+            # The header is the id percent-encoded; the ASGI path is decoded.
+            check_resumed_from_start(runner, site, parse_stream_id_header(stream_id), reply)
 
         check()
 
@@ -346,20 +348,7 @@ def test_an_explicit_response_streams_what_the_middleware_streams(
                 assert reply.body == made.body  # the same events, numbered alike
             else:
                 assert reply.body == b"".join(pieces)
-            resumed = runner.run(
-                asyncio.wait_for(
-                    request(
-                        site.app, "GET", f"/resume/{response.stream_id}", query=b"resumeAt=0"
-                    ),
-                    STEP,
-                )
-            )
-            check_reply(resumed)
-            if resumed.status == 410:
-                assert not reply.body.strip(b"\r\n")  # nothing was stored to resume
-            else:
-                assert resumed.status == 200
-                assert resumed.body == reply.body
+            check_resumed_from_start(runner, site, response.stream_id, reply)
 
         check()
 
