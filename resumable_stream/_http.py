@@ -672,6 +672,18 @@ class Line:
         self._direct(b"%sid: %d\n\n" % (event[:-1], index))
         return wait
 
+    def write_piece(self, encoder: BodyEncoder, data: bytes) -> bool:
+        """`write` of one body piece that is not the last: a whole SSE event goes as its
+        own chunk, unscanned (`write_event`, the common case); anything else as
+        ``encoder`` cuts it.
+
+        Raises:
+            Refused: as `write`.
+        """
+        if encoder.whole_event(data):
+            return self.write_event(data)
+        return self.write(encoder.feed(data))
+
     def finish(self, error: BaseException | None = None) -> None:
         """The body is complete (None) or failed with ``error``: the stream ends so."""
         assert self.producer is not None

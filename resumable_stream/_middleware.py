@@ -329,26 +329,20 @@ class _Call:
         encoder = self.encoder
         assert encoder is not None
         data = message.get("body", b"")
-        if not final and encoder.whole_event(data):
+        if not final:
             try:
-                wait = line.write_event(data)  # the common case: one event per message
+                wait = line.write_piece(encoder, data)
             except Refused:
-                return
+                return  # the stream ended early: its producer stops this app
             if wait:
                 await line.wait_for_room()
             return
-        chunks = encoder.feed(data)
-        if final:
-            self.body_done = True
-            chunks += encoder.flush()
+        self.body_done = True
         try:
-            wait = line.write(chunks)
+            line.write(encoder.feed(data) + encoder.flush())
         except Refused:
-            return  # the stream ended early: its producer stops this app
-        if final:
-            line.finish()
-        elif wait:
-            await line.wait_for_room()
+            return
+        line.finish()
 
     def app_ended(self) -> None:
         """The app returned (or raised) with a resumable response under way."""

@@ -479,12 +479,13 @@ class _Indexed:
 
     async def __anext__(self) -> IndexedChunk:
         stream = self._stream
-        # The batch in hand, taken here as `ResumableStream.__anext__` takes it: one
+        # `ResumableStream.__anext__`, written out here rather than awaited: one
         # coroutine per chunk instead of two (a third of a follower's cost per chunk).
+        # Keep the two alike.
         pos = stream._batch_pos
         batch = stream._batch
         if pos >= len(batch):
-            await stream._fill()  # not through `stream.__anext__`: a coroutine less
+            await stream._fill()
             batch = stream._batch
             pos = 0
         stream._batch_pos = pos + 1

@@ -150,13 +150,10 @@ class ResumableStreamResponse:
             """The content, in a task of its own (it outlives the request), through the
             line: stored, and sent directly while the client keeps up."""
             encoder = BodyEncoder(mode)
-            whole_event, write, write_event = encoder.whole_event, line.write, line.write_event
             try:
                 async for piece in content_pieces(self._content()):
-                    data = as_bytes(piece)
                     try:
-                        # One whole SSE event per piece is the common case: no scan.
-                        wait = write_event(data) if whole_event(data) else write(encoder.feed(data))
+                        wait = line.write_piece(encoder, as_bytes(piece))
                     except Refused:
                         return  # the stream ended early: `stop` cancels us
                     if wait:

@@ -267,13 +267,9 @@ class Subscription:
                     timer.cancel()
                 self._timer = loop.call_at(deadline, self._on_timer)
             self._until = deadline
-            waiter = wakeup.waiter()
-            if waiter is not None:
-                try:
-                    await waiter
-                finally:
-                    self._until = None
-            else:
+            try:
+                await wakeup.wait()
+            finally:
                 self._until = None
         return True
 
